@@ -1,0 +1,54 @@
+"""xr_unmix: hyperspectral unmixing for xarray, rioxarray and Dask.
+
+``import xr_unmix`` registers the ``unmix`` accessor on :class:`xarray.DataArray` and nothing else: torch,
+rasterio and the models are imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from . import accessor as _accessor  # noqa: F401  (registers DataArray.unmix)
+from .api import admm, apply_model, deq, fcls, ls, nnls, sunsal
+from .errors import (
+    BandMismatchError,
+    ConvergenceWarning,
+    DimensionError,
+    MissingCRSError,
+    ModelFileError,
+    XrUnmixError,
+)
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "UADMMNet": "models.uadmm",
+    "MNNAE": "models.uadmm",
+    "DEQUnmix": "models.deq",
+    "load_model": "models.base",
+    "simulate": "simulate",
+    "to_cog": "io",
+    "to_zarr": "io",
+    "read_endmembers": "endmembers",
+    "resample_spectra": "endmembers",
+    "vca": "extraction",
+    "extract_endmembers": "extraction",
+    "estimate_n_endmembers": "extraction",
+}
+_SUBMODULES = {"metrics", "solvers", "models", "tiling", "datasets", "io", "extraction", "testing",
+               "endmembers", "simulate", "batch"}
+
+__all__ = [
+    "BandMismatchError", "ConvergenceWarning", "DimensionError", "MissingCRSError", "ModelFileError",
+    "XrUnmixError", "__version__", "admm", "apply_model", "deq", "fcls", "ls", "nnls", "sunsal",
+    *sorted(_LAZY), "metrics",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'xr_unmix' has no attribute {name!r}")

@@ -1,0 +1,49 @@
+"""Per-process policies for running torch inside Dask tasks.
+
+Dask's threaded scheduler runs one task per core, and each torch op would by default also use every
+core: N x N threads oversubscribe. Inside a Dask task we therefore give torch
+``max(1, cores // dask_threads)`` intra-op threads, decided once per process (``torch.set_num_threads``
+is process-global). On ``distributed`` workers the nanny already sets ``OMP_NUM_THREADS=1``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+
+_lock = threading.Lock()
+_configured = False
+
+
+def _dask_threads() -> int:
+    try:
+        from distributed import get_worker
+
+        return max(1, int(get_worker().state.nthreads))
+    except (ImportError, ValueError, AttributeError):
+        pass
+    import dask
+
+    n = dask.config.get("num_workers", None)
+    return int(n) if n else (os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def torch_threads() -> Iterator[None]:
+    """Context for torch work inside a Dask task: sets the thread policy once per process."""
+    global _configured
+    if not _configured:
+        with _lock:
+            if not _configured:
+                import torch
+
+                from dask.utils import get_scheduler_lock  # noqa: F401  (dask importable)
+
+                inside = threading.current_thread() is not threading.main_thread()
+                if inside:
+                    cores = os.cpu_count() or 1
+                    torch.set_num_threads(max(1, cores // _dask_threads()))
+                _configured = True
+    yield

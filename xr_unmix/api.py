@@ -1,0 +1,201 @@
+"""Public free functions: cube in, georeferenced abundances out.
+
+Each function validates its input (:mod:`xr_unmix._cube`), builds a plain-array kernel, runs it through
+:func:`xr_unmix.tiling.map_tiles` and wraps the result with :func:`xr_unmix._cube.finish`. The accessor
+``cube.unmix`` only forwards here.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ._cube import as_endmembers, finish, prepare_cube
+from .tiling import map_tiles
+
+ModelLike = Any  # an xr_unmix model instance, or a path to a saved one
+
+
+def _np_dtype(dtype: Any) -> np.dtype:
+    name = str(dtype).replace("torch.", "")
+    if name not in ("float32", "float64"):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    return np.dtype(name)
+
+
+class _SunsalKernel:
+    """Picklable kernel: SUnSAL on every pixel of a block."""
+
+    def __init__(self, E: np.ndarray, params: dict[str, Any]) -> None:
+        self.E = E
+        self.params = params
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        from ._workers import torch_threads
+        from .solvers.sunsal import sunsal_solve
+
+        b, h, w = block.shape
+        with torch_threads():
+            out = sunsal_solve(block.reshape(b, h * w), self.E, **self.params)
+        return out.cpu().numpy().reshape(-1, h, w)
+
+
+def sunsal(
+    cube: xr.DataArray,
+    endmembers: Any,
+    *,
+    lam: float = 0.0,
+    anc: bool = True,
+    asc: bool = True,
+    max_iter: int = 1000,
+    tol: float = 1e-4,
+    mu: float | None = None,
+    adaptive_mu: bool = True,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> xr.DataArray:
+    """Unmix with SUnSAL (Bioucas-Dias & Figueiredo, 2010).
+
+    Parameters
+    ----------
+    cube : DataArray (band, y, x), any dim order, numpy- or dask-backed
+        Reflectance (any scale; integer cubes are cast). NaN or nodata in any band marks a pixel invalid.
+    endmembers : DataArray (band, endmember) or array (bands, R)
+        Same band count as the cube.
+    lam : float
+        l1 sparsity weight (0: plain constrained least squares).
+    anc, asc : bool
+        Non-negativity and sum-to-one constraints. ``lam=0, anc=asc=True`` is FCLS.
+    max_iter, tol, mu, adaptive_mu
+        ADMM controls, see :func:`xr_unmix.solvers.sunsal_solve`.
+    device : str
+        ``"cpu"`` or ``"cuda"``.
+    dtype : {"float32", "float64"}
+
+    Returns
+    -------
+    DataArray (endmember, y, x)
+        Abundances; NaN where the input pixel was invalid; lazy if the cube is dask-backed.
+    """
+    np_dtype = _np_dtype(dtype)
+    data, facts = prepare_cube(cube, np_dtype)
+    E = as_endmembers(endmembers, facts.n_bands)
+    params = dict(lam=float(lam), anc=bool(anc), asc=bool(asc), max_iter=int(max_iter), tol=float(tol),
+                  mu=mu, adaptive_mu=bool(adaptive_mu), device=device, dtype=np_dtype.name)
+    kernel = _SunsalKernel(E.values.astype(np_dtype), params)
+    out = map_tiles(data, kernel, E.sizes["endmember"], halo=0, dtype=np_dtype)
+    attrs = {"method": "sunsal", **{k: v for k, v in params.items() if k not in ("device",)}}
+    return finish(out, cube, list(E.endmember.values), attrs, facts=facts)
+
+
+def fcls(cube: xr.DataArray, endmembers: Any, **kwargs: Any) -> xr.DataArray:
+    """Fully constrained least squares: :func:`sunsal` with ``lam=0, anc=True, asc=True``."""
+    out = sunsal(cube, endmembers, lam=0.0, anc=True, asc=True, **kwargs)
+    out.attrs["method"] = "fcls"
+    return out
+
+
+def nnls(cube: xr.DataArray, endmembers: Any, **kwargs: Any) -> xr.DataArray:
+    """Non-negative least squares: :func:`sunsal` with ``lam=0, anc=True, asc=False``."""
+    out = sunsal(cube, endmembers, lam=0.0, anc=True, asc=False, **kwargs)
+    out.attrs["method"] = "nnls"
+    return out
+
+
+def ls(cube: xr.DataArray, endmembers: Any, **kwargs: Any) -> xr.DataArray:
+    """Unconstrained least squares: :func:`sunsal` with ``lam=0, anc=False, asc=False``."""
+    out = sunsal(cube, endmembers, lam=0.0, anc=False, asc=False, **kwargs)
+    out.attrs["method"] = "ls"
+    return out
+
+
+# -- networks -------------------------------------------------------------------------------------
+
+def _resolve_model(model: ModelLike, expected: type | None) -> Any:
+    from .models.base import UnmixModel, load_model
+
+    if isinstance(model, str | os.PathLike):
+        model = load_model(model)
+    if not isinstance(model, UnmixModel):
+        raise TypeError(f"expected an xr_unmix model or a path to one, got {type(model).__name__}")
+    if expected is not None and not isinstance(model, expected):
+        raise TypeError(f"expected a {expected.__name__}, got a {type(model).__name__}")
+    return model
+
+
+class _ModelKernel:
+    """Picklable kernel: a network's ``unmix_image`` on a block, in inference mode."""
+
+    def __init__(self, model: Any, device: str, dtype: np.dtype) -> None:
+        self.model = model
+        self.device = device
+        self.dtype = dtype
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        import torch
+
+        from ._workers import torch_threads
+
+        model = self.model
+        with torch_threads(), torch.inference_mode():
+            p = next(model.parameters(), None)
+            mdtype = p.dtype if p is not None else torch.float32
+            if p is not None and p.device.type != torch.device(self.device).type:
+                model = model.to(self.device)
+            Y = torch.as_tensor(block, dtype=mdtype, device=self.device)
+            out = model.unmix_image(Y)
+        return out.detach().cpu().numpy().astype(self.dtype, copy=False)
+
+
+def apply_model(
+    cube: xr.DataArray,
+    model: ModelLike,
+    *,
+    expected: type | None = None,
+    device: str = "cpu",
+    halo: int | None = None,
+    method: str | None = None,
+) -> xr.DataArray:
+    """Apply a trained xr_unmix network to a cube, tile by tile.
+
+    Parameters
+    ----------
+    cube : DataArray (band, y, x)
+    model : UnmixModel or path
+    expected : type, optional
+        Raise :class:`TypeError` unless the model is an instance of this class.
+    device : str
+    halo : int, optional
+        Tile overlap; default the model's ``halo`` (its receptive field, 0 for pixel-wise nets).
+    method : str, optional
+        Name recorded in ``attrs["method"]``.
+    """
+    m = _resolve_model(model, expected)
+    data, facts = prepare_cube(cube, np.float32)
+    m.check_bands(facts.n_bands)
+    m.eval()
+    h = m.halo if halo is None else int(halo)
+    out = map_tiles(data, _ModelKernel(m, device, np.dtype(np.float32)), m.n_endmembers, halo=h)
+    attrs = {"method": method or type(m).__name__, "model": type(m).__name__, "halo": h,
+             **{f"model_{k}": v for k, v in m.config.items() if isinstance(v, int | float | str | bool)}}
+    if isinstance(model, str | os.PathLike):
+        attrs["model_path"] = str(model)
+    return finish(out, cube, m.endmember_names, attrs, facts=facts)
+
+
+def admm(cube: xr.DataArray, model: ModelLike, *, device: str = "cpu") -> xr.DataArray:
+    """Unmix with a trained :class:`xr_unmix.UADMMNet` (or a path to one). Pixel-wise: no halo."""
+    from .models.uadmm import UADMMNet
+
+    return apply_model(cube, model, expected=UADMMNet, device=device, method="admm")
+
+
+def deq(cube: xr.DataArray, model: ModelLike, *, device: str = "cpu",
+        halo: int | None = None) -> xr.DataArray:
+    """Unmix with a trained :class:`xr_unmix.DEQUnmix` (or a path to one), tiles overlapping by ``halo``."""
+    from .models.deq import DEQUnmix
+
+    return apply_model(cube, model, expected=DEQUnmix, device=device, halo=halo, method="deq")
