@@ -1,0 +1,323 @@
+"""Reading cubes and writing abundance maps: Cloud-Optimized GeoTIFF and Zarr v3.
+
+Writers stream a dask-backed result block by block (never the whole map in memory) and write to a
+temporary sibling of the target, renamed into place only on success: an error or an interrupt leaves
+nothing at the target path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .errors import DimensionError, MissingCRSError
+
+PathLike = str | os.PathLike[str]
+
+
+# -- reading ----------------------------------------------------------------------------------------
+
+def _parse_wavelengths(text: str) -> list[float]:
+    return [float(v) for v in text.replace("{", " ").replace("}", " ").replace(",", " ").split()]
+
+
+def read_wavelengths(path: PathLike) -> np.ndarray | None:
+    """Band centre wavelengths (nm) stored in a raster's metadata, or ``None``.
+
+    Recognised, in order: per-band metadata ``wavelength`` (GDAL's ENVI convention, with optional
+    ``wavelength_units``), a dataset tag ``wavelength`` / ``wavelengths`` holding a list, or numeric band
+    descriptions. Micrometre values (all < 30) are converted to nm.
+    """
+    import rasterio
+
+    with rasterio.open(path) as src:
+        n = src.count
+        per_band: list[float] = []
+        units = ""
+        for b in range(1, n + 1):
+            tags = {k.lower(): v for k, v in src.tags(b).items()}
+            if "wavelength" not in tags:
+                break
+            per_band.append(float(tags["wavelength"]))
+            units = tags.get("wavelength_units", units)
+        wl: list[float] | None = per_band if len(per_band) == n else None
+        if wl is None:
+            tags = {k.lower(): v for k, v in src.tags().items()}
+            for key in ("wavelength", "wavelengths"):
+                if key in tags:
+                    vals = _parse_wavelengths(tags[key])
+                    if len(vals) == n:
+                        wl = vals
+                        units = tags.get("wavelength_units", units)
+                        break
+        if wl is None and all(d for d in src.descriptions):
+            with contextlib.suppress(ValueError, TypeError):
+                wl = [float(d) for d in src.descriptions]
+    if wl is None:
+        return None
+    arr = np.asarray(wl, dtype=np.float64)
+    if units.lower().startswith(("micro", "um", "µm")) or (not units and np.nanmax(arr) < 30):
+        arr = arr * 1000.0
+    return arr
+
+
+def open_cube(path: PathLike, *, chunks: dict[str, int] | int | None = None,
+              masked: bool = True) -> xr.DataArray:
+    """Open a hyperspectral GeoTIFF (or any GDAL raster) as a ``(band, y, x)`` DataArray.
+
+    A thin wrapper over :func:`rioxarray.open_rasterio` that also attaches the ``wavelength``
+    coordinate (nm) from the file's metadata (see :func:`read_wavelengths`) and keeps the band axis in
+    one chunk. ``chunks`` is the spatial chunk size (an int, or a dict with ``y``/``x``).
+    """
+    import rioxarray
+
+    if isinstance(chunks, int):
+        chunks = {"y": chunks, "x": chunks}
+    ch = None if chunks is None else {"band": -1, **chunks}
+    try:
+        cube = rioxarray.open_rasterio(path, chunks=ch, masked=masked)
+    except Exception as exc:  # rasterio raises its own hierarchy; name the file
+        raise OSError(f"cannot open {path} as a raster: {exc}") from exc
+    if isinstance(cube, list | xr.Dataset):
+        raise ValueError(f"{path} holds several subdatasets; open the one with the cube")
+    wl = read_wavelengths(path)
+    if wl is not None:
+        cube = cube.assign_coords(wavelength=("band", wl))
+    return cube
+
+
+# -- writing helpers -------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _atomic_target(path: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary sibling path; move it onto ``path`` only if the block succeeds."""
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            _remove(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        _remove(tmp)
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir():
+        shutil.rmtree(p, ignore_errors=True)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
+
+
+def _as_layers(arr: xr.DataArray) -> tuple[xr.DataArray, list[str]]:
+    """Return ``arr`` as ``(layer, y, x)`` and the layer names."""
+    if not isinstance(arr, xr.DataArray):
+        raise TypeError(f"expected an xarray.DataArray, got {type(arr).__name__}")
+    if arr.ndim == 2 and set(arr.dims) == {"y", "x"}:
+        name = str(arr.name or "layer")
+        return arr.expand_dims(layer=[name]).transpose("layer", "y", "x"), [name]
+    if arr.ndim == 3 and {"y", "x"} <= set(arr.dims):
+        lead = next(d for d in arr.dims if d not in ("y", "x"))
+        names = [str(v) for v in arr[lead].values] if lead in arr.coords else [
+            f"{lead}{i}" for i in range(arr.sizes[lead])]
+        return arr.transpose(lead, "y", "x"), names
+    raise DimensionError(f"expected dims (endmember, y, x) or (y, x); got {tuple(arr.dims)}")
+
+
+def _check_crs(arr: xr.DataArray, require_crs: bool, path: Path) -> None:
+    import rioxarray  # noqa: F401
+
+    if arr.rio.crs is None:
+        if require_crs:
+            raise MissingCRSError(f"{path}: the data has no CRS (write one with .rio.write_crs)")
+        warnings.warn(f"{path}: writing without a CRS (the input had none)", UserWarning, stacklevel=3)
+
+
+# -- COG -------------------------------------------------------------------------------------------
+
+def to_cog(
+    abundance: xr.DataArray,
+    path: PathLike,
+    *,
+    compress: str = "DEFLATE",
+    blocksize: int = 256,
+    overview_resampling: str = "average",
+    overwrite: bool = False,
+    require_crs: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Write ``(endmember, y, x)`` (or a ``(y, x)`` layer) as a Cloud-Optimized GeoTIFF.
+
+    One band per endmember, band descriptions = endmember names, float32, nodata NaN, internal tiles of
+    ``blocksize`` and overviews. A dask-backed input is streamed tile by tile into a tiled GeoTIFF
+    (``lock=True``, which becomes a cluster-wide lock under ``distributed``) that GDAL's COG driver then
+    copies; both live beside ``path`` under temporary names until the final rename.
+
+    Parameters
+    ----------
+    abundance : DataArray (endmember, y, x) or (y, x)
+    path : str or path
+    compress : str
+        GDAL compression (``DEFLATE``, ``ZSTD``, ``LZW``, ``NONE``).
+    blocksize : int
+        Tile size in pixels (a multiple of 16).
+    overview_resampling : str
+    overwrite : bool
+        Replace an existing file (only once the new one is complete).
+    require_crs : bool
+        Raise :class:`~xr_unmix.errors.MissingCRSError` instead of warning when there is no CRS.
+    progress : bool
+        Show Dask's progress bar while computing (local schedulers).
+
+    Returns
+    -------
+    Path of the written file.
+    """
+    import rasterio
+    import rasterio.shutil
+    import rioxarray  # noqa: F401
+
+    path = Path(path)
+    arr, names = _as_layers(abundance)
+    _check_crs(arr, require_crs, path)
+    arr = arr.astype(np.float32)
+    attrs = {k: v for k, v in arr.attrs.items()
+             if k not in ("_FillValue", "long_name", "scale_factor", "add_offset", "units")
+             and isinstance(v, str | int | float)}
+    arr = arr.copy()
+    arr.attrs = {**attrs, "long_name": tuple(names)}
+    arr.encoding = {}
+    arr = arr.rio.write_nodata(np.nan, encoded=False)
+    if arr.chunks is not None:
+        # tile-aligned write blocks: multiples of the GeoTIFF block size
+        step = max(blocksize, (max(arr.chunks[1]) // blocksize) * blocksize)
+        arr = arr.chunk({arr.dims[0]: -1, "y": step, "x": step})
+    with _atomic_target(path, overwrite) as tmp:
+        scratch = tmp.with_name(tmp.name + ".d")
+        scratch.mkdir()
+        try:
+            gtiff = scratch / "stream.tif"
+            with _progress(progress and arr.chunks is not None):
+                arr.rio.to_raster(gtiff, driver="GTiff", tiled=True, blockxsize=blocksize,
+                                  blockysize=blocksize, compress=compress, BIGTIFF="IF_SAFER",
+                                  lock=True if arr.chunks is not None else None)
+            predictor = {"predictor": 3} if compress.upper() in ("DEFLATE", "ZSTD", "LZW") else {}
+            with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
+                rasterio.shutil.copy(gtiff, tmp, driver="COG", compress=compress,
+                                     blocksize=blocksize, overview_resampling=overview_resampling,
+                                     BIGTIFF="IF_SAFER", **predictor)
+        finally:
+            _remove(scratch)
+    return path
+
+
+def _progress(enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    if not enabled:
+        return contextlib.nullcontext()
+    try:
+        from distributed import get_client
+
+        get_client()
+        return contextlib.nullcontext()  # ProgressBar is silent under distributed
+    except (ImportError, ValueError):
+        from dask.diagnostics import ProgressBar
+
+        return ProgressBar()
+
+
+# -- Zarr ------------------------------------------------------------------------------------------
+
+def _regular_chunks(chunks: Sequence[int]) -> bool:
+    return all(c == chunks[0] for c in chunks[:-1]) and chunks[-1] <= chunks[0]
+
+
+def to_zarr(
+    abundance: xr.DataArray,
+    store: PathLike,
+    *,
+    name: str | None = None,
+    chunks: int | None = None,
+    overwrite: bool = False,
+    require_crs: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Write ``(endmember, y, x)`` (or a ``(y, x)`` layer) to a Zarr v3 store.
+
+    The CRS travels as a CF ``spatial_ref`` variable (``grid_mapping``); read it back with
+    ``xr.open_zarr(store, decode_coords="all")`` (or :func:`open_abundance`) and ``.rio.crs``.
+    Endmember names are stored as variable-length UTF-8 strings. A dask-backed input is written chunk
+    by chunk (Zarr chunks = the result's chunks, made regular if needed).
+
+    Parameters
+    ----------
+    abundance : DataArray (endmember, y, x) or (y, x)
+    store : str or path
+        A local directory path (written to a temporary sibling, renamed on success).
+    name : str, optional
+        Variable name (default the DataArray's name, else ``"abundance"``).
+    chunks : int, optional
+        Spatial chunk size; default the dask chunks, or 512 for an in-memory array.
+    overwrite, require_crs, progress
+        As in :func:`to_cog`.
+
+    Returns
+    -------
+    Path of the store.
+    """
+    import rioxarray  # noqa: F401
+
+    store = Path(store)
+    arr = abundance
+    if not isinstance(arr, xr.DataArray):
+        raise TypeError(f"expected an xarray.DataArray, got {type(arr).__name__}")
+    _as_layers(arr)  # validates dims
+    _check_crs(arr, require_crs, store)
+    var = name or (str(arr.name) if arr.name is not None else "abundance")
+    arr = arr.copy()
+    arr.attrs.pop("_FillValue", None)
+    arr.encoding = {}
+    if chunks is not None:
+        arr = arr.chunk({"y": chunks, "x": chunks})
+    elif arr.chunks is None:
+        arr = arr.chunk({"y": 512, "x": 512})
+    else:
+        ydim, xdim = arr.get_axis_num("y"), arr.get_axis_num("x")
+        cy, cx = arr.chunks[ydim], arr.chunks[xdim]
+        if not (_regular_chunks(cy) and _regular_chunks(cx)):
+            arr = arr.chunk({"y": max(cy), "x": max(cx)})
+    for d in arr.dims:
+        if d not in ("y", "x"):
+            arr = arr.chunk({d: -1})
+            if d in arr.coords and arr[d].dtype.kind in "UO":
+                arr = arr.assign_coords({d: np.array([str(v) for v in arr[d].values], dtype=object)})
+    ds = arr.to_dataset(name=var)
+    ds[var].encoding["_FillValue"] = np.float32(np.nan) if arr.dtype == np.float32 else np.nan
+    with _atomic_target(store, overwrite) as tmp, _progress(progress):
+        ds.to_zarr(tmp, zarr_format=3, consolidated=False, mode="w-")
+    return store
+
+
+def open_abundance(store: PathLike, name: str | None = None) -> xr.DataArray:
+    """Open an abundance map written by :func:`to_zarr` (lazy), with its CRS decoded."""
+    ds = xr.open_zarr(store, decode_coords="all", consolidated=False)
+    if name is None:
+        names = [v for v in ds.data_vars]
+        if len(names) != 1:
+            raise ValueError(f"{store} holds variables {names}; pass name=")
+        name = names[0]
+    return ds[name]

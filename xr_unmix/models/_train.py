@@ -1,0 +1,264 @@
+"""A generic, model-agnostic supervised training loop (stable API, shared by the xr_unmix networks).
+
+Public API
+----------
+:func:`fit_supervised` ``(model, inputs, targets, *, epochs, batch_size=64, lr=1e-4, loss=None, seed=None,
+params=None, weight_decay=0.0, validation=None, callback=None, progress=None, desc=None) -> dict``
+    Adam on mini-batches of ``(inputs[i], targets[i])`` rows. ``model`` is a :class:`torch.nn.Module` or
+    any callable ``model(inputs_batch) -> predictions_batch`` (then pass ``params``). Returns the history
+    dict described in :func:`fit_supervised`.
+
+:func:`check_pairs` ``(spectra, abundances, *, n_bands, n_endmembers, sum_tol=1e-3, dtype, device)``
+    Validates and converts labelled training pixels (shapes, finiteness, ``abundances >= 0`` and rows
+    summing to one within ``sum_tol``) and raises a :class:`ValueError` that says what is wrong.
+
+:func:`as_tensor` ``(a, name, dtype, device)``
+    numpy / torch / xarray -> contiguous tensor.
+
+Seeding: with ``seed`` set, the batch order and any randomness drawn inside the model (dropout, ...) come
+from a private generator / forked global RNG, so two runs with the same seed give the same weights and the
+caller's global RNG state is untouched.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import torch
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+History = dict[str, Any]
+
+
+def as_tensor(a: Any, name: str, dtype: torch.dtype = torch.float32,
+              device: str | torch.device = "cpu") -> torch.Tensor:
+    """Convert a numpy array, tensor or DataArray to a contiguous tensor of ``dtype`` on ``device``."""
+    if isinstance(a, torch.Tensor):
+        t = a.detach()
+    else:
+        values = getattr(a, "values", a)  # DataArray -> ndarray (computes a dask array)
+        try:
+            arr = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{name} must be a numeric array; got {type(a).__name__}") from exc
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    return t.to(device=device, dtype=dtype).contiguous()
+
+
+def check_pairs(
+    spectra: Any,
+    abundances: Any,
+    *,
+    n_bands: int,
+    n_endmembers: int,
+    sum_tol: float = 1e-3,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate labelled pixels for supervised training.
+
+    Parameters
+    ----------
+    spectra : array-like, shape (n_pixels, n_bands)
+        Reflectance spectra, one pixel per row, finite.
+    abundances : array-like, shape (n_pixels, n_endmembers)
+        Abundance labels: non-negative, each row summing to one within ``sum_tol``.
+    n_bands, n_endmembers : int
+        What the model expects.
+    sum_tol : float
+        Tolerance on ``|sum_j a_ij - 1|`` (and on negative entries, ``a_ij >= -sum_tol``).
+    dtype, device
+        Of the returned tensors.
+
+    Returns
+    -------
+    (Tensor (n_pixels, n_bands), Tensor (n_pixels, n_endmembers))
+
+    Raises
+    ------
+    ValueError
+        Wrong dimensions, shapes, pixel counts, non-finite values, negative abundances or rows not
+        summing to one; the message gives the offending counts/values.
+    """
+    Y = as_tensor(spectra, "spectra", dtype, device)
+    A = as_tensor(abundances, "abundances", dtype, device)
+    if Y.ndim != 2 or Y.shape[1] != n_bands:
+        raise ValueError(f"spectra must be (n_pixels, {n_bands} bands); got shape {tuple(Y.shape)}"
+                         + (" (transposed? pixels go in rows)" if Y.ndim == 2 and Y.shape[0] == n_bands
+                            else ""))
+    if A.ndim != 2 or A.shape[1] != n_endmembers:
+        raise ValueError(f"abundances must be (n_pixels, {n_endmembers} endmembers); got shape "
+                         f"{tuple(A.shape)}"
+                         + (" (transposed? pixels go in rows)" if A.ndim == 2 and A.shape[0] == n_endmembers
+                            else ""))
+    if Y.shape[0] != A.shape[0]:
+        raise ValueError(f"{Y.shape[0]} spectra but {A.shape[0]} abundance rows")
+    if Y.shape[0] == 0:
+        raise ValueError("no training pixels")
+    if not torch.isfinite(Y).all():
+        raise ValueError(f"spectra contain {int((~torch.isfinite(Y)).sum())} NaN/inf values; drop those pixels")
+    if not torch.isfinite(A).all():
+        raise ValueError(f"abundances contain {int((~torch.isfinite(A)).sum())} NaN/inf values")
+    amin = float(A.min())
+    if amin < -sum_tol:
+        raise ValueError(f"abundances must be non-negative; {int((A < -sum_tol).sum())} entries are "
+                         f"negative (min {amin:.4g})")
+    dev = (A.double().sum(1) - 1.0).abs()
+    if float(dev.max()) > sum_tol:
+        bad = int((dev > sum_tol).sum())
+        raise ValueError(f"abundance rows must sum to one (tolerance {sum_tol}); {bad} of {A.shape[0]} "
+                         f"rows do not (largest |sum - 1| = {float(dev.max()):.4g})")
+    return Y, A
+
+
+def fit_supervised(
+    model: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int = 64,
+    lr: float = 1e-4,
+    loss: LossFn | None = None,
+    seed: int | None = None,
+    params: Iterable[torch.nn.Parameter] | None = None,
+    weight_decay: float = 0.0,
+    validation: tuple[torch.Tensor, torch.Tensor] | None = None,
+    callback: Callable[[int, Any], dict[str, float] | None] | None = None,
+    progress: bool | None = None,
+    desc: str | None = None,
+) -> History:
+    """Train ``model`` with Adam on mini-batches of ``(inputs, targets)`` rows.
+
+    Parameters
+    ----------
+    model : Module or callable
+        ``model(x)`` with ``x`` of shape ``(b, ...)`` (a batch of rows of ``inputs``) returns predictions
+        shaped like the matching rows of ``targets``. A Module is put in train mode while fitting and
+        restored to its previous mode after.
+    inputs : Tensor, shape (n, ...)
+    targets : Tensor, shape (n, ...)
+        Already validated and on the model's device/dtype (see :func:`check_pairs`).
+    epochs : int
+        Passes over the data (``0`` trains nothing and returns an empty history).
+    batch_size : int
+        Rows per Adam step; the last batch of an epoch may be smaller.
+    lr : float
+        Adam learning rate.
+    loss : callable, optional
+        ``loss(pred, target) -> scalar``; default :func:`xr_unmix.models.losses.mse`.
+    seed : int, optional
+        Makes batch order and in-model randomness reproducible (see module docstring).
+    params : iterable of Parameter, optional
+        What to optimise; default every ``requires_grad`` parameter of ``model`` (required when ``model``
+        is not a Module).
+    weight_decay : float
+        Adam weight decay.
+    validation : (Tensor, Tensor), optional
+        Held-out ``(inputs, targets)``; its loss is computed after every epoch (no grad, eval mode).
+    callback : callable, optional
+        ``callback(epoch, model) -> dict | None`` after every epoch (``epoch`` counts from 1), in eval
+        mode, under ``torch.no_grad``; returned ``{name: float}`` are appended to ``history[name]``.
+    progress : bool, optional
+        Show a tqdm bar over epochs (``None``: only when stderr is a terminal).
+    desc : str, optional
+        Progress-bar label.
+
+    Returns
+    -------
+    dict
+        ``"loss"``: mean training loss of every epoch (list of float, length ``epochs``);
+        ``"val_loss"``: per-epoch validation loss (when ``validation`` given);
+        ``"time_s"``: wall-clock training time (s); ``"epochs"``, ``"batch_size"``, ``"lr"``, ``"seed"``,
+        ``"n_samples"``; plus one list per key returned by ``callback``.
+    """
+    from tqdm.auto import tqdm
+
+    from .losses import mse
+
+    epochs = int(epochs)
+    batch_size = int(batch_size)
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if inputs.shape[0] != targets.shape[0]:
+        raise ValueError(f"{inputs.shape[0]} inputs but {targets.shape[0]} targets")
+    loss_fn: LossFn = loss if loss is not None else mse
+    is_module = isinstance(model, torch.nn.Module)
+    if params is None:
+        if not is_module:
+            raise ValueError("pass params= when model is a plain callable")
+        params = model.parameters()  # type: ignore[union-attr]
+    plist = [p for p in params if p.requires_grad]
+    if not plist:
+        raise ValueError("nothing to train: no parameter requires grad")
+    n = int(inputs.shape[0])
+    history: History = {"loss": [], "epochs": epochs, "batch_size": batch_size, "lr": float(lr),
+                        "seed": seed, "n_samples": n}
+    if validation is not None:
+        history["val_loss"] = []
+    was_training = model.training if is_module else None  # type: ignore[union-attr]
+    gen = torch.Generator(device="cpu")
+    if seed is not None:
+        gen.manual_seed(int(seed))
+    else:
+        gen.seed()
+    opt = torch.optim.Adam(plist, lr=float(lr), weight_decay=float(weight_decay))
+    t0 = time.perf_counter()
+    fork = torch.random.fork_rng(devices=[]) if seed is not None else _null()
+    with fork:
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        bar = tqdm(range(1, epochs + 1), desc=desc or "training", unit="epoch",
+                   disable=None if progress is None else not progress, leave=False)
+        try:
+            for epoch in bar:
+                if is_module:
+                    model.train()  # type: ignore[union-attr]
+                perm = torch.randperm(n, generator=gen).to(inputs.device)
+                total = 0.0
+                for start in range(0, n, batch_size):
+                    idx = perm[start:start + batch_size]
+                    opt.zero_grad(set_to_none=True)
+                    value = loss_fn(model(inputs[idx]), targets[idx])
+                    if not torch.isfinite(value):
+                        raise FloatingPointError(
+                            f"training loss became {float(value)} at epoch {epoch}; lower lr")
+                    value.backward()
+                    opt.step()
+                    total += float(value.detach()) * int(idx.numel())
+                history["loss"].append(total / n)
+                post: dict[str, float] = {"loss": history["loss"][-1]}
+                if validation is not None or callback is not None:
+                    if is_module:
+                        model.eval()  # type: ignore[union-attr]
+                    with torch.no_grad():
+                        if validation is not None:
+                            v = float(loss_fn(model(validation[0]), validation[1]))
+                            history["val_loss"].append(v)
+                            post["val_loss"] = v
+                        if callback is not None:
+                            extra = callback(epoch, model) or {}
+                            for k, v in extra.items():
+                                history.setdefault(k, []).append(float(v))
+                bar.set_postfix({k: f"{v:.4g}" for k, v in post.items()}, refresh=False)
+        finally:
+            bar.close()
+            if is_module and was_training is not None:
+                model.train(was_training)  # type: ignore[union-attr]
+    history["time_s"] = time.perf_counter() - t0
+    return history
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
