@@ -12,6 +12,9 @@ import contextlib
 import os
 import threading
 from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
 
 _lock = threading.Lock()
 _configured = False
@@ -47,3 +50,25 @@ def torch_threads() -> Iterator[None]:
                     torch.set_num_threads(max(1, cores // _dask_threads()))
                 _configured = True
     yield
+
+
+class ModelKernel:
+    """Picklable kernel: a network's ``unmix_image`` on a block, in inference mode."""
+
+    def __init__(self, model: Any, device: str, dtype: np.dtype) -> None:
+        self.model = model
+        self.device = device
+        self.dtype = dtype
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        import torch
+
+        model = self.model
+        with torch_threads(), torch.inference_mode():
+            p = next(model.parameters(), None)
+            mdtype = p.dtype if p is not None else torch.float32
+            if p is not None and p.device.type != torch.device(self.device).type:
+                model = model.to(self.device)
+            Y = torch.as_tensor(block, dtype=mdtype, device=self.device)
+            out = model.unmix_image(Y)
+        return out.detach().cpu().numpy().astype(self.dtype, copy=False)

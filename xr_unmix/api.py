@@ -14,6 +14,7 @@ import numpy as np
 import xarray as xr
 
 from ._cube import as_endmembers, finish, prepare_cube
+from ._workers import ModelKernel
 from .tiling import map_tiles
 
 ModelLike = Any  # an xr_unmix model instance, or a path to a saved one
@@ -126,30 +127,6 @@ def _resolve_model(model: ModelLike, expected: type | None) -> Any:
     return model
 
 
-class _ModelKernel:
-    """Picklable kernel: a network's ``unmix_image`` on a block, in inference mode."""
-
-    def __init__(self, model: Any, device: str, dtype: np.dtype) -> None:
-        self.model = model
-        self.device = device
-        self.dtype = dtype
-
-    def __call__(self, block: np.ndarray) -> np.ndarray:
-        import torch
-
-        from ._workers import torch_threads
-
-        model = self.model
-        with torch_threads(), torch.inference_mode():
-            p = next(model.parameters(), None)
-            mdtype = p.dtype if p is not None else torch.float32
-            if p is not None and p.device.type != torch.device(self.device).type:
-                model = model.to(self.device)
-            Y = torch.as_tensor(block, dtype=mdtype, device=self.device)
-            out = model.unmix_image(Y)
-        return out.detach().cpu().numpy().astype(self.dtype, copy=False)
-
-
 def apply_model(
     cube: xr.DataArray,
     model: ModelLike,
@@ -178,7 +155,7 @@ def apply_model(
     m.check_bands(facts.n_bands)
     m.eval()
     h = m.halo if halo is None else int(halo)
-    out = map_tiles(data, _ModelKernel(m, device, np.dtype(np.float32)), m.n_endmembers, halo=h)
+    out = map_tiles(data, ModelKernel(m, device, np.dtype(np.float32)), m.n_endmembers, halo=h)
     attrs = {"method": method or type(m).__name__, "model": type(m).__name__, "halo": h,
              **{f"model_{k}": v for k, v in m.config.items() if isinstance(v, int | float | str | bool)}}
     if isinstance(model, str | os.PathLike):
