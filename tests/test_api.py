@@ -1,0 +1,129 @@
+"""The accessor contract (API.md): dims, coords, CRS, NaN handling, dask laziness, bad input."""
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import xr_unmix
+from xr_unmix.errors import BandMismatchError, DimensionError
+from xr_unmix.testing import assert_tiled_equals_full, make_cube
+
+
+def test_result_contract(scene):
+    cube, E, truth = scene
+    ab = cube.unmix.sunsal(E)
+    assert ab.dims == ("endmember", "y", "x")
+    assert list(ab.endmember.values) == list(E.endmember.values)
+    np.testing.assert_array_equal(ab.y.values, cube.y.values)
+    np.testing.assert_array_equal(ab.x.values, cube.x.values)
+    assert ab.rio.crs == cube.rio.crs
+    assert ab.rio.transform() == cube.rio.transform()
+    assert ab.attrs["method"] == "sunsal" and ab.attrs["lam"] == 0.0
+    assert ab.dtype == np.float32
+    tight = cube.unmix.sunsal(E, tol=1e-7, max_iter=5000)
+    np.testing.assert_allclose(tight.values, truth.values, atol=1e-3)
+
+
+def test_any_dim_order_and_plain_array_endmembers(scene):
+    cube, E, _ = scene
+    ref = cube.unmix.fcls(E)
+    other = cube.transpose("y", "x", "band").unmix.fcls(E.values)
+    assert list(other.endmember.values) == ["em0", "em1", "em2"]
+    np.testing.assert_allclose(other.values, ref.values, atol=1e-6)
+
+
+def test_constraints_hold(scene):
+    cube, E, _ = scene
+    noisy = cube + np.random.default_rng(0).normal(0, 0.02, cube.shape).astype(np.float32)
+    ab = noisy.unmix.fcls(E).values
+    assert (ab >= 0).all()
+    np.testing.assert_allclose(ab.sum(0), 1.0, atol=1e-5)
+    assert (noisy.unmix.nnls(E).values >= 0).all()
+
+
+def test_dask_lazy_and_equal_to_numpy(scene):
+    cube, E, _ = scene
+    lazy = cube.chunk({"y": 10, "x": 12}).unmix.sunsal(E)
+    assert lazy.chunks is not None
+    assert lazy.chunks[1:] == ((10, 10, 4), (12, 12, 8))
+    assert_tiled_equals_full(cube, lambda c: c.unmix.sunsal(E), tol=1e-6)
+
+
+def test_nan_and_nodata_pixels_only_poison_themselves(scene):
+    cube, E, _ = scene
+    c = cube.copy()
+    c[5, 3, 4] = np.nan  # one band of one pixel
+    ab = c.unmix.fcls(E)
+    assert np.isnan(ab[:, 3, 4]).all()
+    assert np.isfinite(ab.values).sum() == ab.size - 3
+    # integer cube with a nodata value
+    ints = (cube * 10000).round().astype("uint16")
+    ints[:, 0, 0] = 65535
+    ints = ints.rio.write_nodata(65535)
+    ab_i = ints.unmix.fcls(E * 10000)
+    assert np.isnan(ab_i[:, 0, 0]).all()
+    ref = cube.unmix.fcls(E).values
+    same = np.ones((24, 32), bool)
+    same[0, 0] = False
+    np.testing.assert_allclose(ab_i.values[:, same], ref[:, same], atol=2e-2)
+
+
+def test_all_nan_tile_gives_nan_tile_without_error(scene):
+    cube, E, _ = scene
+    c = cube.copy()
+    c[:, :10, :12] = np.nan
+    ab = c.chunk({"y": 10, "x": 12}).unmix.fcls(E).compute()
+    assert np.isnan(ab[:, :10, :12]).all()
+    assert np.isfinite(ab[:, 10:, :]).all()
+
+
+def test_non_georeferenced_cube_unmixes(scene):
+    cube, E, _ = scene
+    bare = xr.DataArray(cube.values, dims=cube.dims)
+    ab = bare.unmix.fcls(E)
+    assert ab.rio.crs is None
+    assert ab.shape == (3, 24, 32)
+
+
+def test_band_mismatch_names_both_counts(scene):
+    cube, E, _ = scene
+    with pytest.raises(BandMismatchError, match=r"29 bands.*30") as exc:
+        cube.unmix.sunsal(E.isel(band=slice(0, 29)))
+    assert isinstance(exc.value, ValueError)
+
+
+def test_wrong_dims_names_them():
+    bad = xr.DataArray(np.zeros((3, 4, 5)), dims=("wl", "y", "x"))
+    with pytest.raises(DimensionError, match=r"\('wl', 'y', 'x'\)"):
+        bad.unmix.sunsal(np.ones((3, 2)))
+
+
+def test_nan_endmembers_rejected(scene):
+    cube, E, _ = scene
+    E2 = E.copy()
+    E2[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        cube.unmix.sunsal(E2)
+
+
+def test_input_attrs_do_not_leak(scene):
+    cube, E, _ = scene
+    c = cube.assign_attrs(long_name=tuple(f"b{i}" for i in range(30)), scale_factor=1e-4)
+    ab = c.unmix.fcls(E)
+    assert "long_name" not in ab.attrs and "scale_factor" not in ab.attrs
+
+
+def test_float64_on_request(scene):
+    cube, E, _ = scene
+    assert cube.unmix.sunsal(E, dtype="float64").dtype == np.float64
+
+
+def test_top_level_names():
+    for name in ("sunsal", "admm", "deq", "to_cog", "to_zarr", "read_endmembers", "resample_spectra",
+                 "load_model", "metrics"):
+        assert getattr(xr_unmix, name) is not None
+
+
+def test_make_cube_chunks():
+    cube, _, _ = make_cube(chunks={"y": 8, "x": 8})
+    assert cube.chunks is not None

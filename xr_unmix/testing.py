@@ -1,0 +1,112 @@
+"""Helpers for tests, in this package and downstream: synthetic cubes and tiling checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+
+def make_endmembers(n_bands: int = 30, n_endmembers: int = 3, *, seed: int = 0) -> xr.DataArray:
+    """Smooth, positive, well-separated synthetic spectra, DataArray (band, endmember)."""
+    rng = np.random.default_rng(seed)
+    wl = np.linspace(400.0, 2400.0, n_bands)
+    cols = []
+    for _ in range(n_endmembers):
+        centres = rng.uniform(400, 2400, 3)
+        widths = rng.uniform(150, 500, 3)
+        amps = rng.uniform(0.2, 0.8, 3)
+        s = 0.05 + sum(a * np.exp(-0.5 * ((wl - c) / w) ** 2)
+                       for a, c, w in zip(amps, centres, widths, strict=True))
+        cols.append(s)
+    E = np.stack(cols, axis=1)
+    return xr.DataArray(E, dims=("band", "endmember"),
+                        coords={"band": np.arange(1, n_bands + 1), "wavelength": ("band", wl),
+                                "endmember": np.array([f"m{i}" for i in range(n_endmembers)],
+                                                      dtype=object)})
+
+
+def make_cube(
+    ny: int = 24,
+    nx: int = 32,
+    endmembers: xr.DataArray | None = None,
+    *,
+    snr_db: float | None = None,
+    seed: int = 0,
+    crs: str | None = "EPSG:32633",
+    pixel_size: float = 30.0,
+    chunks: dict[str, int] | None = None,
+) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
+    """A georeferenced synthetic cube from Dirichlet abundances.
+
+    Returns
+    -------
+    cube : DataArray (band, y, x), float32, with ``wavelength`` coordinate, CRS and 30 m transform
+    endmembers : DataArray (band, endmember)
+    abundances : DataArray (endmember, y, x), the truth
+    """
+    rng = np.random.default_rng(seed)
+    E = make_endmembers(seed=seed) if endmembers is None else endmembers
+    R = E.sizes["endmember"]
+    A = rng.dirichlet(np.full(R, 0.7), size=(ny, nx)).transpose(2, 0, 1)
+    Y = np.einsum("br,ryx->byx", E.values, A)
+    if snr_db is not None:
+        sigma = np.sqrt((Y**2).mean() / 10 ** (snr_db / 10))
+        Y = Y + rng.normal(0, sigma, Y.shape)
+    y = 4_000_000.0 - pixel_size * (np.arange(ny) + 0.5)
+    x = 500_000.0 + pixel_size * (np.arange(nx) + 0.5)
+    cube = xr.DataArray(
+        Y.astype(np.float32), dims=("band", "y", "x"),
+        coords={"band": E.band.values, "wavelength": ("band", E.wavelength.values), "y": y, "x": x},
+        name="reflectance",
+    )
+    if crs is not None:
+        import rioxarray  # noqa: F401
+
+        cube = cube.rio.write_crs(crs)
+    if chunks:
+        cube = cube.chunk(chunks)
+    truth = xr.DataArray(A, dims=("endmember", "y", "x"),
+                         coords={"endmember": E.endmember.values, "y": y, "x": x})
+    return cube, E, truth
+
+
+def assert_tiled_equals_full(cube: xr.DataArray, fn: Callable[[xr.DataArray], xr.DataArray],
+                             tol: float = 1e-6, *, chunks: dict[str, int] | None = None) -> float:
+    """Assert that ``fn`` on a chunked copy of ``cube`` equals ``fn`` on the in-memory cube.
+
+    Returns the largest absolute difference (NaNs must coincide).
+    """
+    full = fn(cube.compute() if cube.chunks else cube)
+    tiled = fn(cube.chunk(chunks or {"y": max(1, cube.sizes["y"] // 3),
+                                     "x": max(1, cube.sizes["x"] // 3)}))
+    assert tiled.chunks is not None, "the tiled result is not lazy"
+    a, b = np.asarray(full.values), np.asarray(tiled.values)
+    assert a.shape == b.shape, f"shapes differ: {a.shape} vs {b.shape}"
+    nan_a, nan_b = np.isnan(a), np.isnan(b)
+    assert (nan_a == nan_b).all(), "NaN patterns differ between tiled and full results"
+    diff = float(np.abs(a[~nan_a] - b[~nan_b]).max()) if (~nan_a).any() else 0.0
+    assert diff <= tol, f"tiled differs from full by {diff} > {tol}"
+    return diff
+
+
+def write_cube_tif(cube: xr.DataArray, path: Any, *, nodata: float | None = None) -> Any:
+    """Write a ``(band, y, x)`` cube as a tiled GeoTIFF with per-band ``wavelength`` tags (nm).
+
+    The tags follow GDAL's ENVI convention, which :func:`xr_unmix.io.open_cube` reads back.
+    """
+    import rasterio
+    import rioxarray  # noqa: F401
+
+    c = cube.transpose("band", "y", "x")
+    if nodata is not None:
+        c = c.rio.write_nodata(nodata)
+    c.drop_vars([v for v in ("wavelength",) if v in c.coords]).rio.to_raster(
+        path, tiled=True, blockxsize=16, blockysize=16)
+    if "wavelength" in cube.coords:
+        with rasterio.open(path, "r+") as dst:
+            for i, w in enumerate(np.asarray(cube.wavelength.values), start=1):
+                dst.update_tags(i, wavelength=f"{float(w):.4f}", wavelength_units="Nanometers")
+    return path
