@@ -30,6 +30,8 @@ _LAZY = {
     "simulate": "simulate",
     "to_cog": "io",
     "to_zarr": "io",
+    "open_cube": "io",
+    "open_abundance": "io",
     "read_endmembers": "endmembers",
     "resample_spectra": "endmembers",
     "vca": "extraction",
