@@ -1,0 +1,405 @@
+"""Unrolled sparse-regression networks: U-ADMM-AENet and the ISTA-unrolled MNN-AE comparison net.
+
+U-ADMM-AENet (Zhou & Rodrigues, "ADMM-based hyperspectral unmixing networks for abundance and endmember
+estimation", the seed paper) unrolls ``K`` iterations of the ADMM solver of
+
+    min_x 1/2 ||y - E x||^2 + lam ||x||_1   s.t. x >= 0
+
+into ``K`` network layers. Layer ``k`` (parameters ``Theta_k = {W_k, B_k, theta_k, eta_k}``) is::
+
+    x_k = W_k y + B_k (z_{k-1} + d_{k-1})                  X-update, eq. (7)
+    z_k = max(soft(x_k - d_{k-1}, theta_k), 0)             Z-update, eq. (8)
+    d_k = d_{k-1} - eta_k (x_k - z_k)                      D-update, eq. (9)
+
+from ``z_0 = d_0 = 0``; the output is ``z_K`` divided by its sum (ASC). Warm start (sec. 4.3):
+``W = (E^T E + mu I)^-1 E^T``, ``B = mu (E^T E + mu I)^-1``, ``theta = lam / mu``, ``eta = 1``, so the
+untrained network computes exactly ``K`` SUnSAL (plain ADMM, fixed ``mu``) iterations.
+
+MNN-AE-2 (the paper's comparison, after Qian et al.'s ISTA-unrolled MNN-AE) is built from the same pieces
+without the dual variable: ``x_k = max(soft(W_k y + S_k x_{k-1}, theta_k), 0)`` from ``x_0 = 0``, warm
+started as ISTA with step ``1/L`` (``L`` the largest eigenvalue of ``E^T E``): ``W = E^T / L``,
+``S = I - E^T E / L``, ``theta = lam / L``; output normalised to sum to one.
+
+Both are pixel-wise :class:`~xr_unmix.models.base.UnmixModel` s: ``forward`` maps spectra ``(n, bands)`` to
+abundances ``(n, R)``; they know nothing of xarray (``cube.unmix.admm`` does the tiling).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from .base import UnmixModel, register_model
+from .losses import PAPER_ALPHAS, CompositeLoss
+
+#: Defaults of :meth:`UADMMNet.fit`, chosen by measurement on Jasper Ridge (docs/uadmm.md).
+DEFAULT_EPOCHS = 300
+DEFAULT_LR = 1e-3
+#: The paper's training settings (sec. 5.1): Adam, lr 1e-4, batch 64, 300 epochs.
+PAPER_LR = 1e-4
+
+
+def _soft_nonneg(v: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """``max(soft(v, theta), 0)`` elementwise, written as SUnSAL writes it (so both agree to the bit)."""
+    return (torch.sign(v) * (v.abs() - theta).clamp_min(0)).clamp_min(0)
+
+
+def _endmember_inputs(E: Any) -> tuple[np.ndarray, list[str], list[float] | None]:
+    """(bands, R) float64 matrix, endmember names, wavelengths (nm) or None, from a DataArray or array."""
+    import xarray as xr
+
+    from .._cube import as_endmembers
+
+    Ed = as_endmembers(E)
+    wl = None
+    if isinstance(E, xr.DataArray) and "wavelength" in Ed.coords and Ed["wavelength"].dims == ("band",):
+        w = np.asarray(Ed["wavelength"].values, dtype=np.float64)
+        if np.isfinite(w).all():
+            wl = [float(v) for v in w]
+    return np.asarray(Ed.values, dtype=np.float64), [str(n) for n in Ed.endmember.values], wl
+
+
+class _UnrolledNet(UnmixModel):
+    """Shared plumbing: endmember buffer, ASC normalisation, supervised :meth:`fit`."""
+
+    #: loss weights (MSE, angle distance, symmetric KL) used by :meth:`fit` unless given.
+    default_alphas: ClassVar[tuple[float, float, float]] = PAPER_ALPHAS
+
+    def __init__(self, n_bands: int, n_endmembers: int, endmember_names: list[str] | None = None,
+                 wavelengths: list[float] | None = None, *, layers: int = 2, tied: bool = False) -> None:
+        super().__init__(n_bands, n_endmembers, endmember_names, wavelengths)
+        layers = int(layers)
+        if layers < 1:
+            raise ValueError(f"layers must be >= 1, got {layers}")
+        self.layers = layers
+        self.tied = bool(tied)
+        self.register_buffer("E", torch.zeros(self.n_bands, self.n_endmembers))
+
+    @property
+    def _n_sets(self) -> int:
+        return 1 if self.tied else self.layers
+
+    def endmember_matrix(self) -> torch.Tensor:
+        """The endmembers the network was warm-started from, ``(bands, R)``."""
+        return self.E
+
+    def _check_input(self, y: torch.Tensor) -> None:
+        if y.ndim != 2:
+            raise ValueError(f"expected spectra of shape (n_pixels, {self.n_bands}); got {tuple(y.shape)}")
+        self.check_bands(y.shape[-1])
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        """Divide non-negative rows ``(n, R)`` by their sum; an all-zero row becomes uniform ``1/R``."""
+        s = z.sum(-1, keepdim=True)
+        tiny = torch.finfo(z.dtype).tiny
+        return torch.where(s > tiny, z / s.clamp_min(tiny), torch.full_like(z, 1.0 / self.n_endmembers))
+
+    def iterate(self, y: torch.Tensor) -> torch.Tensor:
+        """The last layer's non-negative output ``(n, R)`` before the sum-to-one normalisation."""
+        raise NotImplementedError
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """Abundances of spectra.
+
+        Parameters
+        ----------
+        y : Tensor, shape (n_pixels, bands)
+            Reflectance in the units of the endmembers.
+
+        Returns
+        -------
+        Tensor, shape (n_pixels, R): non-negative, rows summing to one.
+        """
+        return self.normalize(self.iterate(y))
+
+    def fit(
+        self,
+        spectra: Any,
+        abundances: Any,
+        *,
+        epochs: int = DEFAULT_EPOCHS,
+        batch_size: int = 64,
+        lr: float = DEFAULT_LR,
+        seed: int | None = None,
+        alphas: Sequence[float] | None = None,
+        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        weight_decay: float = 0.0,
+        validation: tuple[Any, Any] | None = None,
+        callback: Callable[[int, Any], dict[str, float] | None] | None = None,
+        progress: bool | None = None,
+        sum_tol: float = 1e-3,
+    ) -> dict[str, Any]:
+        """Supervised training on labelled pixels (Adam, mini-batches), in place.
+
+        Parameters
+        ----------
+        spectra : array-like (numpy, torch, DataArray), shape (n_pixels, bands)
+            Training spectra, one pixel per row, same units as the endmembers.
+        abundances : array-like, shape (n_pixels, R)
+            Their abundances: non-negative, rows summing to one (within ``sum_tol``).
+        epochs : int
+            Passes over the training set.
+        batch_size : int
+            Pixels per Adam step.
+        lr : float
+            Adam learning rate. Default 1e-3 (measured on Jasper Ridge, see docs/uadmm.md); the paper's
+            setting is ``PAPER_LR = 1e-4``.
+        seed : int, optional
+            Reproducible batch order.
+        alphas : (float, float, float), optional
+            Weights of MSE, angle distance and symmetric KL in the loss (eq. 10). Default
+            ``type(self).default_alphas``: the paper's ``(1, 1e-7, 1e-5)`` for U-ADMM-AENet, plain MSE
+            ``(1, 0, 0)`` for MNN-AE.
+        loss : callable, optional
+            ``loss(pred, target) -> scalar`` replacing the composite loss (``alphas`` is then ignored).
+        weight_decay : float
+            Adam weight decay.
+        validation : (spectra, abundances), optional
+            Held-out pairs; ``history["val_loss"]`` records their loss after every epoch.
+        callback : callable, optional
+            ``callback(epoch, model) -> {name: float} | None`` after every epoch (eval mode, no grad);
+            the values go to ``history[name]``. E.g. a test RMSE per epoch.
+        progress : bool, optional
+            tqdm bar over epochs (default: when stderr is a terminal).
+        sum_tol : float
+            Tolerance of the sum-to-one / non-negativity check on ``abundances``.
+
+        Returns
+        -------
+        dict
+            ``"loss"`` (per-epoch mean training loss), ``"time_s"``, ``"epochs"``, ``"lr"``,
+            ``"batch_size"``, ``"seed"``, ``"n_samples"``, ``"val_loss"`` / callback keys when asked.
+
+        Raises
+        ------
+        ValueError
+            Shapes that do not match the model, NaN, negative abundances or rows not summing to one.
+        """
+        from ._train import check_pairs, fit_supervised
+
+        p = next(self.parameters())
+        Y, A = check_pairs(spectra, abundances, n_bands=self.n_bands, n_endmembers=self.n_endmembers,
+                           sum_tol=sum_tol, dtype=p.dtype, device=p.device)
+        val = None
+        if validation is not None:
+            val = check_pairs(validation[0], validation[1], n_bands=self.n_bands,
+                              n_endmembers=self.n_endmembers, sum_tol=sum_tol, dtype=p.dtype, device=p.device)
+        loss_fn = loss if loss is not None else CompositeLoss(
+            self.default_alphas if alphas is None else alphas)
+        history = fit_supervised(self, Y, A, epochs=epochs, batch_size=batch_size, lr=lr, loss=loss_fn,
+                                 seed=seed, weight_decay=weight_decay, validation=val, callback=callback,
+                                 progress=progress, desc=f"{type(self).__name__} fit")
+        history["alphas"] = None if loss is not None else list(getattr(loss_fn, "alphas", ()))
+        self.eval()
+        return history
+
+    @torch.no_grad()
+    def predict(self, spectra: Any, batch_size: int = 65536) -> np.ndarray:
+        """Abundances ``(n_pixels, R)`` (numpy, float64) of spectra ``(n_pixels, bands)``, in eval mode."""
+        from ._train import as_tensor
+
+        p = next(self.parameters())
+        Y = as_tensor(spectra, "spectra", p.dtype, p.device)
+        self._check_input(Y)
+        was = self.training
+        self.eval()
+        try:
+            out = [self(Y[i:i + batch_size]) for i in range(0, Y.shape[0], batch_size)]
+        finally:
+            self.train(was)
+        return torch.cat(out).cpu().double().numpy() if out else np.zeros((0, self.n_endmembers))
+
+    def extra_repr(self) -> str:
+        return (f"bands={self.n_bands}, endmembers={self.n_endmembers}, layers={self.layers}, "
+                f"tied={self.tied}")
+
+
+@register_model
+class UADMMNet(_UnrolledNet):
+    """U-ADMM-AENet: ``layers`` unrolled ADMM iterations with learnable ``W_k, B_k, theta_k, eta_k``.
+
+    Build with :meth:`from_endmembers` (warm start = exact ADMM); the constructor makes a zero network
+    of the right shape (used by :func:`~xr_unmix.load_model`).
+
+    Parameters
+    ----------
+    n_bands, n_endmembers : int
+    endmember_names : list of str, optional
+    wavelengths : list of float, optional
+        Band centres in nm.
+    layers : int
+        ``K``, the number of unrolled iterations (paper: 2).
+    tied : bool
+        Share one ``Theta`` across all layers (default: untied, as the paper).
+    lam, mu : float
+        The ADMM ``lam`` and ``mu`` of the warm start (recorded in the config).
+
+    Attributes
+    ----------
+    W : Parameter (L, R, bands)      -- ``L = 1`` if tied else ``layers``
+    B : Parameter (L, R, R)
+    theta : Parameter (L,)
+    eta : Parameter (L,)
+    E : buffer (bands, R)             -- the endmembers of the warm start
+    """
+
+    default_alphas = PAPER_ALPHAS
+
+    def __init__(self, n_bands: int, n_endmembers: int, endmember_names: list[str] | None = None,
+                 wavelengths: list[float] | None = None, *, layers: int = 2, tied: bool = False,
+                 lam: float = 0.0, mu: float = 1.0) -> None:
+        super().__init__(n_bands, n_endmembers, endmember_names, wavelengths, layers=layers, tied=tied)
+        self.lam = float(lam)
+        self.mu = float(mu)
+        L, R, nb = self._n_sets, self.n_endmembers, self.n_bands
+        self.W = torch.nn.Parameter(torch.zeros(L, R, nb))
+        self.B = torch.nn.Parameter(torch.zeros(L, R, R))
+        self.theta = torch.nn.Parameter(torch.zeros(L))
+        self.eta = torch.nn.Parameter(torch.ones(L))
+        self.config = {"layers": self.layers, "tied": self.tied, "lam": self.lam, "mu": self.mu}
+
+    @classmethod
+    def from_endmembers(cls, E: Any, layers: int = 2, lam: float = 0.0, mu: float | None = None,
+                        tied: bool = False, dtype: torch.dtype = torch.float32) -> UADMMNet:
+        """A network equal to ``layers`` ADMM (SUnSAL) iterations for ``E`` (paper sec. 4.3).
+
+        Parameters
+        ----------
+        E : DataArray (band, endmember) or array (bands, R)
+            Endmember spectra, in the units of the spectra the network will see. Names and the
+            ``wavelength`` coordinate (nm) of a DataArray are kept in the model.
+        layers : int
+            Number of unrolled iterations ``K`` (paper: 2).
+        lam : float
+            l1 weight of the sparse regression (``theta = lam / mu``). Default 0.
+        mu : float, optional
+            ADMM penalty. Default: the largest eigenvalue of ``E^T E`` (the paper's "upper bound to the
+            largest eigenvalue of A^T A").
+        tied : bool
+            One parameter set shared by all layers.
+        dtype : torch.dtype
+            Parameter dtype (float32 by default).
+
+        Returns
+        -------
+        UADMMNet
+            Untrained; ``net.iterate(Y.T)`` equals ``sunsal_solve(Y, E, lam=lam, mu=mu, anc=True,
+            asc=False, normalize=False, adaptive_mu=False, tol=0, max_iter=layers).T``.
+        """
+        Em, names, wl = _endmember_inputs(E)
+        G = Em.T @ Em
+        if mu is None:
+            mu = float(np.linalg.eigvalsh(G)[-1])
+        mu = float(mu)
+        if not mu > 0:
+            raise ValueError(f"mu must be > 0, got {mu}")
+        if lam < 0:
+            raise ValueError(f"lam must be >= 0, got {lam}")
+        net = cls(Em.shape[0], Em.shape[1], names, wl, layers=layers, tied=tied, lam=lam, mu=mu)
+        inv = np.linalg.inv(G + mu * np.eye(Em.shape[1]))
+        with torch.no_grad():
+            net.W.copy_(torch.from_numpy(inv @ Em.T).expand_as(net.W))
+            net.B.copy_(torch.from_numpy(mu * inv).expand_as(net.B))
+            net.theta.fill_(lam / mu)
+            net.eta.fill_(1.0)
+            net.E.copy_(torch.from_numpy(Em))
+        return net.to(dtype)
+
+    def _layer(self, k: int) -> int:
+        return 0 if self.tied else k
+
+    def iterate(self, y: torch.Tensor, return_all: bool = False) -> Any:
+        """Run the ``K`` layers from ``z_0 = d_0 = 0``.
+
+        Parameters
+        ----------
+        y : Tensor, shape (n, bands)
+        return_all : bool
+            Also return the final ``x`` and ``d``.
+
+        Returns
+        -------
+        z_K : Tensor (n, R), non-negative, not normalised; or ``(x_K, z_K, d_K)`` with ``return_all``.
+        """
+        self._check_input(y)
+        n, R = y.shape[0], self.n_endmembers
+        z = y.new_zeros(n, R)
+        d = y.new_zeros(n, R)
+        x = z
+        for k in range(self.layers):
+            i = self._layer(k)
+            x = y @ self.W[i].T + (z + d) @ self.B[i].T
+            z = _soft_nonneg(x - d, self.theta[i])
+            d = d - self.eta[i] * (x - z)
+        return (x, z, d) if return_all else z
+
+
+@register_model
+class MNNAE(_UnrolledNet):
+    """MNN-AE: ``layers`` unrolled (LISTA-style) ISTA iterations, the seed paper's "MNN-AE-2" baseline.
+
+    ``x_k = max(soft(W_k y + S_k x_{k-1}, theta_k), 0)`` from ``x_0 = 0``, output normalised to sum to one.
+    Trained, as in the comparison, with plain MSE (``default_alphas = (1, 0, 0)``).
+
+    Attributes
+    ----------
+    W : Parameter (L, R, bands)
+    S : Parameter (L, R, R)
+    theta : Parameter (L,)
+    E : buffer (bands, R)
+    """
+
+    default_alphas = (1.0, 0.0, 0.0)
+
+    def __init__(self, n_bands: int, n_endmembers: int, endmember_names: list[str] | None = None,
+                 wavelengths: list[float] | None = None, *, layers: int = 2, tied: bool = False,
+                 lam: float = 0.0) -> None:
+        super().__init__(n_bands, n_endmembers, endmember_names, wavelengths, layers=layers, tied=tied)
+        self.lam = float(lam)
+        L, R, nb = self._n_sets, self.n_endmembers, self.n_bands
+        self.W = torch.nn.Parameter(torch.zeros(L, R, nb))
+        self.S = torch.nn.Parameter(torch.zeros(L, R, R))
+        self.theta = torch.nn.Parameter(torch.zeros(L))
+        self.config = {"layers": self.layers, "tied": self.tied, "lam": self.lam}
+
+    @classmethod
+    def from_endmembers(cls, E: Any, layers: int = 2, lam: float = 0.0, tied: bool = False,
+                        dtype: torch.dtype = torch.float32) -> MNNAE:
+        """A network equal to ``layers`` non-negative ISTA iterations (step ``1/L``) for ``E``.
+
+        Parameters
+        ----------
+        E : DataArray (band, endmember) or array (bands, R)
+        layers : int
+            Paper's comparison: 2 ("MNN-AE-2").
+        lam : float
+            l1 weight (``theta = lam / L``).
+        tied : bool
+        dtype : torch.dtype
+        """
+        Em, names, wl = _endmember_inputs(E)
+        if lam < 0:
+            raise ValueError(f"lam must be >= 0, got {lam}")
+        G = Em.T @ Em
+        L = float(np.linalg.eigvalsh(G)[-1])
+        if not L > 0:
+            raise ValueError("the endmember matrix is all zeros")
+        net = cls(Em.shape[0], Em.shape[1], names, wl, layers=layers, tied=tied, lam=lam)
+        with torch.no_grad():
+            net.W.copy_(torch.from_numpy(Em.T / L).expand_as(net.W))
+            net.S.copy_(torch.from_numpy(np.eye(Em.shape[1]) - G / L).expand_as(net.S))
+            net.theta.fill_(lam / L)
+            net.E.copy_(torch.from_numpy(Em))
+        return net.to(dtype)
+
+    def iterate(self, y: torch.Tensor) -> torch.Tensor:
+        """Run the ``K`` ISTA layers from ``x_0 = 0``; returns ``x_K`` (n, R), non-negative, not normalised."""
+        self._check_input(y)
+        x = y.new_zeros(y.shape[0], self.n_endmembers)
+        for k in range(self.layers):
+            i = 0 if self.tied else k
+            x = _soft_nonneg(y @ self.W[i].T + x @ self.S[i].T, self.theta[i])
+        return x
