@@ -1,16 +1,39 @@
-"""Per-process policies for running torch inside Dask tasks.
+"""Per-process policies for running torch inside Dask tasks, on local threads or on ``distributed`` workers.
 
+Threads
+-------
 Dask's threaded scheduler runs one task per core, and each torch op would by default also use every
 core: N x N threads oversubscribe. Inside a Dask task we therefore give torch
-``max(1, cores // dask_threads)`` intra-op threads, decided once per process (``torch.set_num_threads``
-is process-global). On ``distributed`` workers the nanny already sets ``OMP_NUM_THREADS=1``.
+``max(1, cores // dask_threads)`` intra-op threads, decided once per process
+(``torch.set_num_threads`` is process-global). On a ``distributed`` worker the nanny sets
+``OMP_NUM_THREADS=1`` for every worker process, and several worker processes usually share a host, so
+there torch gets ``OMP_NUM_THREADS`` threads (1 unless the cluster was configured otherwise): the
+cluster's ``n_workers x threads_per_worker`` then is the number of busy cores. The environment variable
+``XR_UNMIX_TORCH_THREADS`` overrides both rules.
+
+Models on workers
+-----------------
+:class:`ModelKernel` is the picklable kernel that applies a network to a block. On local threads it uses
+the model object it was given. When pickled (what ``distributed`` does to ship tasks), it carries only
+the model's *state* -- for an :class:`~xr_unmix.models.UnmixModel` the class path, its JSON config and
+its weights as safetensors bytes -- plus a SHA-256 content hash. Each worker process rebuilds the model
+the first time a task needs it and keeps it in a per-process cache keyed by that hash (and the device),
+so a run builds the model once per worker process, not once per chunk; a retrained model has another
+hash and is rebuilt. :func:`model_cache_info` reports the builds of the current process (query it on
+every worker with ``client.run(model_cache_info)``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import hashlib
+import importlib
+import io
+import json
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,18 +42,52 @@ import numpy as np
 _lock = threading.Lock()
 _configured = False
 
+#: models built in this process, by (content hash, device); bounded (least recently used dropped)
+_MODEL_CACHE: OrderedDict[tuple[str, str], Any] = OrderedDict()
+_MODEL_CACHE_LOCK = threading.Lock()
+_MODEL_CACHE_SIZE = 4
+_builds = 0  #: how many models this process built from a payload (cache misses)
 
-def _dask_threads() -> int:
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover  (not Linux)
+        return os.cpu_count() or 1
+
+
+def _on_distributed_worker() -> Any:
     try:
         from distributed import get_worker
 
-        return max(1, int(get_worker().state.nthreads))
-    except (ImportError, ValueError, AttributeError):
-        pass
+        return get_worker()
+    except (ImportError, ValueError):
+        return None
+
+
+def _dask_threads() -> int:
+    worker = _on_distributed_worker()
+    if worker is not None:
+        with contextlib.suppress(AttributeError):
+            return max(1, int(worker.state.nthreads))
     import dask
 
     n = dask.config.get("num_workers", None)
-    return int(n) if n else (os.cpu_count() or 1)
+    return int(n) if n else _cores()
+
+
+def torch_thread_count() -> int:
+    """The number of intra-op threads torch should use in this process for Dask work.
+
+    ``XR_UNMIX_TORCH_THREADS`` if set; on a ``distributed`` worker, ``OMP_NUM_THREADS`` if set (the nanny
+    sets it to 1) else ``cores // worker threads``; on local threads ``cores // dask threads``. At least 1.
+    """
+    env = os.environ.get("XR_UNMIX_TORCH_THREADS")
+    if env:
+        return max(1, int(env))
+    if _on_distributed_worker() is not None and os.environ.get("OMP_NUM_THREADS"):
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    return max(1, _cores() // _dask_threads())
 
 
 @contextlib.contextmanager
@@ -42,33 +99,208 @@ def torch_threads() -> Iterator[None]:
             if not _configured:
                 import torch
 
-                from dask.utils import get_scheduler_lock  # noqa: F401  (dask importable)
-
                 inside = threading.current_thread() is not threading.main_thread()
-                if inside:
-                    cores = os.cpu_count() or 1
-                    torch.set_num_threads(max(1, cores // _dask_threads()))
+                if inside or _on_distributed_worker() is not None:
+                    torch.set_num_threads(torch_thread_count())
                 _configured = True
     yield
 
 
+# -- models on workers -----------------------------------------------------------------------------
+
+def _class_path(obj: Any) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _import_class(path: str) -> type:
+    module, _, qualname = path.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def model_payload(model: Any) -> tuple[dict[str, Any], str]:
+    """Serialise ``model`` for shipping to workers, and hash the result.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        An :class:`~xr_unmix.models.UnmixModel` travels as ``{"kind": "xr_unmix", "class": "module:Class",
+        "config": {...}, "weights": <safetensors bytes>}`` (no pickled code); any other module as
+        ``{"kind": "pickle", "data": <torch.save bytes>}``.
+
+    Returns
+    -------
+    payload : dict
+    key : str
+        SHA-256 hex digest of the payload (class, config and weights).
+    """
+    from .models.base import UnmixModel
+
+    h = hashlib.sha256()
+    if isinstance(model, UnmixModel):
+        from safetensors.torch import save
+
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        weights = save(tensors)
+        config = json.dumps({**model._base_config(), **model.config}, sort_keys=True, default=str)
+        payload = {"kind": "xr_unmix", "class": _class_path(model), "config": config,
+                   "weights": weights}
+        for part in (payload["class"], config):
+            h.update(part.encode())
+        h.update(weights)
+    else:
+        import torch
+
+        buf = io.BytesIO()
+        torch.save(model, buf)
+        payload = {"kind": "pickle", "data": buf.getvalue()}
+        h.update(payload["data"])
+    return payload, h.hexdigest()
+
+
+def _build(payload: dict[str, Any]) -> Any:
+    import torch
+
+    if payload["kind"] == "xr_unmix":
+        from safetensors.torch import load
+
+        from .models import _load_all  # noqa: F401  (registers the model classes)
+
+        cls = _import_class(payload["class"])
+        model = cls._from_config(json.loads(payload["config"]))
+        model.load_state_dict(load(payload["weights"]), strict=True)
+    else:
+        model = torch.load(io.BytesIO(payload["data"]), weights_only=False)
+    return model.eval()
+
+
+def cached_model(key: str, payload: dict[str, Any], device: str) -> Any:
+    """The model for ``key`` on ``device``, built from ``payload`` once per process."""
+    global _builds
+    with _MODEL_CACHE_LOCK:
+        model = _MODEL_CACHE.get((key, device))
+        if model is None:
+            model = _build(payload).to(device)
+            _builds += 1
+            _MODEL_CACHE[(key, device)] = model
+            while len(_MODEL_CACHE) > _MODEL_CACHE_SIZE:
+                _MODEL_CACHE.popitem(last=False)
+        else:
+            _MODEL_CACHE.move_to_end((key, device))
+        return model
+
+
+def model_cache_info() -> dict[str, Any]:
+    """This process's model cache: ``{"pid", "builds", "keys"}`` (builds = cache misses so far)."""
+    with _MODEL_CACHE_LOCK:
+        return {"pid": os.getpid(), "builds": _builds,
+                "keys": [f"{k[:12]}@{d}" for k, d in _MODEL_CACHE]}
+
+
+def clear_model_cache() -> None:
+    """Empty this process's model cache and reset its build counter."""
+    global _builds
+    with _MODEL_CACHE_LOCK:
+        _MODEL_CACHE.clear()
+        _builds = 0
+
+
+def _check_device(device: str) -> str:
+    if str(device).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            where = _on_distributed_worker()
+            host = f" on worker {where.address}" if where is not None else ""
+            raise RuntimeError(f"device={device!r} but torch sees no CUDA GPU{host}; "
+                               "run on GPU workers or use device='cpu'")
+    return str(device)
+
+
 class ModelKernel:
-    """Picklable kernel: a network's ``unmix_image`` on a block, in inference mode."""
+    """Picklable kernel: a network's ``unmix_image`` on a block, in inference mode.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Usually an :class:`~xr_unmix.models.UnmixModel`; ``unmix_image((bands, h, w)) -> (R, h, w)``.
+    device : str
+        ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; checked where the kernel runs (a worker without a GPU
+        raises a clear :class:`RuntimeError`).
+    dtype : numpy dtype
+        Output dtype.
+
+    Notes
+    -----
+    In the process that made it, the kernel uses ``model`` itself (a copy moved to ``device`` when the
+    model lives elsewhere, so the caller's model is not moved). Pickled, it carries the model's state
+    and content hash (see :func:`model_payload`) and rebuilds it through the per-process cache.
+    """
 
     def __init__(self, model: Any, device: str, dtype: np.dtype) -> None:
         self.model = model
-        self.device = device
-        self.dtype = dtype
+        self.device = str(device)
+        self.dtype = np.dtype(dtype)
+        self._payload: dict[str, Any] | None = None
+        self._key: str | None = None
+        self._local: Any = None
+        self._local_lock = threading.Lock()
 
-    def __call__(self, block: np.ndarray) -> np.ndarray:
+    @property
+    def key(self) -> str:
+        """SHA-256 of the model's state (computed on first use)."""
+        self._ensure_payload()
+        assert self._key is not None
+        return self._key
+
+    def _ensure_payload(self) -> None:
+        if self._key is None:
+            self._payload, self._key = model_payload(self.model)
+
+    def __getstate__(self) -> dict[str, Any]:
+        self._ensure_payload()
+        return {"payload": self._payload, "key": self._key, "device": self.device,
+                "dtype": self.dtype.str}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.model = None
+        self._payload = state["payload"]
+        self._key = state["key"]
+        self.device = state["device"]
+        self.dtype = np.dtype(state["dtype"])
+        self._local = None
+        self._local_lock = threading.Lock()
+
+    def __dask_tokenize__(self) -> tuple[str, str, str, str]:
+        return ("xr_unmix.ModelKernel", self.key, self.device, self.dtype.str)
+
+    def _resolve(self) -> Any:
         import torch
 
-        model = self.model
+        device = _check_device(self.device)
+        if self.model is None:  # unpickled: a worker process
+            assert self._payload is not None and self._key is not None
+            return cached_model(self._key, self._payload, device)
+        p = next(self.model.parameters(), None)
+        if p is None or p.device == torch.device(device) or (
+                p.device.type == device == "cpu"):
+            return self.model
+        with self._local_lock:
+            if self._local is None:
+                self._local = copy.deepcopy(self.model).to(device).eval()
+            return self._local
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        """``(bands, h, w)`` finite block -> ``(R, h, w)`` abundances of ``dtype``."""
+        import torch
+
         with torch_threads(), torch.inference_mode():
+            model = self._resolve()
             p = next(model.parameters(), None)
             mdtype = p.dtype if p is not None else torch.float32
-            if p is not None and p.device.type != torch.device(self.device).type:
-                model = model.to(self.device)
             Y = torch.as_tensor(block, dtype=mdtype, device=self.device)
             out = model.unmix_image(Y)
         return out.detach().cpu().numpy().astype(self.dtype, copy=False)

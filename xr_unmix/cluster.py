@@ -1,42 +1,104 @@
-"""Choosing the Dask scheduler: local threads (default), a running cluster, or a LocalCluster."""
+"""Choosing the Dask scheduler: local threads (default), a running cluster, or a LocalCluster.
+
+Everything in xr_unmix is lazy Dask until a writer (or ``.compute()``) runs it, so the scheduler is
+whatever Dask would use at that moment: a ``distributed.Client`` that is active (the last one created,
+or one entered with ``with Client(...)``) takes over automatically, otherwise Dask's local threads.
+:func:`dask_scheduler` is the CLI's way of choosing explicitly.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 
+def active_client() -> Any:
+    """The ``distributed.Client`` Dask would use now, or ``None`` (local threads).
+
+    ``distributed`` is not imported by this check if nothing imported it yet (then there is no client).
+    """
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import default_client
+
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+def describe_scheduler(client: Any = None) -> dict[str, Any]:
+    """A JSON-able description of the scheduler in use (for run reports).
+
+    Returns
+    -------
+    dict
+        ``{"kind": "threads", "threads": n}`` or ``{"kind": "distributed", "address": ...,
+        "workers": n, "threads": total}``.
+    """
+    client = client if client is not None else active_client()
+    if client is None:
+        import os
+
+        import dask
+
+        n = dask.config.get("num_workers", None) or os.cpu_count() or 1
+        return {"kind": "threads", "threads": int(n)}
+    info = client.scheduler_info()
+    workers = info.get("workers", {})
+    return {"kind": "distributed", "address": str(client.scheduler.address),
+            "workers": len(workers),
+            "threads": int(sum(w.get("nthreads", 0) for w in workers.values()))}
+
+
 @contextlib.contextmanager
 def dask_scheduler(address: str | None = None, workers: int | None = None, *,
-                   threads_per_worker: int = 1) -> Iterator[Any]:
+                   threads_per_worker: int = 1, memory_limit: str | int | None = "auto",
+                   silence_logs: int = logging.WARNING) -> Iterator[Any]:
     """Run the enclosed Dask work on the chosen scheduler.
 
     Parameters
     ----------
     address : str, optional
-        Address of a running ``distributed`` scheduler (e.g. ``tcp://10.0.0.5:8786``).
+        Address of a running ``distributed`` scheduler (e.g. ``tcp://10.0.0.5:8786``). Workers must see
+        the input and output paths (a shared file system) since they read and write the tiles.
     workers : int, optional
-        Start a ``LocalCluster`` of this many worker processes (loopback only, no dashboard) for the
-        duration of the block.
+        Start a ``LocalCluster`` of this many worker processes (loopback ``127.0.0.1`` only, no
+        dashboard) for the duration of the block.
     threads_per_worker : int
-        Threads per worker of the LocalCluster (torch-heavy estimators prefer 1).
+        Threads per worker of the LocalCluster (torch-heavy estimators prefer 1: torch then gets
+        ``OMP_NUM_THREADS=1`` per task, and workers x threads is the number of busy cores).
+    memory_limit : str or int, optional
+        Per-worker memory limit of the LocalCluster (Dask's ``"auto"``: RAM / workers).
+    silence_logs : int
+        Log level of the LocalCluster's processes.
 
     Yields
     ------
-    The ``distributed.Client``, or ``None`` for Dask's default local threads.
+    The ``distributed.Client`` in use -- the new one, or one that was already active when neither
+    ``address`` nor ``workers`` is given -- or ``None`` for Dask's default local threads.
     """
     if address and workers:
         raise ValueError("give either a scheduler address or a number of workers, not both")
+    if workers is not None and int(workers) < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     if not address and not workers:
-        yield None
+        yield active_client()
         return
     from distributed import Client, LocalCluster
 
     if address:
-        with Client(address) as client:
+        try:
+            client = Client(address, timeout="20s")
+        except OSError as exc:
+            raise OSError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
+        with client:
             yield client
         return
     with LocalCluster(n_workers=int(workers), threads_per_worker=threads_per_worker, processes=True,
-                      host="127.0.0.1", dashboard_address=None) as cluster, Client(cluster) as client:
+                      host="127.0.0.1", dashboard_address=None, memory_limit=memory_limit,
+                      silence_logs=silence_logs) as cluster, Client(cluster) as client:
         yield client

@@ -1,0 +1,405 @@
+"""Batch runs: many scenes, one abundance map (COG and/or Zarr) per scene, resumable, with a JSON report.
+
+:func:`run_batch` expands paths, globs and ``@list.txt`` files into scenes, unmixes them one after the
+other on the chosen Dask scheduler (each scene is itself parallel over its tiles), and writes for every
+scene ``OUT_DIR/<stem>.tif`` and/or ``OUT_DIR/<stem>.zarr`` plus a small sidecar
+``OUT_DIR/<stem>.done.json`` once all of the scene's outputs are in place. A scene counts as complete
+when its sidecar records the same inputs and parameters and every output it lists opens; a re-run skips
+complete scenes (resume) and recomputes the others. A scene that fails (unreadable file, band mismatch,
+an error while computing) is recorded with its error and the batch goes on. The writers are atomic
+(temporary sibling, rename on success), so an interrupted scene leaves no output that looks complete.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import glob
+import hashlib
+import json
+import os
+import platform
+import socket
+import time
+import traceback
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+PathLike = str | os.PathLike[str]
+
+FORMATS = ("tif", "zarr")
+REPORT_NAME = "xr_unmix_batch_report.json"
+_SIDECAR = ".done.json"
+_GLOB_CHARS = set("*?[")
+
+
+# -- inputs ----------------------------------------------------------------------------------------
+
+def expand_scenes(specs: Iterable[PathLike]) -> tuple[list[Path], list[str]]:
+    """Expand scene specifications into a de-duplicated, ordered list of paths.
+
+    Parameters
+    ----------
+    specs : iterable of str or path
+        Each one a path, a glob pattern (``*``, ``?``, ``[..]``, ``**`` recursive; matches sorted), or
+        ``@FILE``: a text file with one path or pattern per line (blank lines and ``#`` comments
+        ignored; relative entries are taken relative to the current directory if they exist there,
+        else relative to the list file's directory).
+
+    Returns
+    -------
+    scenes : list of Path
+        In the order given; a path named twice is kept once. Plain paths are kept even if they do not
+        exist (the scene then fails, reported, without stopping the batch).
+    unmatched : list of str
+        Patterns or list files that produced nothing (reported as failures by :func:`run_batch`).
+    """
+    out: list[Path] = []
+    unmatched: list[str] = []
+    seen: set[str] = set()
+
+    def add(p: Path) -> None:
+        key = os.path.abspath(p)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+
+    def one(spec: str, base: Path | None) -> None:
+        spec = spec.strip()
+        if not spec:
+            return
+        if spec.startswith("@"):
+            lst = Path(spec[1:])
+            if base is not None and not lst.is_absolute() and not lst.exists():
+                lst = base / lst
+            if not lst.is_file():
+                unmatched.append(spec)
+                return
+            n0 = len(out)
+            for line in lst.read_text().splitlines():
+                line = line.split("#", 1)[0].strip()
+                if line:
+                    one(line, lst.parent)
+            if len(out) == n0:
+                unmatched.append(spec)
+            return
+        cand = Path(spec)
+        if base is not None and not cand.is_absolute() and not cand.exists() \
+                and (base / spec).exists() | bool(glob.glob(str(base / spec))):
+            cand = base / spec
+        if _GLOB_CHARS & set(spec):
+            hits = sorted(glob.glob(str(cand), recursive=True))
+            if not hits:
+                unmatched.append(spec)
+            for h in hits:
+                if Path(h).is_file():
+                    add(Path(h))
+            return
+        add(cand)
+
+    for s in specs:
+        one(os.fspath(s), None)
+    return out, unmatched
+
+
+def output_stems(scenes: Sequence[Path]) -> list[str]:
+    """File stems of the outputs, one per scene: the scene's stem, made unique when two collide.
+
+    A colliding stem gets ``__`` and 8 hex digits of the SHA-1 of the absolute path appended, so the
+    name is the same on every run (resume relies on it).
+    """
+    stems = [p.name.split(".")[0] or p.name for p in scenes]
+    counts: dict[str, int] = {}
+    for s in stems:
+        counts[s] = counts.get(s, 0) + 1
+    return [s if counts[s] == 1 else
+            f"{s}__{hashlib.sha1(os.path.abspath(p).encode()).hexdigest()[:8]}"
+            for s, p in zip(stems, scenes, strict=True)]
+
+
+def _file_sha256(path: PathLike | None) -> str | None:
+    if path is None or not Path(path).is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _scene_fingerprint(scene: Path) -> dict[str, Any]:
+    st = scene.stat()
+    return {"path": os.path.abspath(scene), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+# -- completeness ----------------------------------------------------------------------------------
+
+def output_readable(path: Path, n_layers: int | None = None) -> bool:
+    """True if ``path`` (a ``.tif`` or ``.zarr`` written by xr_unmix) opens and has ``n_layers`` layers."""
+    try:
+        if path.suffix == ".tif":
+            import rasterio
+
+            with rasterio.open(path) as src:
+                ok = src.count >= 1 and (n_layers is None or src.count == n_layers)
+                if ok:  # touch the last tile: a truncated file fails here
+                    src.read(src.count, window=((src.height - 1, src.height), (src.width - 1, src.width)))
+                return bool(ok)
+        from .io import open_abundance
+
+        da = open_abundance(path)
+        return n_layers is None or int(da.shape[0]) == n_layers
+    except Exception:  # noqa: BLE001  (unreadable for whatever reason: not complete)
+        return False
+
+
+def _is_complete(sidecar: Path, fingerprint: dict[str, Any], outputs: dict[str, Path]) -> bool:
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return False
+    if meta.get("fingerprint") != fingerprint:
+        return False
+    n = meta.get("n_endmembers")
+    return all(output_readable(p, n) for p in outputs.values())
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+def versions() -> dict[str, str]:
+    """Versions of xr_unmix and the libraries that shape its results (for run reports)."""
+    from importlib import metadata
+
+    from . import __version__
+
+    out = {"xr_unmix": __version__, "python": platform.python_version()}
+    for pkg in ("numpy", "torch", "dask", "distributed", "xarray", "rioxarray", "rasterio", "zarr"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    try:
+        import rasterio
+
+        out["gdal"] = str(rasterio.__gdal_version__)
+    except ImportError:  # pragma: no cover
+        pass
+    return out
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+# -- the batch -------------------------------------------------------------------------------------
+
+def run_batch(
+    scenes: Sequence[PathLike],
+    *,
+    out_dir: PathLike,
+    method: str = "fcls",
+    endmembers: str | None = None,
+    model: str | None = None,
+    formats: Sequence[str] = ("tif",),
+    scheduler: str | None = None,
+    workers: int | None = None,
+    device: str = "cpu",
+    chunk: int = 512,
+    resample: bool = False,
+    lam: float = 0.0,
+    seed: int | None = None,
+    overwrite: bool = False,
+    report_path: PathLike | None = None,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Unmix many scenes, one output per scene and format; resume, and report per scene.
+
+    Parameters
+    ----------
+    scenes : sequence of str or path
+        Paths, glob patterns and ``@list.txt`` files (see :func:`expand_scenes`).
+    out_dir : str or path
+        Output directory (created). Gets ``<stem>.tif`` / ``<stem>.zarr`` per scene, a
+        ``<stem>.done.json`` sidecar per completed scene, and the run report.
+    method : {"sunsal", "fcls", "nnls", "ls", "admm", "deq"}
+    endmembers : str, optional
+        CSV / ENVI file, or ``vca:N`` (extracted per scene). Needed by every method but admm/deq.
+    model : str, optional
+        Trained model file (admm, deq). Shipped once per worker process, not per tile.
+    formats : sequence of {"tif", "zarr"}
+        Outputs per scene (COG and/or Zarr v3). With both, the scene is unmixed once into the Zarr
+        store and the COG is copied from it.
+    scheduler, workers
+        A running Dask scheduler's address, or a number of worker processes for a LocalCluster started
+        for the batch; neither: the active ``distributed.Client`` if any, else local threads.
+    device : {"cpu", "cuda"}
+    chunk : int
+        Spatial tile size in pixels.
+    resample : bool
+        Resample the endmembers onto each cube's wavelengths.
+    lam : float
+        SUnSAL l1 weight (method ``sunsal``).
+    seed : int, optional
+        Seed for ``vca:N``.
+    overwrite : bool
+        Recompute every scene even if complete.
+    report_path : str or path, optional
+        Where to write the JSON report (default ``OUT_DIR/xr_unmix_batch_report.json``). It is rewritten
+        after every scene, so an interrupted batch leaves the state it reached.
+    progress : bool, optional
+        Show a progress bar over the batch's pixels (``None``: only on a terminal).
+
+    Returns
+    -------
+    dict
+        The report: ``inputs``, ``parameters``, ``versions``, ``scheduler``, ``scenes`` (each with
+        ``scene``, ``outputs``, ``status`` in ``{"done", "skipped", "failed"}``, ``seconds``,
+        ``pixels``, ``error``), ``summary`` counts, and ``report_path``.
+
+    Raises
+    ------
+    ValueError
+        Bad parameters (unknown format or method, a method without the endmembers/model it needs):
+        checked before any scene runs.
+    """
+    from tqdm.auto import tqdm
+
+    from .cluster import dask_scheduler, describe_scheduler
+
+    fmts = [str(f).lower().lstrip(".") for f in formats]
+    fmts = ["tif" if f in ("tiff", "cog") else f for f in fmts]
+    bad = [f for f in fmts if f not in FORMATS]
+    if bad or not fmts:
+        raise ValueError(f"formats must be among {FORMATS}; got {list(formats)}")
+    fmts = list(dict.fromkeys(fmts))
+    methods = ("sunsal", "fcls", "nnls", "ls", "admm", "deq")
+    if method not in methods:
+        raise ValueError(f"unknown method {method!r}; use one of {methods}")
+    if method in ("admm", "deq"):
+        if not model:
+            raise ValueError(f"method {method!r} needs model= (a trained model file)")
+        if not Path(model).is_file():
+            raise FileNotFoundError(f"no model file at {model}")
+    elif not endmembers:
+        raise ValueError(f"method {method!r} needs endmembers= (a CSV/ENVI file or vca:N)")
+    elif not str(endmembers).lower().startswith("vca:") and not Path(endmembers).is_file():
+        raise FileNotFoundError(f"no endmember file at {endmembers}")
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rpath = Path(report_path) if report_path is not None else out / REPORT_NAME
+    paths, unmatched = expand_scenes(scenes)
+    stems = output_stems(paths)
+    params = {"method": method, "endmembers": endmembers, "model": model, "formats": fmts,
+              "device": device, "chunk": int(chunk), "resample": bool(resample), "lam": float(lam),
+              "seed": seed, "overwrite": bool(overwrite)}
+    # what the results depend on: a change re-runs the scene even if its outputs exist
+    result_params = {"method": method, "lam": float(lam), "resample": bool(resample), "seed": seed,
+                     "endmembers": None if endmembers is None else str(endmembers),
+                     "endmembers_sha256": _file_sha256(endmembers) if endmembers else None,
+                     "model_sha256": _file_sha256(model) if model else None}
+    report: dict[str, Any] = {
+        "started": _now(), "finished": None, "host": socket.gethostname(),
+        "inputs": {"specs": [os.fspath(s) for s in scenes],
+                   "scenes": [os.path.abspath(p) for p in paths], "unmatched": unmatched},
+        "parameters": params, "out_dir": os.path.abspath(out), "versions": versions(),
+        "scheduler": None, "scenes": [], "summary": {}, "report_path": str(rpath),
+    }
+    entries: list[dict[str, Any]] = [
+        {"scene": spec, "outputs": {}, "status": "failed", "seconds": 0.0, "pixels": None,
+         "error": "no file matches this pattern / list" if not spec.startswith("@")
+         else "list file missing or empty"} for spec in unmatched]
+    report["scenes"] = entries
+
+    def summarise() -> None:
+        st = [e["status"] for e in entries]
+        report["summary"] = {k: st.count(k) for k in ("done", "skipped", "failed")} | {
+            "total": len(paths) + len(unmatched)}
+
+    summarise()
+    _write_json(rpath, report)
+    t_batch = time.perf_counter()
+    with dask_scheduler(scheduler, workers) as client:
+        report["scheduler"] = describe_scheduler(client)
+        bar = tqdm(total=len(paths), unit="scene", desc="xr-unmix batch", disable=(
+            None if progress is None else not progress), dynamic_ncols=True)
+        try:
+            for scene, stem in zip(paths, stems, strict=True):
+                outputs = {f: out / f"{stem}.{f}" for f in fmts}
+                entry: dict[str, Any] = {"scene": os.path.abspath(scene),
+                                         "outputs": {f: str(p) for f, p in outputs.items()},
+                                         "status": "running", "seconds": None, "pixels": None,
+                                         "error": None, "started": _now()}
+                entries.append(entry)
+                bar.set_postfix_str(scene.name)
+                t0 = time.perf_counter()
+                try:
+                    entry.update(_run_scene(scene, outputs, out / f"{stem}{_SIDECAR}", params,
+                                            result_params, overwrite=overwrite))
+                except KeyboardInterrupt:
+                    entry.update(status="interrupted", error="interrupted by the user")
+                    raise
+                except Exception as exc:  # noqa: BLE001  (a failed scene must not stop the batch)
+                    msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+                    entry.update(status="failed", error=f"{type(exc).__name__}: {msg}",
+                                 traceback=traceback.format_exc(limit=6))
+                    bar.write(f"FAILED {scene}: {entry['error']}")
+                finally:
+                    entry["seconds"] = round(time.perf_counter() - t0, 3)
+                    if entry["status"] == "done" and entry.get("pixels"):
+                        entry["mpx_per_s"] = round(entry["pixels"] / 1e6 / max(entry["seconds"],
+                                                                                1e-9), 3)
+                    summarise()
+                    _write_json(rpath, report)
+                    bar.update(1)
+        finally:
+            bar.close()
+            report["finished"] = _now()
+            report["seconds"] = round(time.perf_counter() - t_batch, 3)
+            summarise()
+            _write_json(rpath, report)
+    return report
+
+
+def _run_scene(scene: Path, outputs: dict[str, Path], sidecar: Path, params: dict[str, Any],
+               result_params: dict[str, Any], *, overwrite: bool) -> dict[str, Any]:
+    """Unmix one scene into its outputs unless they are complete; returns the entry's updates."""
+    from .cli import unmix_scene
+    from .io import open_abundance, to_cog, to_zarr
+
+    if not scene.is_file():
+        raise FileNotFoundError(f"no such scene file: {scene}")
+    fingerprint = {"scene": _scene_fingerprint(scene), **result_params,
+                   "formats": sorted(outputs)}
+    if not overwrite and _is_complete(sidecar, fingerprint, outputs):
+        meta = json.loads(sidecar.read_text())
+        return {"status": "skipped", "pixels": meta.get("pixels"),
+                "error": None, "note": "outputs complete (resume)"}
+    _remove_path(sidecar)  # stale: another run's parameters, or incomplete outputs
+    ab = unmix_scene(scene, method=params["method"], endmembers=params["endmembers"],
+                     model=params["model"], lam=params["lam"], device=params["device"],
+                     chunk=params["chunk"], resample=params["resample"], seed=params["seed"])
+    pixels = int(ab.sizes["y"] * ab.sizes["x"])
+    names = [str(v) for v in ab.endmember.values]
+    # existing outputs of an incomplete or outdated run are replaced (only once the new one is whole)
+    if "zarr" in outputs:
+        to_zarr(ab, outputs["zarr"], overwrite=True)
+        if "tif" in outputs:  # unmix once: the COG is copied from the finished store
+            to_cog(open_abundance(outputs["zarr"]), outputs["tif"], overwrite=True)
+    else:
+        to_cog(ab, outputs["tif"], overwrite=True)
+    _write_json(sidecar, {"fingerprint": fingerprint, "n_endmembers": len(names),
+                          "endmembers": names, "pixels": pixels, "written": _now(),
+                          "outputs": {f: str(p) for f, p in outputs.items()}})
+    return {"status": "done", "pixels": pixels, "endmembers": names}
+
+
+def _remove_path(p: Path) -> None:
+    if p.exists():
+        p.unlink()
