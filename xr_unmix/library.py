@@ -3,7 +3,8 @@
 A library is a DataArray ``(band, endmember)`` with a ``wavelength`` coordinate in nm. Before comparing,
 the library is resampled onto the endmembers' wavelengths by linear interpolation; target wavelengths
 outside the library's range, or inside a gap of the library's sampling (earthlib drops the water-vapour
-bands 1350-1460 nm and 1790-1960 nm), are NaN and left out of the spectral angle, band by band.
+bands 1350-1460 nm and 1790-1960 nm), are left out of the spectral angle, band by band. The
+interpolation itself is :func:`xr_unmix.resample_spectra`.
 
 The libraries are loaded on first use (earthlib imports pandas and reads its 7261-spectrum library at
 import, so ``import xr_unmix.library`` does not import it).
@@ -69,46 +70,30 @@ def load_library(name: str = "usgs") -> xr.DataArray:
     raise ValueError(f"unknown library {name!r}: use one of {LIBRARIES}")
 
 
-def _interp_linear(values: np.ndarray, src_wl: np.ndarray, dst_wl: np.ndarray,
-                   max_gap: float | None = None) -> np.ndarray:
-    """Linearly interpolate spectra onto new wavelengths (private; to be replaced by
-    :func:`xr_unmix.resample_spectra`).
+def _uncovered(src_wl: np.ndarray, dst_wl: np.ndarray, max_gap: float | None = None) -> np.ndarray:
+    """Which target wavelengths a library sampled at ``src_wl`` does not cover, ``(n_dst,)`` bool.
 
-    Parameters
-    ----------
-    values : ndarray (n_src_bands, n_spectra)
-    src_wl : ndarray (n_src_bands,), nm; any order, duplicates averaged
-    dst_wl : ndarray (n_dst_bands,), nm; any order
-    max_gap : float, optional
-        A target wavelength between two source samples more than ``max_gap`` nm apart is NaN (no
-        interpolation across removed bands). Default: 3 x the median source spacing.
-
-    Returns
-    -------
-    ndarray (n_dst_bands, n_spectra); NaN outside ``[min(src_wl), max(src_wl)]`` and inside gaps.
+    A target is uncovered outside ``[min(src_wl), max(src_wl)]`` or strictly inside a gap between two
+    source samples more than ``max_gap`` nm apart (default: 3 x the median source spacing), e.g.
+    earthlib's removed water-vapour bands: interpolating across those would invent a spectrum.
     """
-    src_wl = np.asarray(src_wl, dtype=np.float64)
+    wl_u = np.unique(np.asarray(src_wl, dtype=np.float64))
     dst_wl = np.asarray(dst_wl, dtype=np.float64)
-    values = np.asarray(values, dtype=np.float64)
-    wl_u, inverse = np.unique(src_wl, return_inverse=True)
     if wl_u.size < 2:
-        raise ValueError("the source spectra need at least two distinct wavelengths")
-    v = np.zeros((wl_u.size, values.shape[1]))
-    np.add.at(v, inverse, values)
-    v /= np.bincount(inverse)[:, None]
+        raise ValueError("the library needs at least two distinct wavelengths")
     steps = np.diff(wl_u)
     if max_gap is None:
         max_gap = 3.0 * float(np.median(steps))
-    out = np.empty((dst_wl.size, values.shape[1]))
-    for j in range(values.shape[1]):
-        out[:, j] = np.interp(dst_wl, wl_u, v[:, j], left=np.nan, right=np.nan)
     k = np.clip(np.searchsorted(wl_u, dst_wl), 1, wl_u.size - 1)
     in_gap = (steps[k - 1] > max_gap) & (dst_wl > wl_u[k - 1]) & (dst_wl < wl_u[k])
-    out[in_gap] = np.nan
-    return out
+    return (dst_wl < wl_u[0]) | (dst_wl > wl_u[-1]) | in_gap
 
 
 def _resample(library: xr.DataArray, wavelengths: np.ndarray) -> np.ndarray:
+    """The library on ``wavelengths`` (nm), ``(n_bands, n_lib)``: linear interpolation by
+    :func:`xr_unmix.resample_spectra` where the library covers the wavelength, NaN elsewhere."""
+    from .endmembers import resample_spectra
+
     if "wavelength" not in library.coords:
         raise ValueError("the library needs a 'wavelength' coordinate (nm) along 'band'")
     lib = library.transpose("band", "endmember")
@@ -116,7 +101,15 @@ def _resample(library: xr.DataArray, wavelengths: np.ndarray) -> np.ndarray:
     if lw.max() < wavelengths.min() or lw.min() > wavelengths.max():
         raise ValueError(f"the library covers {lw.min():.0f}-{lw.max():.0f} nm and the endmembers "
                          f"{wavelengths.min():.0f}-{wavelengths.max():.0f} nm: no overlap")
-    return _interp_linear(lib.values, lw, wavelengths)
+    # plain positional names: library names need not be unique (earthlib repeats a few)
+    lib = xr.DataArray(lib.values, dims=("band", "endmember"),
+                       coords={"wavelength": ("band", lw),
+                               "endmember": [f"s{i}" for i in range(lib.sizes["endmember"])]})
+    out = np.full((wavelengths.size, lib.sizes["endmember"]), np.nan)
+    cov = ~_uncovered(lw, wavelengths)
+    if cov.any():
+        out[cov] = resample_spectra(lib, wavelengths[cov]).values
+    return out
 
 
 def _wavelengths_of(endmembers: xr.DataArray, wavelengths: Any) -> np.ndarray:
