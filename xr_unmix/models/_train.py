@@ -3,7 +3,8 @@
 Public API
 ----------
 :func:`fit_supervised` ``(model, inputs, targets, *, epochs, batch_size=64, lr=1e-4, loss=None, seed=None,
-params=None, weight_decay=0.0, validation=None, callback=None, progress=None, desc=None) -> dict``
+params=None, weight_decay=0.0, validation=None, callback=None, progress=None, desc=None,
+schedule=None) -> dict``
     Adam on mini-batches of ``(inputs[i], targets[i])`` rows. ``model`` is a :class:`torch.nn.Module` or
     any callable ``model(inputs_batch) -> predictions_batch`` (then pass ``params``). Returns the history
     dict described in :func:`fit_supervised`.
@@ -130,6 +131,7 @@ def fit_supervised(
     callback: Callable[[int, Any], dict[str, float] | None] | None = None,
     progress: bool | None = None,
     desc: str | None = None,
+    schedule: str | None = None,
 ) -> History:
     """Train ``model`` with Adam on mini-batches of ``(inputs, targets)`` rows.
 
@@ -166,6 +168,9 @@ def fit_supervised(
         Show a tqdm bar over epochs (``None``: only when stderr is a terminal).
     desc : str, optional
         Progress-bar label.
+    schedule : {None, "cosine"}
+        Learning-rate schedule: constant ``lr`` (default), or cosine annealing from ``lr`` to 0 over the
+        ``epochs`` (stepped once per epoch).
 
     Returns
     -------
@@ -189,6 +194,8 @@ def fit_supervised(
         raise ValueError(f"lr must be > 0, got {lr}")
     if inputs.shape[0] != targets.shape[0]:
         raise ValueError(f"{inputs.shape[0]} inputs but {targets.shape[0]} targets")
+    if schedule not in (None, "cosine"):
+        raise ValueError(f"schedule must be None or 'cosine', got {schedule!r}")
     loss_fn: LossFn = loss if loss is not None else mse
     is_module = isinstance(model, torch.nn.Module)
     if params is None:
@@ -200,7 +207,7 @@ def fit_supervised(
         raise ValueError("nothing to train: no parameter requires grad")
     n = int(inputs.shape[0])
     history: History = {"loss": [], "epochs": epochs, "batch_size": batch_size, "lr": float(lr),
-                        "seed": seed, "n_samples": n}
+                        "seed": seed, "n_samples": n, "schedule": schedule}
     if validation is not None:
         history["val_loss"] = []
     was_training = model.training if is_module else None  # type: ignore[union-attr]
@@ -210,6 +217,8 @@ def fit_supervised(
     else:
         gen.seed()
     opt = torch.optim.Adam(plist, lr=float(lr), weight_decay=float(weight_decay))
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+             if schedule == "cosine" else None)
     t0 = time.perf_counter()
     fork = torch.random.fork_rng(devices=[]) if seed is not None else _null()
     with fork:
@@ -233,6 +242,8 @@ def fit_supervised(
                     value.backward()
                     opt.step()
                     total += float(value.detach()) * int(idx.numel())
+                if sched is not None:
+                    sched.step()
                 history["loss"].append(total / n)
                 post: dict[str, float] = {"loss": history["loss"][-1]}
                 if validation is not None or callback is not None:

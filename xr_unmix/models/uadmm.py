@@ -131,6 +131,7 @@ class _UnrolledNet(UnmixModel):
         callback: Callable[[int, Any], dict[str, float] | None] | None = None,
         progress: bool | None = None,
         sum_tol: float = 1e-3,
+        schedule: str | None = None,
     ) -> dict[str, Any]:
         """Supervised training on labelled pixels (Adam, mini-batches), in place.
 
@@ -166,6 +167,8 @@ class _UnrolledNet(UnmixModel):
             tqdm bar over epochs (default: when stderr is a terminal).
         sum_tol : float
             Tolerance of the sum-to-one / non-negativity check on ``abundances``.
+        schedule : {None, "cosine"}
+            Learning-rate schedule (see :func:`xr_unmix.models._train.fit_supervised`).
 
         Returns
         -------
@@ -191,7 +194,7 @@ class _UnrolledNet(UnmixModel):
             self.default_alphas if alphas is None else alphas)
         history = fit_supervised(self, Y, A, epochs=epochs, batch_size=batch_size, lr=lr, loss=loss_fn,
                                  seed=seed, weight_decay=weight_decay, validation=val, callback=callback,
-                                 progress=progress, desc=f"{type(self).__name__} fit")
+                                 progress=progress, desc=f"{type(self).__name__} fit", schedule=schedule)
         history["alphas"] = None if loss is not None else list(getattr(loss_fn, "alphas", ()))
         self.eval()
         return history
@@ -298,7 +301,7 @@ class UADMMNet(_UnrolledNet):
             raise ValueError(f"mu must be > 0, got {mu}")
         if lam < 0:
             raise ValueError(f"lam must be >= 0, got {lam}")
-        net = cls(Em.shape[0], Em.shape[1], names, wl, layers=layers, tied=tied, lam=lam, mu=mu)
+        net = cls(Em.shape[0], Em.shape[1], names, wl, layers=layers, tied=tied, lam=lam, mu=mu).to(dtype)
         inv = np.linalg.inv(G + mu * np.eye(Em.shape[1]))
         with torch.no_grad():
             net.W.copy_(torch.from_numpy(inv @ Em.T).expand_as(net.W))
@@ -306,7 +309,7 @@ class UADMMNet(_UnrolledNet):
             net.theta.fill_(lam / mu)
             net.eta.fill_(1.0)
             net.E.copy_(torch.from_numpy(Em))
-        return net.to(dtype)
+        return net
 
     def _layer(self, k: int) -> int:
         return 0 if self.tied else k
@@ -387,13 +390,13 @@ class MNNAE(_UnrolledNet):
         L = float(np.linalg.eigvalsh(G)[-1])
         if not L > 0:
             raise ValueError("the endmember matrix is all zeros")
-        net = cls(Em.shape[0], Em.shape[1], names, wl, layers=layers, tied=tied, lam=lam)
+        net = cls(Em.shape[0], Em.shape[1], names, wl, layers=layers, tied=tied, lam=lam).to(dtype)
         with torch.no_grad():
             net.W.copy_(torch.from_numpy(Em.T / L).expand_as(net.W))
             net.S.copy_(torch.from_numpy(np.eye(Em.shape[1]) - G / L).expand_as(net.S))
             net.theta.fill_(lam / L)
             net.E.copy_(torch.from_numpy(Em))
-        return net.to(dtype)
+        return net
 
     def iterate(self, y: torch.Tensor) -> torch.Tensor:
         """Run the ``K`` ISTA layers from ``x_0 = 0``; returns ``x_K`` (n, R), non-negative, not normalised."""

@@ -1,0 +1,242 @@
+"""U-ADMM-AENet (UADMMNet) and the MNN-AE comparison net: warm start, training, save/load, accessor."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+import xr_unmix
+from xr_unmix.errors import BandMismatchError, ModelFileError
+from xr_unmix.models.base import load_model
+from xr_unmix.models.uadmm import MNNAE, UADMMNet
+from xr_unmix.simulate import simulate
+from xr_unmix.solvers.sunsal import sunsal_solve
+
+NB, R = 24, 3
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():  # type: ignore[no-untyped-def]
+    """Tiny tensors: one torch thread is faster and immune to a busy shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def E() -> xr.DataArray:
+    rng = np.random.default_rng(11)
+    vals = rng.uniform(0.05, 0.9, (NB, R))
+    return xr.DataArray(vals, dims=("band", "endmember"),
+                        coords={"band": np.arange(1, NB + 1), "endmember": ["tree", "water", "soil"],
+                                "wavelength": ("band", np.linspace(400.0, 2400.0, NB))})
+
+
+@pytest.fixture(scope="module")
+def data(E: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
+    return simulate(E, 600, snr_db=30, seed=0)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 5])
+@pytest.mark.parametrize("lam,mu", [(0.0, None), (0.02, 0.5), (0.1, 3.0)])
+@pytest.mark.parametrize("tied", [False, True])
+def test_untrained_equals_k_sunsal_iterations(E: xr.DataArray, data: tuple, layers: int, lam: float,
+                                              mu: float | None, tied: bool) -> None:
+    Y = data[0][:200].astype(np.float64)
+    net = UADMMNet.from_endmembers(E, layers=layers, lam=lam, mu=mu, tied=tied, dtype=torch.float64)
+    z = net.iterate(torch.from_numpy(Y)).detach()
+    ref = sunsal_solve(Y.T, E.values, lam=lam, mu=net.mu, anc=True, asc=False, normalize=False,
+                       adaptive_mu=False, tol=0.0, max_iter=layers, dtype=torch.float64, warn=False).T
+    assert float(z.abs().max()) > 0.1  # not trivially zero
+    torch.testing.assert_close(z, ref, rtol=1e-9, atol=1e-9)
+    out = net(torch.from_numpy(Y)).detach()
+    torch.testing.assert_close(out, ref / ref.sum(1, keepdim=True), rtol=1e-8, atol=1e-8)
+    # float32 parameters by default, and still equal to float tolerance
+    net32 = UADMMNet.from_endmembers(E, layers=layers, lam=lam, mu=mu, tied=tied)
+    assert net32.W.dtype == torch.float32
+    torch.testing.assert_close(net32.iterate(torch.from_numpy(Y).float()).detach(), ref.float(),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_untrained_mnnae_equals_k_ista_iterations(E: xr.DataArray, data: tuple) -> None:
+    Y = data[0][:50].astype(np.float64)
+    Em = E.values
+    L = np.linalg.eigvalsh(Em.T @ Em)[-1]
+    lam = 0.01
+    x = np.zeros((50, R))
+    for _ in range(2):
+        v = x - (x @ Em.T - Y) @ Em / L
+        x = np.maximum(np.sign(v) * np.maximum(np.abs(v) - lam / L, 0), 0)
+    net = MNNAE.from_endmembers(E, layers=2, lam=lam, dtype=torch.float64)
+    np.testing.assert_allclose(net.iterate(torch.from_numpy(Y)).detach().numpy(), x, rtol=1e-10, atol=1e-12)
+
+
+def test_model_surface(E: xr.DataArray) -> None:
+    net = UADMMNet.from_endmembers(E, layers=3)
+    assert (net.n_bands, net.n_endmembers) == (NB, R)
+    assert net.endmember_names == ["tree", "water", "soil"]
+    assert net.wavelengths == pytest.approx(list(np.linspace(400.0, 2400.0, NB)))
+    assert net.halo == 0
+    assert net.W.shape == (3, R, NB) and net.B.shape == (3, R, R)
+    assert UADMMNet.from_endmembers(E, layers=3, tied=True).W.shape == (1, R, NB)
+    em = net.endmembers
+    assert em.dims == ("band", "endmember") and list(em.endmember.values) == ["tree", "water", "soil"]
+    np.testing.assert_allclose(em.values, E.values, rtol=1e-6)
+    plain = UADMMNet.from_endmembers(np.asarray(E.values))
+    assert plain.endmember_names == ["em0", "em1", "em2"] and plain.wavelengths is None
+    with pytest.raises(ValueError, match="layers"):
+        UADMMNet.from_endmembers(E, layers=0)
+    with pytest.raises(ValueError, match="mu"):
+        UADMMNet.from_endmembers(E, mu=-1.0)
+    with pytest.raises(BandMismatchError, match=f"expects {NB} bands"):
+        net(torch.zeros(4, NB + 1))
+
+
+@pytest.mark.parametrize("cls", [UADMMNet, MNNAE])
+def test_fit_improves_and_is_reproducible(cls: type, E: xr.DataArray, data: tuple) -> None:
+    Y, A = data[0][:256], data[1][:256]
+    Yte, Ate = simulate(E, 300, snr_db=30, seed=1)
+    Em = E.values * np.linspace(0.8, 1.2, NB)[:, None]  # endmembers off: training has something to fix
+
+    def trained(seed: int) -> tuple:
+        net = cls.from_endmembers(Em, mu=0.5) if cls is UADMMNet else cls.from_endmembers(Em)
+        before = xr_unmix.metrics.rmse(net.predict(Yte).T, Ate.T)
+        h = net.fit(Y, A, epochs=5, batch_size=32, lr=1e-2, seed=seed, progress=False)
+        return net, h, before
+
+    net, h, before = trained(3)
+    after = xr_unmix.metrics.rmse(net.predict(Yte).T, Ate.T)
+    assert len(h["loss"]) == 5 and h["time_s"] > 0 and h["n_samples"] == 256
+    assert h["loss"][-1] < h["loss"][0]
+    assert after < 0.7 * before
+    pred = net.predict(Yte)
+    assert (pred >= 0).all()
+    np.testing.assert_allclose(pred.sum(1), 1.0, atol=1e-5)
+    net2, h2, _ = trained(3)
+    assert h2["loss"] == h["loss"]
+    torch.testing.assert_close(net2.W, net.W, rtol=0, atol=0)
+    assert not net.training
+
+
+def test_fit_rejects_bad_labels(E: xr.DataArray, data: tuple) -> None:
+    Y, A = data
+    net = UADMMNet.from_endmembers(E)
+    with pytest.raises(ValueError, match="sum to one"):
+        net.fit(Y, A * 0.9, epochs=1)
+    with pytest.raises(ValueError, match=f"{R} endmembers"):
+        net.fit(Y, A[:, :2], epochs=1)
+    with pytest.raises(ValueError, match=f"{NB} bands"):
+        net.fit(Y[:, :5], A, epochs=1)
+    with pytest.raises(ValueError, match="spectra but"):
+        net.fit(Y[:10], A, epochs=1)
+    neg = A.copy()
+    neg[0] = [1.5, -0.5, 0.0]
+    with pytest.raises(ValueError, match="non-negative"):
+        net.fit(Y, neg, epochs=1)
+
+
+def _cube(E: xr.DataArray, seed: int = 4) -> tuple[xr.DataArray, np.ndarray]:
+    Y, A = simulate(E, 12 * 10, snr_db=40, seed=seed)
+    cube = xr.DataArray(Y.T.reshape(NB, 12, 10), dims=("band", "y", "x"),
+                        coords={"band": np.arange(1, NB + 1), "y": np.arange(12) * -30.0,
+                                "x": np.arange(10) * 30.0})
+    return cube, A
+
+
+def test_save_load_apply_identical(tmp_path: Path, E: xr.DataArray, data: tuple) -> None:
+    net = UADMMNet.from_endmembers(E, layers=2, lam=0.01)
+    net.fit(*data, epochs=2, lr=1e-3, seed=0, progress=False)
+    path = net.save(tmp_path / "m.safetensors")
+    loaded = load_model(path)
+    assert type(loaded) is UADMMNet and loaded.config == net.config
+    assert loaded.endmember_names == net.endmember_names and loaded.wavelengths == net.wavelengths
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v, rtol=0, atol=0)
+    cube, _ = _cube(E)
+    cube[:, 3, 4] = np.nan
+    direct = net.predict(cube.values.reshape(NB, -1).T[np.isfinite(cube.values.reshape(NB, -1).T).all(1)])
+    a_np = cube.unmix.admm(net)
+    a_path = cube.unmix.admm(path)
+    a_dask = cube.chunk({"y": 5, "x": 4}).unmix.admm(str(path))
+    assert a_dask.chunks is not None
+    a_dask = a_dask.compute()
+    assert a_np.dims == ("endmember", "y", "x") and list(a_np.endmember.values) == net.endmember_names
+    np.testing.assert_array_equal(a_np.values, a_path.values)
+    np.testing.assert_allclose(a_dask.values, a_np.values, rtol=1e-6, atol=1e-7)
+    assert np.isnan(a_np.values[:, 3, 4]).all()
+    flat = a_np.values.reshape(R, -1).T
+    np.testing.assert_allclose(flat[np.isfinite(flat).all(1)], direct, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(a_np.y.values, cube.y.values)
+    # the MNN-AE net saves and loads too, but is not a UADMMNet for cube.unmix.admm
+    m = MNNAE.from_endmembers(E)
+    p2 = m.save(tmp_path / "mnn.safetensors")
+    assert type(load_model(p2)) is MNNAE
+    with pytest.raises(TypeError, match="UADMMNet"):
+        cube.unmix.admm(p2)
+
+
+def test_band_mismatch_is_clear(E: xr.DataArray) -> None:
+    cube, _ = _cube(E)
+    net = UADMMNet.from_endmembers(E)
+    with pytest.raises(BandMismatchError, match=f"expects {NB} bands but the cube has {NB - 2}"):
+        cube.isel(band=slice(2, None)).unmix.admm(net)
+
+
+def _rewrite_metadata(src: Path, dst: Path, edit) -> None:  # type: ignore[no-untyped-def]
+    raw = src.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    meta = json.loads(header["__metadata__"]["xr_unmix"])
+    edit(meta, header)
+    header["__metadata__"]["xr_unmix"] = json.dumps(meta)
+    hb = json.dumps(header).encode()
+    hb += b" " * ((8 - len(hb) % 8) % 8)
+    dst.write_bytes(struct.pack("<Q", len(hb)) + hb + raw[8 + n:])
+
+
+def test_corrupt_and_foreign_files(tmp_path: Path, E: xr.DataArray) -> None:
+    from safetensors.torch import save_file
+
+    good = UADMMNet.from_endmembers(E).save(tmp_path / "good.safetensors")
+    raw = good.read_bytes()
+    cases = {}
+    (tmp_path / "trunc.safetensors").write_bytes(raw[: len(raw) // 2])
+    cases["trunc"] = tmp_path / "trunc.safetensors"
+    (tmp_path / "rand.safetensors").write_bytes(np.random.default_rng(0).bytes(4096))
+    cases["rand"] = tmp_path / "rand.safetensors"
+    save_file({"w": torch.zeros(3)}, str(tmp_path / "foreign.safetensors"), metadata={"other": "x"})
+    cases["foreign"] = tmp_path / "foreign.safetensors"
+
+    def more_layers(meta, header):  # type: ignore[no-untyped-def]
+        meta["config"]["layers"] = 3
+
+    def fewer_bands(meta, header):  # type: ignore[no-untyped-def]
+        meta["config"]["n_bands"] = NB - 1
+        meta["config"]["wavelengths"] = meta["config"]["wavelengths"][:-1]
+
+    def unknown_key(meta, header):  # type: ignore[no-untyped-def]
+        meta["config"]["evil"] = "__import__('os')"
+
+    def bad_class(meta, header):  # type: ignore[no-untyped-def]
+        meta["class"] = "Popen"
+
+    for name, fn in {"layers": more_layers, "bands": fewer_bands, "key": unknown_key,
+                     "class": bad_class}.items():
+        _rewrite_metadata(good, tmp_path / f"{name}.safetensors", fn)
+        cases[name] = tmp_path / f"{name}.safetensors"
+    assert type(load_model(good)) is UADMMNet
+    for name, p in cases.items():
+        with pytest.raises(ModelFileError):
+            load_model(p)
+        cube, _ = _cube(E)
+        with pytest.raises(ModelFileError):
+            cube.unmix.admm(p)
+    with pytest.raises(ModelFileError, match="no model file"):
+        load_model(tmp_path / "missing.safetensors")
