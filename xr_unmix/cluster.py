@@ -98,7 +98,12 @@ def dask_scheduler(address: str | None = None, workers: int | None = None, *,
         with client:
             yield client
         return
+    import os
+
+    from .io import GDAL_CACHE_MB
+
+    env = {"GDAL_CACHEMAX": os.environ.get("GDAL_CACHEMAX") or str(GDAL_CACHE_MB)}
     with LocalCluster(n_workers=int(workers), threads_per_worker=threads_per_worker, processes=True,
                       host="127.0.0.1", dashboard_address=None, memory_limit=memory_limit,
-                      silence_logs=silence_logs) as cluster, Client(cluster) as client:
+                      silence_logs=silence_logs, env=env) as cluster, Client(cluster) as client:
         yield client

@@ -97,6 +97,26 @@ def open_cube(path: PathLike, *, chunks: dict[str, int] | int | None = None,
 
 # -- writing helpers -------------------------------------------------------------------------------
 
+#: GDAL block cache (MB) while xr_unmix streams a scene, unless ``GDAL_CACHEMAX`` is set in the
+#: environment. GDAL's default (5 % of RAM) lets the cache of a hyperspectral read grow past 1 GB
+#: (200 bands x 256² px is 52 MB per chunk), which only costs memory when chunks are read once.
+GDAL_CACHE_MB = 64
+
+
+def gdal_env() -> contextlib.AbstractContextManager[Any]:
+    """A ``rasterio.Env`` that bounds GDAL's block cache to :data:`GDAL_CACHE_MB` for the streaming.
+
+    The setting is process-wide while the context is open, so it also covers the reads that Dask's
+    threads make; ``distributed`` workers get it through their environment (see
+    :func:`xr_unmix.cluster.dask_scheduler`). A ``GDAL_CACHEMAX`` environment variable wins.
+    """
+    import rasterio
+
+    if os.environ.get("GDAL_CACHEMAX"):
+        return contextlib.nullcontext()
+    return rasterio.Env(GDAL_CACHEMAX=int(GDAL_CACHE_MB))
+
+
 @contextlib.contextmanager
 def _atomic_target(path: Path, overwrite: bool) -> Iterator[Path]:
     """Yield a temporary sibling path; move it onto ``path`` only if the block succeeds."""
@@ -212,12 +232,12 @@ def to_cog(
         scratch.mkdir()
         try:
             gtiff = scratch / "stream.tif"
-            with _progress(progress and arr.chunks is not None):
+            with gdal_env(), _progress(progress and arr.chunks is not None):
                 arr.rio.to_raster(gtiff, driver="GTiff", tiled=True, blockxsize=blocksize,
                                   blockysize=blocksize, compress=compress, BIGTIFF="IF_SAFER",
                                   lock=True if arr.chunks is not None else None)
             predictor = {"predictor": 3} if compress.upper() in ("DEFLATE", "ZSTD", "LZW") else {}
-            with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
+            with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS", GDAL_CACHEMAX=int(GDAL_CACHE_MB)):
                 rasterio.shutil.copy(gtiff, tmp, driver="COG", compress=compress,
                                      blocksize=blocksize, overview_resampling=overview_resampling,
                                      BIGTIFF="IF_SAFER", **predictor)
@@ -307,7 +327,7 @@ def to_zarr(
                 arr = arr.assign_coords({d: np.array([str(v) for v in arr[d].values], dtype=object)})
     ds = arr.to_dataset(name=var)
     ds[var].encoding["_FillValue"] = np.float32(np.nan) if arr.dtype == np.float32 else np.nan
-    with _atomic_target(store, overwrite) as tmp, _progress(progress):
+    with _atomic_target(store, overwrite) as tmp, gdal_env(), _progress(progress):
         ds.to_zarr(tmp, zarr_format=3, consolidated=False, mode="w-")
     return store
 
