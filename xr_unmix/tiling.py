@@ -3,7 +3,20 @@
 A *kernel* is a plain function ``kernel(block) -> out`` from a finite ``(bands, h, w)`` array to an
 ``(n_out, h, w)`` array. :func:`map_tiles` wraps it so that invalid pixels (NaN in any band) are filled
 before the kernel sees them and come out NaN, all-invalid tiles skip the kernel, and with a Dask input
-every output chunk is computed from its input chunk plus a ``halo`` of neighbouring pixels, then cropped.
+every output chunk is computed from its input chunk plus a ``halo`` of neighbouring pixels.
+
+Two ways of stitching the overlapping tiles back:
+
+- **crop** (default): each tile keeps only its own core. Exact wherever the halo covers the kernel's
+  spatial receptive field (and trivially for pixel-wise kernels).
+- **blend** (``blend=True``, or a kernel -- or a kernel's ``model`` -- with ``blend_tiles = True``, as
+  :class:`xr_unmix.DEQUnmix`): every tile predicts its whole extended region; the predictions of the up to
+  nine tiles covering a pixel are averaged with a taper window that is 1 in a tile's interior and falls
+  smoothly (``sin^2``) to 0 over the ``2 * halo`` pixels shared with its neighbour, reaching 0 ``halo // 2``
+  pixels before its cut edge (the weights of two neighbours sum to one there; see :func:`taper`). For a kernel with an unbounded receptive field (a deep
+  equilibrium model) this removes the discontinuity at tile borders and puts little weight on each
+  tile's least reliable (outermost) pixels. The average is taken in float64, so a pixel-wise kernel still
+  stitches back bit for bit.
 """
 
 from __future__ import annotations
@@ -70,8 +83,115 @@ def _merge_small(chunks: tuple[int, ...], minimum: int) -> tuple[int, ...]:
     return tuple(out)
 
 
+def taper(n: int, halo: int, lo: bool, hi: bool) -> np.ndarray:
+    """1-D blending weights of a tile's extended extent ``n`` (core plus halos), float64.
+
+    ``lo``/``hi``: the tile has a neighbour (hence a halo) before/after. Of the ``2 * halo`` pixels a tile
+    shares with that neighbour, the outer ``margin = halo // 2`` get weight 0 (a tile's least reliable
+    pixels, next to its cut edge), the next ``L = 2 * (halo - margin)`` rise as
+    ``sin^2(pi (j + 1/2) / (2 L))`` and the rest is 1. The neighbour's mirrored window completes it to
+    exactly 1 (``sin^2 + cos^2``), so the blend is a convex combination that varies smoothly across the
+    tile border.
+    """
+    w = np.ones(n, dtype=np.float64)
+    if halo <= 0:
+        return w
+    margin = halo // 2
+    span = 2 * (halo - margin)
+    ramp = np.concatenate([np.zeros(margin),
+                           np.sin(np.pi * (np.arange(span) + 0.5) / (2 * span)) ** 2,
+                           np.ones(margin)])  # length 2 * halo
+    m = min(2 * halo, n)
+    if lo:
+        w[:m] *= ramp[:m]
+    if hi:
+        w[n - m:] *= ramp[::-1][2 * halo - m:]
+    return w
+
+
+def _weighted_block(block: np.ndarray, *, kernel: Kernel, halo: int, n_out: int,
+                    block_info: dict[Any, Any] | None = None) -> np.ndarray:
+    """Stage 1 of blending: ``[prediction * window, window]`` over the tile's extended region."""
+    out = masked_kernel(block, kernel, n_out, np.float64)
+    (_, iy, ix) = block_info[0]["chunk-location"]  # type: ignore[index]
+    (_, ny, nx) = block_info[0]["num-chunks"]  # type: ignore[index]
+    wy = taper(out.shape[1], halo, iy > 0, iy < ny - 1)
+    wx = taper(out.shape[2], halo, ix > 0, ix < nx - 1)
+    w = wy[:, None] * wx[None, :]
+    return np.concatenate([out * w, w[None]], axis=0)
+
+
+def _assemble(parts: list[np.ndarray], where: list[tuple[int, ...]], shape: tuple[int, int],
+              n_out: int, dtype: Any) -> np.ndarray:
+    """Stage 2 of blending: sum the neighbours' weighted predictions over one core block."""
+    num = np.zeros((n_out, *shape), dtype=np.float64)
+    den = np.zeros(shape, dtype=np.float64)
+    for part, (ey0, ey1, ex0, ex1, cy0, cy1, cx0, cx1) in zip(parts, where, strict=True):
+        num[:, cy0:cy1, cx0:cx1] += part[:n_out, ey0:ey1, ex0:ex1]
+        den[cy0:cy1, cx0:cx1] += part[n_out, ey0:ey1, ex0:ex1]
+    return (num / den).astype(dtype)
+
+
+def _starts(chunks: tuple[int, ...]) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(chunks)]).astype(int)
+
+
+def _blend(data: Any, kernel: Kernel, n_out: int, halo: int, dtype: Any) -> Any:
+    import dask.array as da
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    ych, xch = data.chunks[1], data.chunks[2]
+    ny, nx = len(ych), len(xch)
+
+    def ext_sizes(ch: tuple[int, ...]) -> tuple[int, ...]:
+        n = len(ch)
+        return tuple(c + (halo if i > 0 else 0) + (halo if i < n - 1 else 0) for i, c in enumerate(ch))
+
+    ext = da.map_overlap(
+        _weighted_block, data, depth={0: 0, 1: halo, 2: halo}, boundary="none", trim=False,
+        allow_rechunk=False, chunks=((n_out + 1,), ext_sizes(ych), ext_sizes(xch)), dtype=np.float64,
+        meta=np.empty((0, 0, 0), dtype=np.float64), kernel=kernel, halo=halo, n_out=n_out,
+    )
+    ys, xs = _starts(ych), _starts(xch)
+    # extent of every extended tile, in image coordinates
+    ey = [(ys[i] - (halo if i > 0 else 0), ys[i + 1] + (halo if i < ny - 1 else 0)) for i in range(ny)]
+    ex = [(xs[j] - (halo if j > 0 else 0), xs[j + 1] + (halo if j < nx - 1 else 0)) for j in range(nx)]
+    name = "blend-tiles-" + tokenize(ext.name, halo, n_out, np.dtype(dtype).str)
+    dsk: dict[Any, Any] = {}
+    for i in range(ny):
+        for j in range(nx):
+            keys, where = [], []
+            for k in range(max(0, i - 1), min(ny, i + 2)):
+                y0, y1 = max(ys[i], ey[k][0]), min(ys[i + 1], ey[k][1])
+                if y0 >= y1:
+                    continue
+                for m in range(max(0, j - 1), min(nx, j + 2)):
+                    x0, x1 = max(xs[j], ex[m][0]), min(xs[j + 1], ex[m][1])
+                    if x0 >= x1:
+                        continue
+                    keys.append((ext.name, 0, k, m))
+                    where.append((int(y0 - ey[k][0]), int(y1 - ey[k][0]), int(x0 - ex[m][0]),
+                                  int(x1 - ex[m][0]), int(y0 - ys[i]), int(y1 - ys[i]),
+                                  int(x0 - xs[j]), int(x1 - xs[j])))
+            dsk[(name, 0, i, j)] = (_assemble, keys, where, (int(ych[i]), int(xch[j])), n_out,
+                                    np.dtype(dtype))
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[ext])
+    return da.Array(graph, name, chunks=((n_out,), ych, xch), dtype=dtype,
+                    meta=np.empty((0, 0, 0), dtype=dtype))
+
+
+def _wants_blend(kernel: Kernel, blend: bool | None) -> bool:
+    if blend is not None:
+        return bool(blend)
+    flag = getattr(kernel, "blend_tiles", None)
+    if flag is None:
+        flag = getattr(getattr(kernel, "model", None), "blend_tiles", False)
+    return bool(flag)
+
+
 def map_tiles(data: Any, kernel: Kernel, n_out: int, *, halo: int = 0,
-              dtype: Any = np.float32) -> Any:
+              dtype: Any = np.float32, blend: bool | None = None) -> Any:
     """Run ``kernel`` over ``data`` ``(bands, y, x)``, tile by tile when ``data`` is a Dask array.
 
     Parameters
@@ -86,6 +206,10 @@ def map_tiles(data: Any, kernel: Kernel, n_out: int, *, halo: int = 0,
         Overlap in pixels between neighbouring tiles (>= the kernel's spatial receptive field).
     dtype
         Output dtype.
+    blend : bool, optional
+        Stitch overlapping tiles by weighted blending instead of cropping (see the module notes; only
+        matters with a dask input and ``halo > 0``). Default: the kernel's ``blend_tiles`` attribute, or
+        that of its ``model`` attribute, else ``False``.
 
     Returns
     -------
@@ -105,6 +229,8 @@ def map_tiles(data: Any, kernel: Kernel, n_out: int, *, halo: int = 0,
         if (ych, xch) != data.chunks[1:]:
             data = data.rechunk((data.chunks[0], ych, xch))
     out_chunks = ((n_out,), *data.chunks[1:])
+    if halo and _wants_blend(kernel, blend):
+        return _blend(data, kernel, n_out, halo, dtype)
     if halo == 0:
         return da.map_blocks(
             _tile_block, data, kernel=kernel, halo=0, n_out=n_out, out_dtype=dtype, dtype=dtype,

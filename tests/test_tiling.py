@@ -1,0 +1,156 @@
+"""Tests of xr_unmix.tiling.map_tiles: shapes and chunks, NaN handling, exact stitching, blending."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+
+from xr_unmix.tiling import map_tiles, taper
+
+
+def _pixelwise(block: np.ndarray) -> np.ndarray:
+    """(bands, h, w) -> (2, h, w), every output pixel a function of its own spectrum only."""
+    return np.stack([block.sum(0), block[0] * block[-1]])
+
+
+def _box3(block: np.ndarray) -> np.ndarray:
+    """3x3 mean of band 0 (edge-replicated): receptive field 1 px."""
+    p = np.pad(block[0], 1, mode="edge")
+    h, w = block.shape[1:]
+    return sum(p[i:i + h, j:j + w] for i in range(3) for j in range(3))[None] / 9.0
+
+
+def _diffuse(block: np.ndarray, n: int = 60) -> np.ndarray:
+    """An unbounded receptive field, decaying geometrically: ``u = 0.5 * box3(u) + 0.5 * y`` iterated."""
+    y = block[:1].astype(np.float64)
+    u = y.copy()
+    for _ in range(n):
+        u = 0.5 * _box3(u) + 0.5 * y
+    return u
+
+
+@pytest.fixture
+def cube() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.random((3, 45, 53)).astype(np.float32)
+
+
+def test_shapes_and_chunks(cube: np.ndarray) -> None:
+    out = map_tiles(cube, _pixelwise, 2)
+    assert isinstance(out, np.ndarray) and out.shape == (2, 45, 53) and out.dtype == np.float32
+    d = da.from_array(cube, chunks=(1, 16, 20))  # band axis split on purpose: merged inside
+    for halo, blend in [(0, None), (3, False), (3, True)]:
+        res = map_tiles(d, _pixelwise, 2, halo=halo, blend=blend, dtype=np.float64)
+        assert res.chunks == ((2,), (16, 16, 13), (20, 20, 13))
+        got = res.compute()
+        assert got.shape == (2, 45, 53) and got.dtype == np.float64
+
+
+def test_small_chunks_merged_below_halo(cube: np.ndarray) -> None:
+    d = da.from_array(cube, chunks=(3, 20, 25))  # last chunks: 5 and 3 px
+    res = map_tiles(d, _box3, 1, halo=4, blend=True)
+    assert all(c >= 4 for c in res.chunks[1] + res.chunks[2])
+    assert sum(res.chunks[1]) == 45 and sum(res.chunks[2]) == 53
+
+
+@pytest.mark.parametrize("blend", [False, True])
+def test_nan_pixel_only_poisons_itself(cube: np.ndarray, blend: bool) -> None:
+    bad = cube.copy()
+    bad[1, 7, 9] = np.nan  # one band of one pixel
+    for arr in (bad, da.from_array(bad, chunks=(3, 16, 16))):
+        out = np.asarray(map_tiles(arr, _box3, 1, halo=2, blend=blend))
+        nan = np.isnan(out[0])
+        assert nan[7, 9] and nan.sum() == 1
+
+
+@pytest.mark.parametrize("blend", [False, True])
+def test_all_nan_tile_gives_nan_tile_without_calling_kernel(cube: np.ndarray, blend: bool) -> None:
+    bad = cube.copy()
+    bad[:, :20, :20] = np.nan  # the first 16x16 tile and its halo are all invalid
+    calls: list[tuple[int, ...]] = []
+
+    def kernel(block: np.ndarray) -> np.ndarray:
+        calls.append(block.shape)
+        assert np.isfinite(block).all()
+        return _pixelwise(block)
+
+    out = map_tiles(da.from_array(bad, chunks=(3, 16, 16)), kernel, 2, halo=2, blend=blend).compute()
+    assert np.isnan(out[:, :20, :20]).all() and np.isfinite(out[:, 20:, :]).all()
+    assert np.isfinite(out[:, :20, 20:]).all()
+
+
+@pytest.mark.parametrize("blend", [False, True])
+def test_halo_pixelwise_stitches_exactly(cube: np.ndarray, blend: bool) -> None:
+    full = map_tiles(cube, _pixelwise, 2)
+    tiled = map_tiles(da.from_array(cube, chunks=(3, 10, 12)), _pixelwise, 2, halo=4,
+                      blend=blend).compute()
+    np.testing.assert_array_equal(tiled, full)  # bit for bit, blended or not
+
+
+def test_halo_covering_receptive_field_crops_exactly(cube: np.ndarray) -> None:
+    full = map_tiles(cube, _box3, 1)
+    tiled = map_tiles(da.from_array(cube, chunks=(3, 10, 12)), _box3, 1, halo=1).compute()
+    np.testing.assert_array_equal(tiled, full)
+    # without halo, the tile borders are wrong: the test above can fail
+    bad = map_tiles(da.from_array(cube, chunks=(3, 10, 12)), _box3, 1, halo=0).compute()
+    assert np.abs(bad - full).max() > 1e-2
+
+
+def test_blend_flag_read_from_kernel_or_model(cube: np.ndarray) -> None:
+    class K:
+        blend_tiles = True
+
+        def __call__(self, b: np.ndarray) -> np.ndarray:
+            return _diffuse(b)
+
+    class M:
+        blend_tiles = True
+
+    class K2:
+        model = M()
+
+        def __call__(self, b: np.ndarray) -> np.ndarray:
+            return _diffuse(b)
+
+    d = da.from_array(cube, chunks=(3, 16, 16))
+    crop = map_tiles(d, _diffuse, 1, halo=3).compute()
+    blended = map_tiles(d, _diffuse, 1, halo=3, blend=True).compute()
+    assert np.abs(crop - blended).max() > 0
+    np.testing.assert_array_equal(map_tiles(d, K(), 1, halo=3).compute(), blended)
+    np.testing.assert_array_equal(map_tiles(d, K2(), 1, halo=3).compute(), blended)
+
+
+def test_blending_error_decays_with_halo_and_is_continuous(cube: np.ndarray) -> None:
+    full = map_tiles(cube, _diffuse, 1, dtype=np.float64)
+    d = da.from_array(cube.astype(np.float64), chunks=(3, 16, 16))
+    errs = {}
+    for h in (1, 2, 4, 8):
+        out = map_tiles(d, _diffuse, 1, halo=h, blend=True, dtype=np.float64).compute()
+        errs[h] = float(np.abs(out - full).max())
+    assert errs[1] > errs[2] > errs[4] > errs[8]
+    assert errs[8] < 0.05 * errs[1]
+    # blending removes the jump at a tile border that cropping leaves (same halo)
+    crop = map_tiles(d, _diffuse, 1, halo=2, dtype=np.float64).compute()
+    blend = map_tiles(d, _diffuse, 1, halo=2, blend=True, dtype=np.float64).compute()
+    jump_crop = np.abs(np.diff(crop - full, axis=1))[0, 15].max()  # across the row-16 border
+    jump_blend = np.abs(np.diff(blend - full, axis=1))[0, 15].max()
+    assert jump_blend < 0.5 * jump_crop
+
+
+def test_taper_is_a_partition_of_unity() -> None:
+    h = 3
+    a = taper(10 + 2 * h, h, True, True)
+    b = taper(10 + h, h, True, False)
+    assert a[0] < 0.05 and a[h + 5] == 1.0
+    np.testing.assert_allclose(a[-2 * h:] + b[: 2 * h], 1.0)
+
+
+def test_negative_halo_rejected(cube: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="halo"):
+        map_tiles(cube, _pixelwise, 2, halo=-1)
+
+
+def test_wrong_kernel_shape_is_an_error(cube: np.ndarray) -> None:
+    with pytest.raises(RuntimeError, match="kernel returned shape"):
+        map_tiles(cube, lambda b: b, 2)

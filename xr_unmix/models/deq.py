@@ -1,0 +1,648 @@
+"""DEQ-Unmix: abundances as the equilibrium of a learned projected-gradient operator.
+
+The abundances ``A`` of an image are the fixed point of::
+
+    A = P( A - eta * G_theta(A; Y, M) ),      G_theta = M^T (M A - Y) + C_theta([A, eta M^T (M A - Y)]) / eta
+
+where ``M`` (bands x R) are the endmembers, ``P`` the exact Euclidean projection of every pixel onto the
+probability simplex (ANC + ASC), ``eta = step / ||M||_2^2`` and ``C_theta`` a small spectral-spatial CNN
+(3x3 convolutions) whose last layer starts at zero. Untrained, the operator is therefore exactly projected
+gradient descent on ``1/2 ||Y - M A||^2``, whose fixed point is the FCLS solution.
+
+The fixed point is found by Anderson acceleration started from FCLS
+(:mod:`xr_unmix.solvers.fixed_point`); gradients use implicit differentiation (memory of one operator
+application, whatever the number of iterations), or the Jacobian-free approximation, or -- for the memory
+comparison only -- backpropagation through every unrolled iteration.
+
+Training: :meth:`DEQUnmix.fit_scene` (unsupervised, per scene: spectral angle + alpha * MSE between
+``Y`` and ``M A``, AdamW, endmembers learnable with their own learning rate and kept >= 0, the
+best-objective state kept) and :meth:`DEQUnmix.fit` (supervised: labelled pixels, or tiles with NaN for
+unlabelled pixels).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConvergenceWarning
+from ..solvers.fixed_point import BackwardStats, FixedPointInfo, deq_fixed_point
+from ..solvers.sunsal import fcls as _fcls
+from ..solvers.sunsal import project_simplex
+from .base import UnmixModel, register_model
+
+#: Tile overlap used by ``cube.unmix.deq`` when none is given: measured by recipes/deq_seams.py
+#: (max |tiled - whole| on Jasper Ridge with a trained model, blended tiles; see docs/deq.md).
+DEFAULT_HALO = 16
+
+
+class _CNN(nn.Module):
+    """``layers`` 3x3 convolutions ``2R -> hidden -> ... -> R`` (replicate padding), last one zero."""
+
+    def __init__(self, r: int, hidden: int, layers: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        if layers < 1:
+            raise ValueError(f"cnn_layers must be >= 1, got {layers}")
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+        pad = kernel_size // 2
+        chans = [2 * r] + [hidden] * (layers - 1) + [r]
+        self.convs = nn.ModuleList(
+            nn.Conv2d(chans[i], chans[i + 1], kernel_size, padding=pad, padding_mode="replicate")
+            for i in range(layers)
+        )
+        nn.init.zeros_(self.convs[-1].weight)
+        nn.init.zeros_(self.convs[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            if i < len(self.convs) - 1:
+                x = torch.nn.functional.leaky_relu(x, 0.1)
+        return x
+
+
+@register_model
+class DEQUnmix(UnmixModel):
+    """Deep-equilibrium unmixing network (a spatial model: tiles need a halo and blending).
+
+    Parameters
+    ----------
+    n_bands, n_endmembers : int
+    endmember_names : list of str, optional
+    wavelengths : list of float, optional
+        nm, one per band.
+    hidden : int
+        Channels of the CNN's hidden layers.
+    cnn_layers : int
+        Number of 3x3 convolutions in ``C_theta`` (receptive field ``cnn_layers`` px per iteration).
+    use_cnn : bool
+        ``False`` drops ``C_theta``: the operator is the analytic projected gradient (the ablation).
+    step : float
+        ``eta * ||M||_2^2`` (1 = the classical ``1/L`` step of projected gradient descent).
+    max_iter, tol : int, float
+        Forward Anderson solve: iteration limit and relative-residual tolerance.
+    anderson_m, anderson_lam, anderson_beta : int, float, float
+        Anderson history, relative regularisation and damping.
+    backward : {"implicit", "jfb", "unrolled"}
+        Gradient: implicit differentiation, Jacobian-free, or backprop through ``max_iter`` unrolled
+        plain iterations (memory grows with iterations; for comparisons).
+    b_max_iter, b_tol : int, float
+        Backward (implicit) solve: iteration limit and tolerance.
+    learn_endmembers : bool
+        Train the endmembers (kept >= 0) or keep them fixed.
+    fcls_iter : int
+        ADMM iterations of the FCLS start.
+    halo : int
+        Tile overlap for ``cube.unmix.deq`` (see :data:`DEFAULT_HALO`).
+    """
+
+    pixelwise = False
+    #: Overlapping tiles are blended (weighted) rather than cropped: the receptive field is unbounded.
+    blend_tiles = True
+
+    def __init__(
+        self,
+        n_bands: int,
+        n_endmembers: int,
+        endmember_names: list[str] | None = None,
+        wavelengths: list[float] | None = None,
+        *,
+        hidden: int = 16,
+        cnn_layers: int = 3,
+        use_cnn: bool = True,
+        step: float = 1.0,
+        max_iter: int = 30,
+        tol: float = 1e-4,
+        anderson_m: int = 5,
+        anderson_lam: float = 1e-4,
+        anderson_beta: float = 1.0,
+        backward: str = "implicit",
+        b_max_iter: int = 20,
+        b_tol: float = 1e-4,
+        learn_endmembers: bool = True,
+        fcls_iter: int = 500,
+        halo: int = DEFAULT_HALO,
+    ) -> None:
+        super().__init__(n_bands, n_endmembers, endmember_names, wavelengths)
+        if backward not in ("implicit", "jfb", "unrolled"):
+            raise ValueError(f"backward must be 'implicit', 'jfb' or 'unrolled', got {backward!r}")
+        if not step > 0:
+            raise ValueError(f"step must be > 0, got {step}")
+        if max_iter < 1 or b_max_iter < 1:
+            raise ValueError("max_iter and b_max_iter must be >= 1")
+        self.config = dict(
+            hidden=int(hidden), cnn_layers=int(cnn_layers), use_cnn=bool(use_cnn), step=float(step),
+            max_iter=int(max_iter), tol=float(tol), anderson_m=int(anderson_m),
+            anderson_lam=float(anderson_lam), anderson_beta=float(anderson_beta), backward=backward,
+            b_max_iter=int(b_max_iter), b_tol=float(b_tol), learn_endmembers=bool(learn_endmembers),
+            fcls_iter=int(fcls_iter), halo=int(halo),
+        )
+        self.E = nn.Parameter(torch.zeros(self.n_bands, self.n_endmembers),
+                              requires_grad=bool(learn_endmembers))
+        self.cnn = _CNN(self.n_endmembers, int(hidden), int(cnn_layers)) if use_cnn else None
+        self.backward_stats = BackwardStats()
+        self._lock = threading.Lock()
+        self.reset_solve_stats()
+
+    # -- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def from_endmembers(cls, E: Any, *, seed: int | None = None, **kwargs: Any) -> DEQUnmix:
+        """Build an untrained model (= projected gradient descent on the data term) around ``E``.
+
+        Parameters
+        ----------
+        E : DataArray (band, endmember) or array (bands, R)
+            Endmember spectra, reflectance; negative values are clipped to 0. Names and wavelengths
+            are taken from a DataArray's ``endmember`` and ``wavelength`` coordinates.
+        seed : int, optional
+            Seeds the CNN's (non-zero) hidden-layer initialisation.
+        **kwargs
+            Any constructor option (``max_iter``, ``tol``, ``learn_endmembers``, ``hidden``, ...).
+        """
+        from .._cube import as_endmembers
+
+        Eda = as_endmembers(E)
+        names = [str(n) for n in Eda.endmember.values]
+        wl = None
+        if "wavelength" in Eda.coords and Eda.coords["wavelength"].dims == ("band",):
+            wl = [float(w) for w in Eda.coords["wavelength"].values]
+        values = np.clip(np.asarray(Eda.values, dtype=np.float64), 0, None)
+        if not (values.sum(0) > 0).all():
+            raise ValueError("an endmember is all zeros (after clipping negatives)")
+        if seed is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(seed))
+                model = cls(values.shape[0], values.shape[1], names, wl, **kwargs)
+        else:
+            model = cls(values.shape[0], values.shape[1], names, wl, **kwargs)
+        with torch.no_grad():
+            model.E.copy_(torch.as_tensor(values, dtype=model.E.dtype))
+        return model
+
+    @classmethod
+    def _from_config(cls, config: dict[str, Any]) -> DEQUnmix:
+        c = dict(config)
+        base = {k: c.pop(k) for k in ("n_bands", "n_endmembers", "endmember_names", "wavelengths")}
+        return cls(**base, **c)
+
+    # -- the operator ---------------------------------------------------------------------------------
+    @property
+    def halo(self) -> int:
+        return int(self.config["halo"])
+
+    def endmember_matrix(self) -> torch.Tensor:
+        """``(bands, R)`` endmembers, clipped at 0."""
+        return self.E.clamp_min(0)
+
+    def step_size(self, E: torch.Tensor | None = None) -> torch.Tensor:
+        """``eta = step / ||E||_2^2`` (no gradient), a 0-d tensor."""
+        E = self.endmember_matrix() if E is None else E
+        with torch.no_grad():
+            L = torch.linalg.matrix_norm(E.detach().double(), ord=2) ** 2
+        return (self.config["step"] / L.clamp_min(1e-30)).to(E.dtype)
+
+    def operator(self, A: torch.Tensor, Y: torch.Tensor, E: torch.Tensor | None = None,
+                 eta: torch.Tensor | None = None) -> torch.Tensor:
+        """One application ``P(A - eta * G_theta(A; Y, E))``.
+
+        Parameters
+        ----------
+        A : Tensor (B, R, H, W)
+        Y : Tensor (B, bands, H, W)
+        """
+        E = self.endmember_matrix() if E is None else E
+        eta = self.step_size(E) if eta is None else eta
+        EtE = E.T @ E
+        EtY = torch.einsum("br,nbhw->nrhw", E, Y)
+        return self._apply(A, torch.einsum("rs,nshw->nrhw", EtE, A) - EtY, eta)
+
+    def _apply(self, A: torch.Tensor, grad: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
+        upd = eta * grad
+        if self.cnn is not None:
+            upd = upd + self.cnn(torch.cat([A, upd], dim=1))
+        return project_simplex(A - upd, dim=1)
+
+    def _map(self, Y: torch.Tensor, E: torch.Tensor) -> Any:
+        eta = self.step_size(E)
+        EtE = E.T @ E
+        EtY = torch.einsum("br,nbhw->nrhw", E, Y)
+
+        def f(A: torch.Tensor) -> torch.Tensor:
+            return self._apply(A, torch.einsum("rs,nshw->nrhw", EtE, A) - EtY, eta)
+
+        return f
+
+    def init_abundances(self, Y: torch.Tensor) -> torch.Tensor:
+        """FCLS abundances ``(B, R, H, W)`` for ``Y`` ``(B, bands, H, W)`` with the current endmembers."""
+        B, b, H, W = Y.shape
+        with torch.no_grad():
+            E = self.endmember_matrix().detach()
+            flat = Y.detach().permute(1, 0, 2, 3).reshape(b, B * H * W)
+            A = _fcls(flat, E, max_iter=self.config["fcls_iter"], tol=1e-6, warn=False,
+                      dtype=E.dtype, device=E.device)
+        return A.reshape(self.n_endmembers, B, H, W).permute(1, 0, 2, 3).contiguous()
+
+    def forward(self, Y: torch.Tensor, A0: torch.Tensor | None = None, *,
+                max_iter: int | None = None, tol: float | None = None,
+                solver: str = "anderson", warn: bool = True) -> torch.Tensor:
+        """Abundances at equilibrium.
+
+        Parameters
+        ----------
+        Y : Tensor (B, bands, H, W), or (n_pixels, bands) (treated as n 1x1 images)
+            Finite reflectance.
+        A0 : Tensor, same layout with R channels, optional
+            Start of the solve (default FCLS).
+        max_iter, tol : optional
+            Override the configured forward-solve settings.
+        solver : {"anderson", "plain"}
+        warn : bool
+            Emit a :class:`~xr_unmix.errors.ConvergenceWarning` when the solve stops above ``tol``.
+
+        Returns
+        -------
+        Tensor (B, R, H, W) or (n_pixels, R): non-negative, summing to one over R. ``self.last_info``
+        holds the solve's :class:`~xr_unmix.solvers.fixed_point.FixedPointInfo`.
+        """
+        flat = Y.ndim == 2
+        if flat:
+            Y = Y[:, :, None, None]
+            if A0 is not None:
+                A0 = A0[:, :, None, None]
+        if Y.ndim != 4:
+            raise ValueError(f"Y must be (B, bands, H, W) or (n_pixels, bands); got {tuple(Y.shape)}")
+        self.check_bands(Y.shape[1])
+        E = self.endmember_matrix()
+        if A0 is None:
+            A0 = self.init_abundances(Y)
+        c = self.config
+        mi = int(c["max_iter"] if max_iter is None else max_iter)
+        tl = float(c["tol"] if tol is None else tol)
+        skw: dict[str, float | int] = {"max_iter": mi, "tol": tl}
+        if solver == "anderson":
+            skw.update(m=c["anderson_m"], lam=c["anderson_lam"], beta=c["anderson_beta"])
+        A, info = deq_fixed_point(
+            self._map(Y, E), A0, solver=solver, solver_kwargs=skw,  # type: ignore[arg-type]
+            backward=c["backward"], b_kwargs={"max_iter": c["b_max_iter"], "tol": c["b_tol"]},
+            backward_stats=self.backward_stats,
+        )
+        self.last_info = info
+        self._record(info, warn and c["backward"] != "unrolled")
+        return A[:, :, 0, 0] if flat else A
+
+    def unmix_image(self, Y: torch.Tensor) -> torch.Tensor:
+        """Abundances ``(R, H, W)`` of one finite image ``(bands, H, W)``."""
+        if Y.ndim != 3:
+            raise ValueError(f"Y must be (bands, H, W); got {tuple(Y.shape)}")
+        return self(Y[None])[0]
+
+    # -- convergence records --------------------------------------------------------------------------
+    def reset_solve_stats(self) -> None:
+        """Clear :attr:`solve_stats`."""
+        with self._lock:
+            self.solve_stats: dict[str, Any] = {"n_solves": 0, "n_unconverged": 0,
+                                                "max_residual": 0.0, "max_iterations": 0}
+
+    def _record(self, info: FixedPointInfo, warn: bool) -> None:
+        res = info.max_residual
+        with self._lock:
+            s = self.solve_stats
+            s["n_solves"] += 1
+            s["n_unconverged"] += int(not info.all_converged)
+            s["max_residual"] = max(float(s["max_residual"]), res)
+            s["max_iterations"] = max(int(s["max_iterations"]), info.n_iter)
+        if warn and not info.all_converged and not torch.is_grad_enabled():
+            warnings.warn(
+                f"DEQUnmix: the fixed-point solve stopped after {info.n_iter} iterations with relative "
+                f"residual {res:.3g} > tol={info.tol:g}; raise max_iter or loosen tol",
+                ConvergenceWarning, stacklevel=3,
+            )
+
+    # -- training -------------------------------------------------------------------------------------
+    def _param_groups(self, lr: float, lr_endmembers: float, weight_decay: float) -> list[dict]:
+        groups: list[dict[str, Any]] = []
+        net = [p for n, p in self.named_parameters() if n != "E" and p.requires_grad]
+        if net:
+            groups.append({"params": net, "lr": lr, "weight_decay": weight_decay})
+        if self.E.requires_grad:
+            groups.append({"params": [self.E], "lr": lr_endmembers, "weight_decay": 0.0})
+        if not groups:
+            raise ValueError("nothing to train: no CNN (use_cnn=False) and fixed endmembers")
+        return groups
+
+    def _project_endmembers(self) -> None:
+        with torch.no_grad():
+            self.E.clamp_(min=0)
+
+    def fit_scene(
+        self,
+        cube: Any,
+        *,
+        epochs: int = 300,
+        seed: int | None = None,
+        lr: float = 1e-3,
+        lr_endmembers: float = 1e-3,
+        alpha: float = 1.0,
+        weight_decay: float = 1e-4,
+        max_pixels: int = 128 * 128,
+        tile_size: int = 64,
+        tiles_per_epoch: int = 4,
+        train_max_iter: int | None = None,
+        keep_best: bool = True,
+        progress: bool | None = None,
+    ) -> dict[str, Any]:
+        """Unsupervised training on one scene (no labels).
+
+        Loss: mean spectral angle between every valid pixel ``y`` and its reconstruction ``M a`` plus
+        ``alpha`` times their squared error (summed over bands, averaged over pixels). AdamW; the
+        endmembers (if learnable) have their own learning rate and are clipped to >= 0 after every step.
+        A scene with at most ``max_pixels`` pixels is used whole every epoch (warm-started from the
+        previous epoch's equilibrium); a larger one is sampled as ``tiles_per_epoch`` random
+        ``tile_size`` tiles per epoch, and the objective is tracked on a fixed set of tiles.
+
+        Divergence guard: the state with the lowest objective seen (the untrained model included, whose
+        output is FCLS) is restored at the end (``keep_best``), and a non-finite loss restores it and
+        halves the learning rates. So the returned model's objective is never worse than its start.
+
+        Parameters
+        ----------
+        cube : DataArray (band, y, x) or array (bands, H, W)
+            Reflectance; NaN in any band marks a pixel invalid (filled with 0, left out of the loss).
+        epochs : int
+        seed : int, optional
+            Seeds the tile sampling (the CNN's initialisation is seeded in :meth:`from_endmembers`).
+        lr, lr_endmembers, weight_decay, alpha : float
+        max_pixels, tile_size, tiles_per_epoch : int
+        train_max_iter : int, optional
+            Forward iterations while training (default the configured ``max_iter``).
+        keep_best : bool
+        progress : bool, optional
+            tqdm bar (``None``: only on a terminal).
+
+        Returns
+        -------
+        dict
+            ``loss`` (objective per epoch, of the state before that epoch's step), ``residual`` (forward
+            relative residual per epoch), ``iterations`` (forward iterations per epoch),
+            ``backward_residual``, ``best_epoch`` (0 = the untrained start), ``best_loss``,
+            ``initial_loss``, ``n_restarts``, ``time_s``.
+        """
+        from tqdm.auto import tqdm
+
+        from .losses import spectral_angle_loss
+
+        Y = _cube_array(cube, self.n_bands)
+        valid = np.isfinite(Y).all(0)
+        if not valid.any():
+            raise ValueError("the scene has no valid pixel")
+        dtype = self.E.dtype
+        dev = self.E.device
+        Yt = torch.as_tensor(np.where(valid[None], Y, 0.0), dtype=dtype, device=dev)
+        Vt = torch.as_tensor(valid, device=dev)
+        H, W = Y.shape[1:]
+        whole = H * W <= max_pixels
+        gen = np.random.default_rng(seed)
+
+        def sample(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+            th, tw = min(tile_size, H), min(tile_size, W)
+            ys = gen.integers(0, H - th + 1, size=k)
+            xs = gen.integers(0, W - tw + 1, size=k)
+            return (torch.stack([Yt[:, a:a + th, b:b + tw] for a, b in zip(ys, xs, strict=True)]),
+                    torch.stack([Vt[a:a + th, b:b + tw] for a, b in zip(ys, xs, strict=True)]))
+
+        def objective(Yb: torch.Tensor, Vb: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+            E = self.endmember_matrix()
+            rec = torch.einsum("br,nrhw->nbhw", E, A)
+            y = Yb.permute(0, 2, 3, 1)[Vb]
+            r = rec.permute(0, 2, 3, 1)[Vb]
+            return spectral_angle_loss(r, y) + alpha * (r - y).pow(2).sum(-1).mean()
+
+        if whole:
+            batch, vmask = Yt[None], Vt[None]
+            eval_batch = None
+        else:
+            eval_batch = sample(max(tiles_per_epoch, 4))
+        opt = torch.optim.AdamW(self._param_groups(lr, lr_endmembers, weight_decay))
+        mi = train_max_iter
+        hist: dict[str, Any] = {"loss": [], "residual": [], "iterations": [], "backward_residual": [],
+                                "n_restarts": 0}
+        best_state = copy.deepcopy(self.state_dict())
+        best_loss = math.inf
+        best_epoch = 0
+        warm: torch.Tensor | None = None
+        was_training = self.training
+        self.train()
+        t0 = time.perf_counter()
+        bar = tqdm(range(epochs + 1), desc="DEQUnmix.fit_scene", unit="epoch",
+                   disable=None if progress is None else not progress, leave=False)
+        try:
+            for epoch in bar:
+                if not whole:
+                    batch, vmask = sample(tiles_per_epoch)
+                    warm = None
+                    with torch.no_grad():
+                        ev = objective(eval_batch[0], eval_batch[1],
+                                       self(eval_batch[0], max_iter=mi, warn=False))
+                        ev_conv = self.last_info.all_converged
+                A = self(batch, A0=warm, max_iter=mi, warn=False)
+                info = self.last_info
+                loss = objective(batch, vmask, A)
+                value = float(loss.detach())
+                if whole:
+                    ev, ev_conv = loss.detach(), info.all_converged
+                evf = float(ev)
+                hist["loss"].append(value)
+                hist["residual"].append(info.max_residual)
+                hist["iterations"].append(info.n_iter)
+                if epoch == 0:
+                    hist["initial_loss"] = evf
+                if not math.isfinite(value):
+                    self.load_state_dict(best_state)
+                    for g in opt.param_groups:
+                        g["lr"] *= 0.5
+                    hist["n_restarts"] += 1
+                    warm = None
+                    continue
+                # the state before this epoch's step is eligible when its solve converged (or it is the
+                # untrained start)
+                if evf < best_loss and (ev_conv or epoch == 0 or info.max_residual < 10 * self.config["tol"]):
+                    best_loss, best_epoch = evf, epoch
+                    best_state = copy.deepcopy(self.state_dict())
+                if epoch == epochs:
+                    break
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                self._project_endmembers()
+                hist["backward_residual"].append(self.backward_stats.last_residual)
+                if whole:
+                    warm = A.detach()
+                bar.set_postfix({"loss": f"{value:.4g}", "res": f"{info.max_residual:.1e}"},
+                                refresh=False)
+        finally:
+            bar.close()
+            self.train(was_training)
+        if keep_best:
+            self.load_state_dict(best_state)
+        hist.update(best_epoch=best_epoch, best_loss=best_loss, time_s=time.perf_counter() - t0,
+                    epochs=epochs, seed=seed, whole_scene=whole)
+        self.eval()
+        return hist
+
+    def fit(
+        self,
+        spectra: Any,
+        abundances: Any,
+        *,
+        epochs: int = 200,
+        batch_size: int = 64,
+        lr: float = 1e-3,
+        lr_endmembers: float = 0.0,
+        weight_decay: float = 1e-4,
+        seed: int | None = None,
+        train_max_iter: int | None = None,
+        progress: bool | None = None,
+    ) -> dict[str, Any]:
+        """Supervised training on labelled pixels or tiles.
+
+        Parameters
+        ----------
+        spectra : array (n_pixels, bands) or (n_tiles, bands, h, w)
+            Finite reflectance.
+        abundances : array (n_pixels, R) or (n_tiles, R, h, w)
+            Labels; in the tile form NaN marks an unlabelled pixel (it still feeds the spatial operator
+            but not the loss).
+        epochs, batch_size : int
+            Passes over the rows / tiles, and rows / tiles per step.
+        lr, lr_endmembers, weight_decay : float
+            AdamW on the CNN; the endmembers are trained only when ``learn_endmembers`` and
+            ``lr_endmembers > 0``.
+        seed : int, optional
+            Seeds the batch order.
+        train_max_iter : int, optional
+            Forward iterations while training.
+        progress : bool, optional
+
+        Returns
+        -------
+        dict
+            ``loss`` (mean squared abundance error per epoch, summed over endmembers), ``residual`` (worst
+            forward residual per epoch), ``time_s``, ``best_epoch`` (the returned state: lowest epoch loss).
+        """
+        from tqdm.auto import tqdm
+
+        from ._train import as_tensor, check_pairs
+
+        dtype = self.E.dtype
+        dev = self.E.device
+        Ya = np.asarray(getattr(spectra, "values", spectra))
+        if Ya.ndim == 2:
+            Y, A = check_pairs(spectra, abundances, n_bands=self.n_bands, n_endmembers=self.n_endmembers,
+                               dtype=dtype, device=dev)
+            M = torch.ones(A.shape[0], dtype=torch.bool, device=dev)
+        elif Ya.ndim == 4:
+            Y = as_tensor(spectra, "spectra", dtype, dev)
+            A = as_tensor(abundances, "abundances", dtype, dev)
+            if Y.shape[1] != self.n_bands or A.shape[1] != self.n_endmembers or \
+                    Y.shape[0] != A.shape[0] or Y.shape[2:] != A.shape[2:]:
+                raise ValueError(f"tiles must be (n, {self.n_bands}, h, w) and labels "
+                                 f"(n, {self.n_endmembers}, h, w); got {tuple(Y.shape)}, {tuple(A.shape)}")
+            if not torch.isfinite(Y).all():
+                raise ValueError("spectra contain NaN/inf; fill invalid pixels first")
+            M = torch.isfinite(A).all(1)
+            if not M.any():
+                raise ValueError("no labelled pixel (every label is NaN)")
+            A = torch.nan_to_num(A)
+        else:
+            raise ValueError(f"spectra must be (n_pixels, bands) or (n_tiles, bands, h, w); got {Ya.shape}")
+        groups = self._param_groups(lr, lr_endmembers if lr_endmembers > 0 else 0.0, weight_decay)
+        groups = [g for g in groups if g["lr"] > 0]
+        if not groups:
+            raise ValueError("nothing to train")
+        opt = torch.optim.AdamW(groups)
+        gen = torch.Generator().manual_seed(int(seed)) if seed is not None else torch.Generator()
+        if seed is None:
+            gen.seed()
+        A0 = self.init_abundances(Y if Y.ndim == 4 else Y[:, :, None, None])
+        if Y.ndim == 2:
+            A0 = A0[:, :, 0, 0]
+        n = Y.shape[0]
+        hist: dict[str, Any] = {"loss": [], "residual": []}
+        best_state, best_loss, best_epoch = copy.deepcopy(self.state_dict()), math.inf, 0
+        was_training = self.training
+        self.train()
+        t0 = time.perf_counter()
+        bar = tqdm(range(1, epochs + 1), desc="DEQUnmix.fit", unit="epoch",
+                   disable=None if progress is None else not progress, leave=False)
+        try:
+            for epoch in bar:
+                perm = torch.randperm(n, generator=gen)
+                tot, cnt, worst = 0.0, 0, 0.0
+                for s in range(0, n, batch_size):
+                    idx = perm[s:s + batch_size]
+                    pred = self(Y[idx], A0=A0[idx], max_iter=train_max_iter, warn=False)
+                    worst = max(worst, self.last_info.max_residual)
+                    m = M[idx]
+                    if pred.ndim == 4:
+                        err = (pred - A[idx]).pow(2).sum(1)[m]
+                    else:
+                        err = (pred - A[idx]).pow(2).sum(1)
+                    loss = err.mean()
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    self._project_endmembers()
+                    tot += float(loss.detach()) * err.numel()
+                    cnt += err.numel()
+                hist["loss"].append(tot / max(cnt, 1))
+                hist["residual"].append(worst)
+                if hist["loss"][-1] < best_loss:
+                    best_loss, best_epoch = hist["loss"][-1], epoch
+                    best_state = copy.deepcopy(self.state_dict())
+                bar.set_postfix({"loss": f"{hist['loss'][-1]:.4g}"}, refresh=False)
+        finally:
+            bar.close()
+            self.train(was_training)
+        self.load_state_dict(best_state)
+        hist.update(best_epoch=best_epoch, best_loss=best_loss, time_s=time.perf_counter() - t0,
+                    epochs=epochs, seed=seed)
+        self.eval()
+        return hist
+
+    def __getstate__(self) -> dict[str, Any]:  # picklable for dask workers (lock dropped)
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+
+def _cube_array(cube: Any, n_bands: int) -> np.ndarray:
+    """(bands, H, W) float array from a DataArray (any dim order, nodata -> NaN) or an array."""
+    import xarray as xr
+
+    if isinstance(cube, xr.DataArray):
+        from .._cube import prepare_cube
+
+        data, facts = prepare_cube(cube, np.float32)
+        arr = np.asarray(data.compute() if hasattr(data, "compute") else data)
+    else:
+        arr = np.asarray(cube, dtype=np.float32)
+    if arr.ndim != 3:
+        raise ValueError(f"the scene must be (bands, H, W); got shape {arr.shape}")
+    if arr.shape[0] != n_bands:
+        from ..errors import BandMismatchError
+
+        raise BandMismatchError(f"the model expects {n_bands} bands but the scene has {arr.shape[0]}")
+    return arr
