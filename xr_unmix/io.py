@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
@@ -233,9 +234,12 @@ def to_cog(
         try:
             gtiff = scratch / "stream.tif"
             with gdal_env(), _progress(progress and arr.chunks is not None):
-                arr.rio.to_raster(gtiff, driver="GTiff", tiled=True, blockxsize=blocksize,
-                                  blockysize=blocksize, compress=compress, BIGTIFF="IF_SAFER",
-                                  lock=True if arr.chunks is not None else None)
+                pending = arr.rio.to_raster(
+                    gtiff, driver="GTiff", tiled=True, blockxsize=blocksize, blockysize=blocksize,
+                    compress=compress, BIGTIFF="IF_SAFER",
+                    lock=True if arr.chunks is not None else None, compute=False)
+                if pending is not None:
+                    compute_settled(pending)
             predictor = {"predictor": 3} if compress.upper() in ("DEFLATE", "ZSTD", "LZW") else {}
             with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS", GDAL_CACHEMAX=int(GDAL_CACHE_MB)):
                 rasterio.shutil.copy(gtiff, tmp, driver="COG", compress=compress,
@@ -244,6 +248,67 @@ def to_cog(
         finally:
             _remove(scratch)
     return path
+
+
+def compute_settled(obj: Any, *, settle_timeout: float = 60.0) -> Any:
+    """Compute a Dask collection; if it fails, return only once none of its tasks is still running.
+
+    Dask raises on the first failed task while other tasks of the same graph may still be running, and
+    those would go on writing chunks into a temporary output that the caller is about to delete. On
+    the local threaded scheduler the graph runs on a private thread pool that is shut down (waiting for
+    running tasks, cancelling queued ones) before the error propagates; under ``distributed`` the
+    futures are cancelled and the scheduler polled until none of the graph's tasks is processing (at
+    most ``settle_timeout`` seconds). Other schedulers compute as usual.
+    """
+    import dask
+    import dask.threaded
+    from dask.base import get_scheduler
+
+    from .cluster import active_client
+
+    client = active_client()
+    sched = get_scheduler(collections=[obj])
+    if client is not None and sched == client.get:
+        fut = client.compute(obj)
+        try:
+            return fut.result()
+        except BaseException:
+            names = _layer_names(obj)
+            fut.cancel()
+            deadline = time.monotonic() + settle_timeout
+            while time.monotonic() < deadline:
+                try:
+                    busy = [k for keys in client.processing().values() for k in keys
+                            if _key_name(k) in names]
+                except Exception:  # noqa: BLE001  (scheduler gone: nothing more will run)
+                    break
+                if not busy:
+                    break
+                time.sleep(0.1)
+            raise
+    if sched is dask.threaded.get:
+        from concurrent.futures import ThreadPoolExecutor
+
+        n = dask.config.get("num_workers", None) or os.cpu_count() or 1
+        pool = ThreadPoolExecutor(int(n), thread_name_prefix="xr_unmix-write")
+        try:
+            with dask.config.set(pool=pool):
+                return dask.compute(obj)[0]
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return dask.compute(obj)[0]
+
+
+def _layer_names(obj: Any) -> set[str]:
+    graph = obj.__dask_graph__()
+    names = set(getattr(graph, "layers", {}) or {})
+    names.update(_key_name(k) for k in graph)
+    return names
+
+
+def _key_name(key: Any) -> str:
+    k = key[0] if isinstance(key, tuple) else key
+    return str(k)
 
 
 def _progress(enabled: bool) -> contextlib.AbstractContextManager[Any]:
@@ -328,7 +393,8 @@ def to_zarr(
     ds = arr.to_dataset(name=var)
     ds[var].encoding["_FillValue"] = np.float32(np.nan) if arr.dtype == np.float32 else np.nan
     with _atomic_target(store, overwrite) as tmp, gdal_env(), _progress(progress):
-        ds.to_zarr(tmp, zarr_format=3, consolidated=False, mode="w-")
+        compute_settled(ds.to_zarr(tmp, zarr_format=3, consolidated=False, mode="w-",
+                                   compute=False))
     return store
 
 

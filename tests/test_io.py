@@ -1,0 +1,139 @@
+"""The writers: valid COGs, Zarr round trips with the CRS, atomic writes, overwrite, missing CRS."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+
+import xr_unmix
+from xr_unmix.errors import MissingCRSError
+from xr_unmix.io import open_abundance, open_cube, to_cog, to_zarr
+from xr_unmix.testing import make_cube
+
+
+@pytest.fixture
+def abundance() -> tuple[xr.DataArray, xr.DataArray]:
+    """(lazy abundance map 64x80 with one invalid pixel, the cube it came from)."""
+    cube, E, _ = make_cube(64, 80, seed=3)
+    cube = cube.copy()
+    cube[:, 5, 7] = np.nan
+    cube = cube.chunk({"y": 32, "x": 32})
+    return xr_unmix.fcls(cube, E), cube
+
+
+def _leftovers(d: Path, keep: set[str]) -> list[str]:
+    return sorted(p.name for p in d.iterdir() if p.name not in keep)
+
+
+def test_cog_is_valid_and_georeferenced(tmp_path: Path, abundance) -> None:
+    ab, cube = abundance
+    out = to_cog(ab, tmp_path / "a.tif", blocksize=16)
+    expected = ab.compute()
+    with rasterio.open(out) as src:
+        assert src.driver == "GTiff"
+        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert src.profile["tiled"] and src.block_shapes[0] == (16, 16)
+        assert src.overviews(1), "a COG of 64x80 px with 16 px tiles has overviews"
+        assert src.count == ab.sizes["endmember"]
+        assert list(src.descriptions) == [str(n) for n in ab.endmember.values]
+        assert src.nodata is not None and np.isnan(src.nodata)
+        assert src.dtypes[0] == "float32"
+        assert src.crs == cube.rio.crs
+        assert src.transform.almost_equals(cube.rio.transform())
+        data = src.read()
+    np.testing.assert_array_equal(np.isnan(data), np.isnan(expected.values))
+    assert np.isnan(data[:, 5, 7]).all()
+    np.testing.assert_allclose(data, expected.values, rtol=0, atol=1e-7)
+    assert _leftovers(tmp_path, {"a.tif"}) == []
+
+
+def test_zarr_round_trip_keeps_crs_and_values(tmp_path: Path, abundance) -> None:
+    ab, cube = abundance
+    store = to_zarr(ab, tmp_path / "a.zarr")
+    ds = xr.open_zarr(store, decode_coords="all")
+    back = ds["abundance"]
+    assert back.rio.crs == cube.rio.crs
+    assert back.rio.transform().almost_equals(cube.rio.transform())
+    assert list(back.endmember.values) == list(ab.endmember.values)
+    np.testing.assert_allclose(back.values, ab.values, rtol=0, atol=0, equal_nan=True)
+    assert open_abundance(store).rio.crs == cube.rio.crs
+    assert _leftovers(tmp_path, {"a.zarr"}) == []
+
+
+def _boom(block: np.ndarray, block_info=None) -> np.ndarray:
+    if block_info is not None and block_info[None]["chunk-location"][1:] == (1, 1):
+        raise RuntimeError("boom in the middle of the write")
+    return block
+
+
+def _failing(ab: xr.DataArray) -> xr.DataArray:
+    return ab.copy(data=ab.data.map_blocks(_boom, dtype=ab.dtype))
+
+
+@pytest.mark.parametrize("fmt", ["tif", "zarr"])
+def test_failure_mid_write_leaves_nothing(tmp_path: Path, abundance, fmt: str) -> None:
+    ab, _ = abundance
+    writer = to_cog if fmt == "tif" else to_zarr
+    target = tmp_path / f"a.{fmt}"
+    with pytest.raises(RuntimeError, match="boom"):
+        writer(_failing(ab), target)
+    assert not target.exists()
+    assert _leftovers(tmp_path, set()) == []
+
+
+@pytest.mark.parametrize("fmt", ["tif", "zarr"])
+def test_overwrite_semantics(tmp_path: Path, abundance, fmt: str) -> None:
+    ab, _ = abundance
+    writer = to_cog if fmt == "tif" else to_zarr
+    target = tmp_path / f"a.{fmt}"
+    writer(ab, target)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        writer(ab, target)
+    # a failed overwrite keeps the old, complete output
+    with pytest.raises(RuntimeError, match="boom"):
+        writer(_failing(ab * 0 + 0.5), target, overwrite=True)
+    old = open_cube(target).values if fmt == "tif" else open_abundance(target).values
+    np.testing.assert_allclose(old, ab.values, equal_nan=True)
+    # a successful one replaces it
+    writer(ab * 0 + 0.25, target, overwrite=True)
+    new = open_cube(target).values if fmt == "tif" else open_abundance(target).values
+    assert np.nanmax(np.abs(new - 0.25)) == 0
+    assert _leftovers(tmp_path, {target.name}) == []
+
+
+@pytest.mark.parametrize("fmt", ["tif", "zarr"])
+def test_missing_crs_warns_or_raises(tmp_path: Path, fmt: str) -> None:
+    cube, E, _ = make_cube(16, 16, crs=None)
+    ab = xr_unmix.fcls(cube, E)
+    assert ab.rio.crs is None
+    writer = to_cog if fmt == "tif" else to_zarr
+    with pytest.raises(MissingCRSError, match="no CRS"):
+        writer(ab, tmp_path / f"r.{fmt}", require_crs=True)
+    assert not (tmp_path / f"r.{fmt}").exists()
+    with pytest.warns(UserWarning, match="without a CRS"):
+        writer(ab, tmp_path / f"w.{fmt}")
+    assert (tmp_path / f"w.{fmt}").exists()
+
+
+def test_in_memory_abundance_and_single_layer(tmp_path: Path) -> None:
+    cube, E, _ = make_cube(20, 24)
+    ab = xr_unmix.fcls(cube, E)  # numpy-backed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        to_cog(ab, tmp_path / "a.tif", blocksize=16)
+        to_zarr(ab.isel(endmember=0, drop=True).rename("m0"), tmp_path / "l.zarr")
+    with rasterio.open(tmp_path / "a.tif") as src:
+        np.testing.assert_allclose(src.read(), ab.values, atol=1e-7)
+    assert open_abundance(tmp_path / "l.zarr").dims == ("y", "x")
+
+
+def test_open_cube_names_a_corrupt_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"II*\x00" + b"\x00garbage" * 20)
+    with pytest.raises(OSError, match="bad.tif"):
+        open_cube(bad)
