@@ -226,3 +226,20 @@ def test_unknown_methods(scene):
         extract_endmembers(scene[0], 3, method="nfindr")
     with pytest.raises(ValueError, match="hysime"):
         estimate_n_endmembers(scene[0], method="vd")
+
+
+@pytest.mark.parametrize("snr_db", [30.0, 8.0])
+def test_streaming_search_equals_cached_search(monkeypatch, snr_db):
+    """Above the coordinate-cache limit VCA makes one pass per endmember: same pixels either way."""
+    import xr_unmix.extraction as ex
+
+    cube, _ = _scene(snr_db=snr_db, seed=4, H=30, W=30)
+    lazy = cube.chunk({"y": 10, "x": 15})
+    cached = extract_endmembers(lazy, 4, seed=2)
+    monkeypatch.setattr(ex, "_CACHE_BYTES", 0)
+    streamed = extract_endmembers(lazy, 4, seed=2)
+    streamed_np = extract_endmembers(cube, 4, seed=2)
+    for other in (streamed, streamed_np):
+        np.testing.assert_array_equal(other.pixel_row.values, cached.pixel_row.values)
+        np.testing.assert_array_equal(other.pixel_col.values, cached.pixel_col.values)
+        np.testing.assert_allclose(other.values, cached.values, rtol=1e-9, atol=1e-12)

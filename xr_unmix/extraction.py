@@ -6,9 +6,12 @@ Dask-backed cube is processed block by block and never loaded whole:
 - **VCA** (Nascimento & Bioucas-Dias, 2005). One pass accumulates the sum and the uncentred correlation
   ``sum_j y_j y_j^T`` (float64) over the valid pixels; the SNR estimate and the projection (PCA onto
   ``p - 1`` dims below the SNR threshold ``15 + 10 log10(p)`` dB, projective projection onto ``p`` dims
-  above it) come from these. Then ``p`` passes each find the pixel with the largest ``|f^T y|`` (each
-  block returns its best pixel and that pixel's spectrum), plus one pass for the scale ``c`` in the
-  low-SNR branch. Peak memory: a few blocks, plus ``bands x bands`` matrices.
+  above it) come from these. A second pass keeps every valid pixel's ``p`` projected coordinates
+  (float64) when they fit in ``_CACHE_BYTES`` (256 MiB: 6.7 million pixels at ``p = 5``); the ``p``
+  picks are then made in memory and only the ``p`` chosen pixels are read again in full (one chunk
+  each). Above that limit the search streams instead: one pass per endmember, each block returning its
+  best pixel and that pixel's spectrum (plus one pass for the scale ``c`` at low SNR). Inside a block,
+  pixels are converted to float64 ``_BATCH`` at a time, so a task holds little beyond its block.
 - With ``sample=k`` the algorithm instead runs on ``k`` valid pixels drawn with a seeded generator
   (one pass computes the ``(y, x)`` validity mask, a second gathers the drawn pixels).
 - **HySime** (Bioucas-Dias & Nascimento, 2008) needs only the uncentred correlation: the
@@ -36,9 +39,16 @@ __all__ = ["VCAResult", "estimate_n_endmembers", "extract_endmembers", "hysime",
 
 BlockFn = Callable[[np.ndarray, np.ndarray], Any]  # (Yb (L, nb) valid pixels, flat indices (nb,)) -> r
 
+#: Pixels converted to float64 at a time inside a block (bounds the per-task temporaries).
+_BATCH = 32768
+#: Up to this many bytes, VCA keeps every valid pixel's projected coordinates (float64, ``n`` per
+#: pixel) in memory: two passes over the cube instead of ``n + 1``.
+_CACHE_BYTES = 256 * 2**20
+
 
 def _valid_columns(Yb: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    ok = np.isfinite(Yb).all(axis=0)
+    ok = np.concatenate([np.isfinite(Yb[:, s:s + _BATCH]).all(axis=0)
+                         for s in range(0, Yb.shape[1], _BATCH)] or [np.zeros(0, bool)])
     if ok.all():
         return Yb, idx
     return Yb[:, ok], idx[ok]
@@ -100,6 +110,37 @@ class _Source:
         (out,) = dask.compute(parts[0])
         return out
 
+    def map_collect(self, fn: BlockFn) -> list[Any]:
+        """``fn`` on every block's valid pixels; the list of results (block order)."""
+        d = self.data
+        if not self.is_dask:
+            return [self.map_reduce(fn, lambda a, b: a)]
+        import dask
+
+        if d.ndim == 2:
+            d = d[:, None, :]
+        d = d.rechunk({0: -1})
+        blocks = d.to_delayed()
+        ys = np.cumsum((0,) + d.chunks[1])
+        xs = np.cumsum((0,) + d.chunks[2])
+        run = dask.delayed(_run_block)
+        parts = [run(blocks[0, i, j], int(ys[i]), int(xs[j]), d.shape[2], fn)
+                 for i in range(blocks.shape[1]) for j in range(blocks.shape[2])]
+        return list(dask.compute(*parts))
+
+    def points(self, flat: Sequence[int]) -> np.ndarray:
+        """Spectra ``(L, k)`` of a few pixels by flat index; with Dask only their chunks are read."""
+        flat = np.asarray(flat, dtype=np.int64)
+        if self.data.ndim == 2:
+            cols = [self.data[:, int(f)] for f in flat]
+        else:
+            cols = [self.data[:, int(f) // self.width, int(f) % self.width] for f in flat]
+        if self.is_dask:
+            import dask.array as da
+
+            return np.asarray(da.stack(cols, axis=1).compute(), dtype=np.float64)
+        return np.asarray(np.stack(cols, axis=1), dtype=np.float64)
+
     def fetch(self, flat: Sequence[int]) -> np.ndarray:
         """Full spectra ``(L, k)`` of these valid pixels (flat indices), block by block for Dask."""
         flat = np.asarray(flat, dtype=np.int64)
@@ -137,8 +178,13 @@ class _Stats:
 
     @staticmethod
     def of(Yb: np.ndarray, idx: np.ndarray) -> _Stats:
-        Y64 = np.asarray(Yb, dtype=np.float64)
-        return _Stats(Y64.shape[1], Y64.sum(axis=1), Y64 @ Y64.T)
+        L = Yb.shape[0]
+        total, corr = np.zeros(L), np.zeros((L, L))
+        for s in range(0, Yb.shape[1], _BATCH):
+            Y64 = np.asarray(Yb[:, s:s + _BATCH], dtype=np.float64)
+            total += Y64.sum(axis=1)
+            corr += Y64 @ Y64.T
+        return _Stats(int(Yb.shape[1]), total, corr)
 
     @staticmethod
     def add(a: _Stats, b: _Stats) -> _Stats:
@@ -189,23 +235,42 @@ def _check_n(n: int, n_bands: int) -> int:
 
 
 class _Projector:
-    """Maps raw spectra ``(L, k)`` to VCA's ``y`` space ``(p, k)``."""
+    """Maps raw spectra ``(L, k)`` to VCA's coordinates ``x`` ``(d, k)`` and ``y`` space ``(p, k)``."""
 
     def __init__(self, Ud: np.ndarray, mode: str, r_m: np.ndarray, u: np.ndarray | None,
                  c: float | None) -> None:
         self.Ud, self.mode, self.r_m, self.u, self.c = Ud, mode, r_m, u, c
 
-    def __call__(self, Yb: np.ndarray) -> np.ndarray:
-        Y64 = np.asarray(Yb, dtype=np.float64)
+    def coords(self, Yb: np.ndarray) -> np.ndarray:
+        """``Ud^T y`` (projective) or ``Ud^T (y - mean)`` (PCA), float64, in batches of pixels."""
+        out = np.empty((self.Ud.shape[1], Yb.shape[1]))
+        shift = self.r_m[:, None] if self.mode == "pca" else 0.0
+        for s in range(0, Yb.shape[1], _BATCH):
+            out[:, s:s + _BATCH] = self.Ud.T @ (np.asarray(Yb[:, s:s + _BATCH], np.float64) - shift)
+        return out
+
+    def finish(self, x: np.ndarray, inplace: bool = False) -> np.ndarray:
+        """VCA's ``y`` from the coordinates: ``x / (u^T x)`` (projective; done in place when asked) or
+        ``[x; c]`` (PCA; with ``inplace`` the coordinates are returned unchanged and :meth:`score`
+        adds the constant row)."""
         if self.mode == "projective":
-            x = self.Ud.T @ Y64
-            den = self.u @ x
             with np.errstate(divide="ignore", invalid="ignore"):
-                y = x / den
+                den = self.u @ x
+                y = np.divide(x, den, out=x if inplace else None)
             y[:, ~np.isfinite(y).all(axis=0)] = 0.0  # a pixel orthogonal to the mean: never chosen
             return y
-        x = self.Ud.T @ (Y64 - self.r_m[:, None])
+        if inplace:
+            return x
         return np.vstack([x, np.full((1, x.shape[1]), self.c)])
+
+    def score(self, f: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """``f^T y`` for ``y`` from ``finish(..., inplace=True)``."""
+        if self.mode == "projective":
+            return f @ y
+        return f[:-1] @ y + f[-1] * self.c
+
+    def __call__(self, Yb: np.ndarray) -> np.ndarray:
+        return self.finish(self.coords(Yb))
 
     def denoise(self, Yb: np.ndarray) -> np.ndarray:
         """The chosen pixels projected on the signal subspace (VCA's ``Rp`` columns), ``(L, k)``."""
@@ -215,11 +280,21 @@ class _Projector:
         return self.Ud @ (self.Ud.T @ (Y64 - self.r_m[:, None])) + self.r_m[:, None]
 
 
+class _Coords:
+    """Block function: (flat indices, VCA coordinates) of the block's valid pixels."""
+
+    def __init__(self, proj: _Projector) -> None:
+        self.proj = proj
+
+    def __call__(self, Yb: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return idx, self.proj.coords(Yb)
+
+
 def _max_norm(proj_Ud: np.ndarray, r_m: np.ndarray) -> BlockFn:
     def fn(Yb: np.ndarray, idx: np.ndarray) -> float:
         if Yb.shape[1] == 0:
             return 0.0
-        x = proj_Ud.T @ (np.asarray(Yb, dtype=np.float64) - r_m[:, None])
+        x = _Projector(proj_Ud, "pca", r_m, None, None).coords(Yb)
         return float(np.sqrt((x**2).sum(axis=0).max()))
     return fn
 
@@ -271,15 +346,29 @@ def _vca_source(src: _Source, n: int, seed: int | np.random.Generator | None,
     else:
         snr_db, estimated = float(snr), False
     snr_th = 15 + 10 * np.log10(p)
+    cached = p * N * 8 <= _CACHE_BYTES
     if snr_db < snr_th:
         mode = "pca"
         _, Ud = _top_eigvecs(cov, p - 1)
-        c = src.map_reduce(_max_norm(Ud, r_m), max)
-        proj = _Projector(Ud, mode, r_m, None, c)
+        proj = _Projector(Ud, mode, r_m, None, None)
     else:
         mode = "projective"
         _, Ud = _top_eigvecs(corr, p)
         proj = _Projector(Ud, mode, r_m, Ud.T @ r_m, None)
+    if cached:  # one pass: every valid pixel's coordinates, kept in memory
+        parts = src.map_collect(_Coords(proj))
+        flat = np.empty(N, dtype=np.int64)
+        x_all = np.empty((Ud.shape[1], N))
+        at = 0
+        while parts:
+            q_idx, q_x = parts.pop(0)
+            flat[at:at + q_idx.size], x_all[:, at:at + q_idx.size] = q_idx, q_x
+            at += q_idx.size
+        if mode == "pca":
+            proj.c = float(np.sqrt((x_all**2).sum(axis=0).max()))
+        y_all = proj.finish(x_all, inplace=True)
+    elif mode == "pca":
+        proj.c = src.map_reduce(_max_norm(Ud, r_m), max)
     rng = np.random.default_rng(seed)
     A = np.zeros((p, p))
     A[p - 1, 0] = 1.0
@@ -289,10 +378,19 @@ def _vca_source(src: _Source, n: int, seed: int | np.random.Generator | None,
         w = rng.random(p)
         f = w - A @ (np.linalg.pinv(A) @ w)
         f /= np.linalg.norm(f)
-        _, k, spec = src.map_reduce(_Best(proj, f), _Best.combine)
-        indices[i] = k
-        spectra[:, i] = spec
-        A[:, i] = proj(spec[:, None])[:, 0]
+        if cached:
+            v = np.abs(proj.score(f, y_all))
+            ties = np.flatnonzero(v == v.max())
+            j = int(ties[np.argmin(flat[ties])])  # same tie rule as the streaming search
+            indices[i] = flat[j]
+            A[:, i] = y_all[:, j] if mode == "projective" else np.append(y_all[:, j], proj.c)
+        else:  # one pass per endmember; each block returns its best pixel and its spectrum
+            _, k, spec = src.map_reduce(_Best(proj, f), _Best.combine)
+            indices[i] = k
+            spectra[:, i] = spec
+            A[:, i] = proj(spec[:, None])[:, 0]
+    if cached:
+        spectra = src.points(indices)
     E = proj.denoise(spectra)
     return E, VCAResult(indices, snr_db, estimated, mode, N)
 
@@ -475,9 +573,10 @@ def extract_endmembers(
         Seeds VCA's random directions and, with ``sample``, the pixel draw. Same seed: same result on
         a NumPy and a Dask cube.
     sample : int, optional
-        Run on this many valid pixels drawn at random (seeded) instead of all of them: two passes over
-        the cube instead of ``n + 1`` (``n + 2`` at low SNR). Pure pixels left out of the sample
-        cannot be found. ``None`` (default): all valid pixels.
+        Run on this many valid pixels drawn at random (seeded) instead of all of them (one pass for
+        the validity mask, one to gather the sample; then everything runs in memory). Pure pixels left
+        out of the sample cannot be found. ``None`` (default): all valid pixels (two passes, or
+        ``n + 1`` on very large scenes: see the module notes).
     snr : float, optional
         Known SNR in dB (else estimated).
 
