@@ -58,44 +58,42 @@ def expand_scenes(specs: Iterable[PathLike]) -> tuple[list[Path], list[str]]:
     unmatched: list[str] = []
     seen: set[str] = set()
 
-    def add(p: Path) -> None:
+    def add(p: Path) -> int:
         key = os.path.abspath(p)
         if key not in seen:
             seen.add(key)
             out.append(p)
+        return 1
 
-    def one(spec: str, base: Path | None) -> None:
+    def one(spec: str, base: Path | None) -> int:
+        """Add what ``spec`` names; return how many paths it named (duplicates included)."""
         spec = spec.strip()
         if not spec:
-            return
+            return 0
         if spec.startswith("@"):
             lst = Path(spec[1:])
             if base is not None and not lst.is_absolute() and not lst.exists():
                 lst = base / lst
-            if not lst.is_file():
+            n = 0
+            if lst.is_file():
+                for line in lst.read_text().splitlines():
+                    line = line.split("#", 1)[0].strip()
+                    if line:
+                        n += one(line, lst.parent)
+            if n == 0:
                 unmatched.append(spec)
-                return
-            n0 = len(out)
-            for line in lst.read_text().splitlines():
-                line = line.split("#", 1)[0].strip()
-                if line:
-                    one(line, lst.parent)
-            if len(out) == n0:
-                unmatched.append(spec)
-            return
+            return n
         cand = Path(spec)
-        if base is not None and not cand.is_absolute() and not cand.exists() \
-                and (base / spec).exists() | bool(glob.glob(str(base / spec))):
+        if base is not None and not cand.is_absolute() and not cand.exists() and (
+                (base / spec).exists() or glob.glob(str(base / spec))):
             cand = base / spec
         if _GLOB_CHARS & set(spec):
-            hits = sorted(glob.glob(str(cand), recursive=True))
+            hits = [Path(h) for h in sorted(glob.glob(str(cand), recursive=True))
+                    if Path(h).is_file()]
             if not hits:
                 unmatched.append(spec)
-            for h in hits:
-                if Path(h).is_file():
-                    add(Path(h))
-            return
-        add(cand)
+            return sum(add(h) for h in hits)
+        return add(cand)
 
     for s in specs:
         one(os.fspath(s), None)

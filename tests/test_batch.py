@@ -1,0 +1,190 @@
+"""Batch runs: expansion of inputs, one output per scene, JSON report, failures isolated, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+from click.testing import CliRunner
+
+import xr_unmix
+from xr_unmix import batch as batch_mod
+from xr_unmix.batch import expand_scenes, output_stems, run_batch
+from xr_unmix.cli import main
+from xr_unmix.io import open_abundance, open_cube
+from xr_unmix.testing import make_cube
+
+
+def _write_csv(E: xr.DataArray, path: Path) -> Path:
+    lines = ["wavelength," + ",".join(map(str, E.endmember.values))]
+    for i, w in enumerate(E.wavelength.values):
+        lines.append(f"{w}," + ",".join(repr(float(v)) for v in E.values[i]))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def scenes(tmp_path: Path) -> dict[str, Path]:
+    """Three small GeoTIFF scenes (a, b, c), a corrupt one, and an endmember CSV."""
+    d = tmp_path / "scenes"
+    d.mkdir()
+    E = None
+    for i, name in enumerate("abc"):
+        cube, E, _ = make_cube(24 + 8 * i, 32, seed=i)
+        cube.rio.to_raster(d / f"{name}.tif", tiled=True, blockxsize=16, blockysize=16)
+    (d / "corrupt.tif").write_bytes(b"II*\x00" + os.urandom(600))
+    assert E is not None
+    return {"dir": d, "em": _write_csv(E, tmp_path / "em.csv"), "out": tmp_path / "out"}
+
+
+def _statuses(report: dict) -> dict[str, str]:
+    return {Path(s["scene"]).name: s["status"] for s in report["scenes"]}
+
+
+def test_expand_globs_lists_and_duplicates(tmp_path: Path, scenes) -> None:
+    d = scenes["dir"]
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"# scenes\n{d / 'b.tif'}\n\nscenes/a.tif\n{d / 'nothing*.tif'}\n")
+    paths, unmatched = expand_scenes([str(d / "[ab].tif"), f"@{lst}", str(d / "c.tif"),
+                                      "@" + str(tmp_path / "missing.txt")])
+    assert [p.name for p in paths] == ["a.tif", "b.tif", "c.tif"]
+    assert unmatched == [str(d / "nothing*.tif"), "@" + str(tmp_path / "missing.txt")]
+    # stems: unique and stable
+    other = tmp_path / "x" / "a.tif"
+    stems = output_stems([d / "a.tif", other, d / "b.tif"])
+    assert stems[2] == "b" and stems[0] != stems[1] and stems[0].startswith("a__")
+    assert stems == output_stems([d / "a.tif", other, d / "b.tif"])
+
+
+def test_batch_outputs_report_failure_and_resume(scenes) -> None:
+    d, out = scenes["dir"], scenes["out"]
+    report = run_batch([str(d / "*.tif")], out_dir=out, method="fcls", endmembers=str(scenes["em"]),
+                       formats=["tif", "zarr"], chunk=16, progress=False)
+    assert _statuses(report) == {"a.tif": "done", "b.tif": "done", "c.tif": "done",
+                                 "corrupt.tif": "failed"}
+    bad = next(s for s in report["scenes"] if s["status"] == "failed")
+    assert "corrupt.tif" in bad["error"] and "cannot open" in bad["error"]
+    assert report["summary"] == {"done": 3, "skipped": 0, "failed": 1, "total": 4}
+
+    # the report on disk: inputs, parameters, versions, per-scene timings
+    on_disk = json.loads(Path(report["report_path"]).read_text())
+    assert on_disk["inputs"]["specs"] == [str(d / "*.tif")]
+    assert len(on_disk["inputs"]["scenes"]) == 4
+    assert on_disk["parameters"]["method"] == "fcls"
+    assert on_disk["parameters"]["formats"] == ["tif", "zarr"]
+    assert {"xr_unmix", "dask", "torch", "rasterio", "gdal"} <= set(on_disk["versions"])
+    assert on_disk["scheduler"]["kind"] == "threads"
+    for s in on_disk["scenes"]:
+        assert s["seconds"] is not None and s["seconds"] >= 0
+    assert on_disk["finished"] is not None
+
+    # every output equals the direct unmixing of its scene
+    from xr_unmix.endmembers import read_endmembers
+
+    E = read_endmembers(scenes["em"])
+    for name in "abc":
+        expected = xr_unmix.fcls(open_cube(d / f"{name}.tif"), E).values
+        np.testing.assert_allclose(open_cube(out / f"{name}.tif").values, expected, atol=1e-6)
+        z = open_abundance(out / f"{name}.zarr")
+        np.testing.assert_allclose(z.values, expected, atol=1e-6)
+        assert z.rio.crs == open_cube(d / f"{name}.tif").rio.crs
+    assert not (out / "corrupt.tif").exists() and not (out / "corrupt.done.json").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+    # re-run: complete scenes are skipped (outputs untouched), the corrupt one fails again
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tif")}
+    again = run_batch([str(d / "*.tif")], out_dir=out, method="fcls", endmembers=str(scenes["em"]),
+                      formats=["tif", "zarr"], chunk=16, progress=False)
+    assert _statuses(again) == {"a.tif": "skipped", "b.tif": "skipped", "c.tif": "skipped",
+                                "corrupt.tif": "failed"}
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tif")} == mtimes
+
+    # other parameters make the outputs outdated: recomputed, not skipped
+    third = run_batch([str(d / "a.tif")], out_dir=out, method="nnls", endmembers=str(scenes["em"]),
+                      formats=["tif", "zarr"], chunk=16, progress=False)
+    assert _statuses(third) == {"a.tif": "done"}
+
+
+def test_incomplete_outputs_are_redone(scenes) -> None:
+    d, out = scenes["dir"], scenes["out"]
+    kw = dict(out_dir=out, method="fcls", endmembers=str(scenes["em"]), formats=["tif"], chunk=16,
+              progress=False)
+    run_batch([str(d / "a.tif"), str(d / "b.tif")], **kw)
+    # a truncated output (e.g. copied by hand) and a lost sidecar: neither counts as complete
+    data = (out / "a.tif").read_bytes()
+    (out / "a.tif").write_bytes(data[: len(data) // 2])
+    (out / "b.done.json").unlink()
+    again = run_batch([str(d / "a.tif"), str(d / "b.tif")], **kw)
+    assert _statuses(again) == {"a.tif": "done", "b.tif": "done"}
+    with rasterio.open(out / "a.tif") as src:
+        assert np.isfinite(src.read()).all()
+
+
+def _interrupting(real):
+    """A to_cog that is interrupted (KeyboardInterrupt) in the middle of scene b's write."""
+
+    def stop(block, block_info=None):
+        if block_info[None]["chunk-location"][1:] == (0, 1):
+            raise KeyboardInterrupt
+        return block
+
+    def to_cog(ab, path, **kw):
+        if Path(path).stem == "b":
+            ab = ab.copy(data=ab.data.map_blocks(stop, dtype=ab.dtype))
+        return real(ab, path, **kw)
+
+    return to_cog
+
+
+def test_interrupted_batch_resumes(scenes, monkeypatch: pytest.MonkeyPatch) -> None:
+    d, out = scenes["dir"], scenes["out"]
+    kw = dict(out_dir=out, method="fcls", endmembers=str(scenes["em"]), formats=["tif"], chunk=16,
+              progress=False)
+    names = [str(d / f"{n}.tif") for n in "abc"]
+    import xr_unmix.io
+
+    monkeypatch.setattr(xr_unmix.io, "to_cog", _interrupting(xr_unmix.io.to_cog))
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(names, **kw)
+    monkeypatch.undo()
+    report = json.loads((out / batch_mod.REPORT_NAME).read_text())
+    assert _statuses(report) == {"a.tif": "done", "b.tif": "interrupted"}
+    assert (out / "a.tif").exists() and not (out / "b.tif").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["a.done.json", "a.tif", batch_mod.REPORT_NAME]
+
+    resumed = run_batch(names, **kw)
+    assert _statuses(resumed) == {"a.tif": "skipped", "b.tif": "done", "c.tif": "done"}
+
+
+def test_bad_parameters_fail_before_any_scene(scenes) -> None:
+    out = scenes["out"]
+    with pytest.raises(ValueError, match="needs endmembers"):
+        run_batch([str(scenes["dir"] / "a.tif")], out_dir=out, method="fcls")
+    with pytest.raises(ValueError, match="formats"):
+        run_batch([str(scenes["dir"] / "a.tif")], out_dir=out, endmembers=str(scenes["em"]),
+                  formats=["png"])
+    with pytest.raises(ValueError, match="needs model"):
+        run_batch([str(scenes["dir"] / "a.tif")], out_dir=out, method="admm")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_cli_batch_exit_codes(scenes, tmp_path: Path) -> None:
+    d = scenes["dir"]
+    lst = tmp_path / "good.txt"
+    lst.write_text(f"{d / 'a.tif'}\n{d / 'b.tif'}\n")
+    runner = CliRunner()
+    ok = runner.invoke(main, ["batch", f"@{lst}", "--endmembers", str(scenes["em"]),
+                              "--out-dir", str(tmp_path / "o1"), "--chunk", "16"])
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "o1" / "a.tif").exists() and (tmp_path / "o1" / "b.tif").exists()
+    bad = runner.invoke(main, ["batch", str(d / "*.tif"), "--endmembers", str(scenes["em"]),
+                               "--out-dir", str(tmp_path / "o2"), "--chunk", "16",
+                               "--format", "zarr"])
+    assert bad.exit_code == 1
+    assert "1 scene(s) failed" in bad.output
+    assert (tmp_path / "o2" / "c.zarr").exists()
