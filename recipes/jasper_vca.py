@@ -75,7 +75,8 @@ def jasper(seeds: list[int], sample: int | None) -> None:
         print(f"| {ref} | {ordered.estimated_name.values[j]} | ({int(ordered.pixel_row[j])}, "
               f"{int(ordered.pixel_col[j])}) | {b.library.item()} | {b.name.item()} | "
               f"{b.material.item()} | {float(b.sad):.3f} |")
-    _figure(E_ref, ordered, m0)
+    if sample is None:
+        _figure(E_ref, ordered, m0)
 
 
 def _figure(E_ref, ordered, m) -> None:  # noqa: ANN001
