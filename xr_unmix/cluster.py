@@ -66,8 +66,8 @@ def dask_scheduler(address: str | None = None, workers: int | None = None, *,
         Address of a running ``distributed`` scheduler (e.g. ``tcp://10.0.0.5:8786``). Workers must see
         the input and output paths (a shared file system) since they read and write the tiles.
     workers : int, optional
-        Start a ``LocalCluster`` of this many worker processes (loopback ``127.0.0.1`` only, no
-        dashboard) for the duration of the block.
+        Start a ``LocalCluster`` of this many worker processes (every port on loopback
+        ``127.0.0.1``, chosen free: the scheduler's HTTP server included) for the duration of the block.
     threads_per_worker : int
         Threads per worker of the LocalCluster (torch-heavy estimators prefer 1: torch then gets
         ``OMP_NUM_THREADS=1`` per task, and workers x threads is the number of busy cores).
@@ -104,6 +104,6 @@ def dask_scheduler(address: str | None = None, workers: int | None = None, *,
 
     env = {"GDAL_CACHEMAX": os.environ.get("GDAL_CACHEMAX") or str(GDAL_CACHE_MB)}
     with LocalCluster(n_workers=int(workers), threads_per_worker=threads_per_worker, processes=True,
-                      host="127.0.0.1", dashboard_address=None, memory_limit=memory_limit,
+                      host="127.0.0.1", dashboard_address="127.0.0.1:0", memory_limit=memory_limit,
                       silence_logs=silence_logs, env=env) as cluster, Client(cluster) as client:
         yield client

@@ -1,0 +1,187 @@
+"""Runs on a LocalCluster of worker processes (loopback only): equal to threads, models once per
+worker, and a worker killed mid-run loses nothing."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cloudpickle
+import dask
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+import xr_unmix
+from xr_unmix._workers import ModelKernel, clear_model_cache, model_cache_info
+from xr_unmix.cli import main
+from xr_unmix.cluster import active_client, dask_scheduler, describe_scheduler
+from xr_unmix.io import open_abundance, to_zarr
+from xr_unmix.testing import make_cube
+
+pytestmark = pytest.mark.slow
+
+# helpers defined here travel to the workers by value (the workers need not import this file)
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[object]:
+    with dask_scheduler(workers=2, threads_per_worker=1) as c:
+        assert len(c.scheduler_info()["workers"]) == 2
+        yield c
+    assert active_client() is None
+
+
+def _threads(fn):
+    with dask.config.set(scheduler="threads"):
+        return fn()
+
+
+def test_accessor_on_cluster_equals_threads(client) -> None:
+    cube, E, _ = make_cube(40, 48, seed=5, chunks={"y": 16, "x": 16})
+    cube = cube.where(~((cube.x == cube.x[3]) & (cube.y == cube.y[2])))  # one invalid pixel
+    ab = cube.unmix.fcls(E)
+    threaded = _threads(lambda: ab.compute())
+    assert describe_scheduler()["kind"] == "distributed"
+    distributed = client.compute(ab).result()
+    np.testing.assert_array_equal(np.isnan(distributed.values), np.isnan(threaded.values))
+    np.testing.assert_allclose(distributed.values, threaded.values, rtol=0, atol=1e-6)
+    assert distributed.rio.crs == cube.rio.crs
+
+
+def test_cli_run_on_cluster_equals_threads(client, tmp_path: Path) -> None:
+    cube, E, _ = make_cube(40, 48, seed=6)
+    cube.rio.to_raster(tmp_path / "s.tif", tiled=True, blockxsize=16, blockysize=16)
+    lines = ["wavelength," + ",".join(map(str, E.endmember.values))]
+    lines += [f"{w}," + ",".join(repr(float(v)) for v in E.values[i])
+              for i, w in enumerate(E.wavelength.values)]
+    (tmp_path / "em.csv").write_text("\n".join(lines) + "\n")
+    runner = CliRunner()
+    args = ["run", str(tmp_path / "s.tif"), "--endmembers", str(tmp_path / "em.csv"),
+            "--chunk", "16"]
+    r1 = runner.invoke(main, [*args, "--out", str(tmp_path / "cl.tif"),
+                              "--scheduler", client.scheduler.address])
+    assert r1.exit_code == 0, r1.output
+    r2 = _threads(lambda: runner.invoke(main, [*args, "--out", str(tmp_path / "th.tif")]))
+    assert r2.exit_code == 0, r2.output
+    with rasterio.open(tmp_path / "cl.tif") as a, rasterio.open(tmp_path / "th.tif") as b:
+        np.testing.assert_allclose(a.read(), b.read(), atol=1e-6)
+        assert a.crs == b.crs and a.descriptions == b.descriptions
+
+
+def test_model_built_once_per_worker(client) -> None:
+    from xr_unmix.models.uadmm import UADMMNet
+
+    cube, E, _ = make_cube(48, 64, seed=7, chunks={"y": 8, "x": 16})  # 24 chunks
+    model = UADMMNet.from_endmembers(E, layers=2)
+    kernel = ModelKernel(model, "cpu", np.dtype("float32"))
+    assert len(cloudpickle.dumps(kernel)) < 64_000  # state only: no pickled module
+    client.run(clear_model_cache)
+    ab = cube.unmix.admm(model)
+    threaded = _threads(lambda: ab.compute())
+    np.testing.assert_allclose(client.compute(ab).result().values, threaded.values, atol=1e-6)
+    info = client.run(model_cache_info)
+    builds = [i["builds"] for i in info.values()]
+    assert sum(builds) >= 1 and max(builds) == 1, info  # 24 chunks, at most one build per worker
+    assert len({i["pid"] for i in info.values()}) == 2
+    # a second run of the same model: cache hits only
+    client.compute(cube.unmix.admm(model)).result()
+    assert [i["builds"] for i in client.run(model_cache_info).values()] == builds
+    # changed weights: another hash, rebuilt
+    import torch
+
+    with torch.no_grad():
+        next(model.parameters()).mul_(1.01)
+    client.compute(cube.unmix.admm(model)).result()
+    after = [i["builds"] for i in client.run(model_cache_info).values()]
+    assert sum(after) > sum(builds)
+
+
+def test_workers_limit_torch_threads(client) -> None:
+    def threads() -> tuple[int, int]:
+        import torch
+
+        from xr_unmix._workers import torch_thread_count, torch_threads
+
+        with torch_threads():
+            return torch.get_num_threads(), torch_thread_count()
+
+    for n, policy in client.run(threads).values():
+        assert n == policy == 1  # 2 workers x 1 thread on this host: one torch thread each
+
+
+def test_batch_on_cluster(client, tmp_path: Path) -> None:
+    cube, E, _ = make_cube(24, 32, seed=9)
+    cube.rio.to_raster(tmp_path / "s.tif")
+    lines = ["wavelength," + ",".join(map(str, E.endmember.values))]
+    lines += [f"{w}," + ",".join(repr(float(v)) for v in E.values[i])
+              for i, w in enumerate(E.wavelength.values)]
+    (tmp_path / "em.csv").write_text("\n".join(lines) + "\n")
+    from xr_unmix.batch import run_batch
+
+    rep = run_batch([str(tmp_path / "s.tif")], out_dir=tmp_path / "o", endmembers=str(
+        tmp_path / "em.csv"), scheduler=client.scheduler.address, chunk=16, formats=["zarr"],
+        progress=False)
+    assert rep["scheduler"]["kind"] == "distributed" and rep["scheduler"]["workers"] == 2
+    assert [s["status"] for s in rep["scenes"]] == ["done"]
+    expected = xr_unmix.fcls(cube, E).values
+    np.testing.assert_allclose(open_abundance(tmp_path / "o" / "s.zarr").values, expected,
+                               atol=1e-6)
+
+
+async def _die() -> None:
+    os._exit(1)
+
+
+def _slow(block: np.ndarray) -> np.ndarray:
+    time.sleep(0.15)
+    return block
+
+
+def test_worker_killed_mid_run_output_complete(client, tmp_path: Path) -> None:
+    """Last in the module: it kills one of the shared cluster's workers (its nanny restarts it)."""
+    cube, E, _ = make_cube(48, 64, seed=8, chunks={"y": 8, "x": 16})  # 24 chunks
+    slow = cube.copy(data=cube.data.map_blocks(_slow, dtype=cube.dtype))
+    ab = slow.unmix.fcls(E)
+    expected = _threads(lambda: cube.unmix.fcls(E).compute())
+    out = tmp_path / "a.zarr"
+    c = client
+    before = set(c.scheduler_info()["workers"])
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            to_zarr(ab, out)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    t = threading.Thread(target=write)
+    t.start()
+    # wait until some chunks are written into the temporary store, then kill a worker process
+    deadline = time.monotonic() + 60
+    written = 0
+    while time.monotonic() < deadline:
+        parts = list(tmp_path.glob(".a.zarr.partial-*/abundance/c/**/*"))
+        written = sum(p.is_file() for p in parts)
+        if written >= 3:
+            break
+        time.sleep(0.02)
+    victim = sorted(before)[0]
+    c.run(_die, workers=[victim], wait=False)
+    t.join(120)
+    assert not t.is_alive() and not errors, errors
+    assert 3 <= written < 24, "the kill must happen in the middle of the run"
+    deadline = time.monotonic() + 30
+    while victim in c.scheduler_info()["workers"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert victim not in c.scheduler_info()["workers"], "the worker was not killed"
+    got = open_abundance(out)
+    np.testing.assert_array_equal(np.isnan(got.values), np.isnan(expected.values))
+    np.testing.assert_allclose(got.values, expected.values, rtol=0, atol=1e-6)
+    assert not list(tmp_path.glob(".*"))
