@@ -243,3 +243,29 @@ def test_streaming_search_equals_cached_search(monkeypatch, snr_db):
         np.testing.assert_array_equal(other.pixel_row.values, cached.pixel_row.values)
         np.testing.assert_array_equal(other.pixel_col.values, cached.pixel_col.values)
         np.testing.assert_allclose(other.values, cached.values, rtol=1e-9, atol=1e-12)
+
+
+def test_vca_on_a_dask_matrix(scene):
+    cube, _ = scene
+    Y = cube.values.reshape(cube.sizes["band"], -1)
+    E1, i1 = vca(Y, 4, seed=3)
+    E2, i2 = vca(da.from_array(Y, chunks=(-1, 700)), 4, seed=3)
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_allclose(E1, E2, rtol=1e-9, atol=1e-12)
+
+
+def test_endmembers_from_spec(scene):
+    from xr_unmix.extraction import endmembers_from_spec, is_extraction_spec
+
+    cube, _ = scene
+    assert is_extraction_spec("vca:4") and is_extraction_spec("VCA") and not is_extraction_spec("e.csv")
+    E = endmembers_from_spec(cube, "vca:3", seed=1)
+    assert E.sizes["endmember"] == 3 and E.attrs["spec"] == "vca:3"
+    assert endmembers_from_spec(cube, "vca:auto", seed=1).sizes["endmember"] == 4  # HySime
+    with pytest.raises(ValueError, match="not an integer"):
+        endmembers_from_spec(cube, "vca:four")
+    with pytest.raises(ValueError, match="not understood"):
+        endmembers_from_spec(cube, "nfindr:4")
+    # the blind pipeline, accessor form
+    A = cube.isel(y=slice(0, 8)).unmix.sunsal(E)
+    assert A.sizes["endmember"] == 3 and list(A.endmember.values) == ["vca0", "vca1", "vca2"]

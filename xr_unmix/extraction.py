@@ -33,7 +33,8 @@ import xarray as xr
 
 from ._cube import BAND, ENDMEMBER, X, Y, prepare_cube
 
-__all__ = ["VCAResult", "estimate_n_endmembers", "extract_endmembers", "hysime", "vca"]
+__all__ = ["VCAResult", "endmembers_from_spec", "estimate_n_endmembers", "extract_endmembers", "hysime",
+           "is_extraction_spec", "vca"]
 
 # -- blocks: one code path for numpy and dask ---------------------------------------------------------
 
@@ -526,10 +527,6 @@ def estimate_n_endmembers(cube: xr.DataArray, *, method: str = "hysime") -> int:
 
 # -- the cube-level entry point -----------------------------------------------------------------------
 
-def _is_dask(cube: xr.DataArray) -> bool:
-    return cube.chunks is not None
-
-
 def _valid_mask(data: Any) -> np.ndarray:
     """(y, x) bool mask of valid pixels, computed block by block for Dask."""
     if hasattr(data, "dask"):
@@ -627,3 +624,53 @@ def extract_endmembers(
              "snr_estimated": int(info.snr_estimated), "projection": info.projection,
              "n_pixels_searched": info.n_pixels, "sample": "none" if sample is None else sample}
     return xr.DataArray(E, dims=(BAND, ENDMEMBER), coords=coords, name="endmembers", attrs=attrs)
+
+
+def is_extraction_spec(spec: str) -> bool:
+    """Whether an ``--endmembers`` value asks for extraction (``"vca"``, ``"vca:N"``, ``"vca:auto"``)
+    rather than naming a file."""
+    return isinstance(spec, str) and (spec.lower() == "vca" or spec.lower().startswith("vca:"))
+
+
+def endmembers_from_spec(
+    cube: xr.DataArray,
+    spec: str,
+    *,
+    seed: int | None = None,
+    sample: int | None = None,
+) -> xr.DataArray:
+    """Endmembers for a blind pipeline from a short spec, as the command line takes them.
+
+    Parameters
+    ----------
+    cube : DataArray (band, y, x)
+    spec : str
+        ``"vca:N"`` (VCA with ``N`` endmembers), or ``"vca"`` / ``"vca:auto"`` (``N`` estimated by
+        HySime first; on real scenes HySime often gives more than the number of materials).
+    seed, sample
+        Passed to :func:`extract_endmembers`.
+
+    Returns
+    -------
+    DataArray (band, endmember), as :func:`extract_endmembers`; ``attrs["spec"]`` records ``spec``.
+
+    Raises
+    ------
+    ValueError
+        A spec that is not of these forms (the message shows the accepted forms).
+    """
+    if not is_extraction_spec(spec):
+        raise ValueError(f"endmember spec {spec!r} not understood: use 'vca:N' (e.g. 'vca:4') or "
+                         "'vca:auto' (N from HySime)")
+    arg = spec.split(":", 1)[1].strip() if ":" in spec else "auto"
+    if arg.lower() == "auto":
+        n = estimate_n_endmembers(cube)
+    else:
+        try:
+            n = int(arg)
+        except ValueError:
+            raise ValueError(f"endmember spec {spec!r}: {arg!r} is not an integer; use 'vca:N' or "
+                             "'vca:auto'") from None
+    E = extract_endmembers(cube, n, seed=seed, sample=sample)
+    E.attrs["spec"] = spec
+    return E
