@@ -85,7 +85,10 @@ def open_cube(path: PathLike, *, chunks: dict[str, int] | int | None = None,
         chunks = {"y": chunks, "x": chunks}
     ch = None if chunks is None else {"band": -1, **chunks}
     try:
-        cube = rioxarray.open_rasterio(path, chunks=ch, masked=masked)
+        # lock=False: with chunks, every read opens its own handle, so Dask's threads read in parallel
+        # (the default lock serialises the reads of a file within a process)
+        cube = rioxarray.open_rasterio(path, chunks=ch, masked=masked,
+                                       **({"lock": False} if ch is not None else {}))
     except Exception as exc:  # rasterio raises its own hierarchy; name the file
         raise OSError(f"cannot open {path} as a raster: {exc}") from exc
     if isinstance(cube, list | xr.Dataset):
@@ -185,9 +188,10 @@ def to_cog(
     """Write ``(endmember, y, x)`` (or a ``(y, x)`` layer) as a Cloud-Optimized GeoTIFF.
 
     One band per endmember, band descriptions = endmember names, float32, nodata NaN, internal tiles of
-    ``blocksize`` and overviews. A dask-backed input is streamed tile by tile into a tiled GeoTIFF
-    (``lock=True``, which becomes a cluster-wide lock under ``distributed``) that GDAL's COG driver then
-    copies; both live beside ``path`` under temporary names until the final rename.
+    ``blocksize`` and overviews. A dask-backed input is streamed tile by tile into a tiled scratch
+    GeoTIFF (uncompressed up to 4 GiB, else ZSTD level 1; ``lock=True``, which becomes a cluster-wide
+    lock under ``distributed``) that GDAL's COG driver then copies, compressing and adding overviews;
+    both live beside ``path`` under temporary names until the final rename.
 
     Parameters
     ----------
@@ -234,9 +238,13 @@ def to_cog(
         try:
             gtiff = scratch / "stream.tif"
             with gdal_env(), _progress(progress and arr.chunks is not None):
+                # the scratch GTiff is read once by the COG copy: uncompressed is 5x faster to write
+                # under the lock; past 4 GiB, fast ZSTD keeps the scratch file small
+                scratch_opts = ({"compress": "NONE"} if arr.nbytes <= 4 * 2**30 else
+                                {"compress": "ZSTD", "zstd_level": 1})
                 pending = arr.rio.to_raster(
                     gtiff, driver="GTiff", tiled=True, blockxsize=blocksize, blockysize=blocksize,
-                    compress=compress, BIGTIFF="IF_SAFER",
+                    BIGTIFF="IF_SAFER", **scratch_opts,
                     lock=True if arr.chunks is not None else None, compute=False)
                 if pending is not None:
                     compute_settled(pending)
