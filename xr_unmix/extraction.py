@@ -85,25 +85,33 @@ class _Source:
         else:
             raise ValueError(f"expected a (bands, pixels) or (bands, y, x) array, got shape {data.shape}")
 
-    def map_reduce(self, fn: BlockFn, combine: Callable[[Any, Any], Any]) -> Any:
-        d = self.data
-        if not self.is_dask:
-            if d.ndim == 2:
-                Yb, idx = _valid_columns(np.asarray(d), np.arange(d.shape[1]))
-                return fn(Yb, idx)
-            return _run_block(np.asarray(d), 0, 0, d.shape[2], fn)
+    def _parts(self, fn: BlockFn) -> list[Any]:
+        """One delayed ``fn`` call per Dask block (band axis merged into one chunk)."""
         import dask
 
+        d = self.data
         if d.ndim == 2:
             d = d[:, None, :]  # (L, 1, N): flat index = x
         d = d.rechunk({0: -1})
         blocks = d.to_delayed()
         ys = np.cumsum((0,) + d.chunks[1])
         xs = np.cumsum((0,) + d.chunks[2])
-        width = d.shape[2]
         run = dask.delayed(_run_block)
-        parts = [run(blocks[0, i, j], int(ys[i]), int(xs[j]), width, fn)
-                 for i in range(blocks.shape[1]) for j in range(blocks.shape[2])]
+        return [run(blocks[0, i, j], int(ys[i]), int(xs[j]), d.shape[2], fn)
+                for i in range(blocks.shape[1]) for j in range(blocks.shape[2])]
+
+    def _whole(self, fn: BlockFn) -> Any:
+        d = np.asarray(self.data)
+        if d.ndim == 2:
+            return fn(*_valid_columns(d, np.arange(d.shape[1])))
+        return _run_block(d, 0, 0, d.shape[2], fn)
+
+    def map_reduce(self, fn: BlockFn, combine: Callable[[Any, Any], Any]) -> Any:
+        if not self.is_dask:
+            return self._whole(fn)
+        import dask
+
+        parts = self._parts(fn)
         comb = dask.delayed(combine)
         while len(parts) > 1:
             parts = [comb(parts[k], parts[k + 1]) if k + 1 < len(parts) else parts[k]
@@ -113,21 +121,11 @@ class _Source:
 
     def map_collect(self, fn: BlockFn) -> list[Any]:
         """``fn`` on every block's valid pixels; the list of results (block order)."""
-        d = self.data
         if not self.is_dask:
-            return [self.map_reduce(fn, lambda a, b: a)]
+            return [self._whole(fn)]
         import dask
 
-        if d.ndim == 2:
-            d = d[:, None, :]
-        d = d.rechunk({0: -1})
-        blocks = d.to_delayed()
-        ys = np.cumsum((0,) + d.chunks[1])
-        xs = np.cumsum((0,) + d.chunks[2])
-        run = dask.delayed(_run_block)
-        parts = [run(blocks[0, i, j], int(ys[i]), int(xs[j]), d.shape[2], fn)
-                 for i in range(blocks.shape[1]) for j in range(blocks.shape[2])]
-        return list(dask.compute(*parts))
+        return list(dask.compute(*self._parts(fn)))
 
     def points(self, flat: Sequence[int]) -> np.ndarray:
         """Spectra ``(L, k)`` of a few pixels by flat index; with Dask only their chunks are read."""
