@@ -94,24 +94,40 @@ def project_simplex(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 
 class _Polisher:
-    """Exact solves on guessed supports, with a KKT certificate (see module notes)."""
+    """Exact solves on guessed supports, with a KKT certificate (see module notes).
+
+    Every support (and, without ANC, sign pattern) ``S`` met so far has a cached column of parameters:
+    the zero-padded ``R x R`` matrix ``M_S`` and vectors such that ``x = M_S (b + shift_S) + c_S`` and the
+    ASC multiplier ``nu = a_S . (b + shift_S) + c_nu``. A call gathers each pixel's column by its support
+    code and evaluates all pixels with elementwise operations (no per-group gather/scatter).
+    """
 
     def __init__(self, G64: torch.Tensor, lam: float, anc: bool, asc: bool, dtype: torch.dtype) -> None:
         self.G64 = G64
         self.G = G64.to(dtype)
-        self.R = G64.shape[0]
+        self.R = R = G64.shape[0]
         self.lam, self.anc, self.asc, self.dtype = lam, anc, asc, dtype
-        self.cache: dict[int, tuple[torch.Tensor, ...] | None] = {}
+        self.cache: dict[int, torch.Tensor] = {}
         self.eps = float(torch.finfo(dtype).eps)
         dev = G64.device
-        self.pow = (3 ** torch.arange(self.R, device=dev)) if not anc else (2 ** torch.arange(self.R, device=dev))
+        self.base = 2 if anc else 3
+        self.pow = (self.base ** torch.arange(R, device=dev)).unsqueeze(1)  # (R, 1)
+        self.n_par = R * R + 3 * R + 2  # M, c, shift, a, c_nu, valid
 
-    def _system(self, S: list[int], signs: list[int]) -> tuple[torch.Tensor, ...] | None:
-        """For support ``S``: ``(S, A (k, k), c (k,), [a_nu (k,), c_nu], shift (k,))`` such that
-        ``x_S = q A^T + c`` and ``nu = q . a_nu + c_nu`` with ``q = b_S + shift``, ``shift = -lam signs``.
-        None if the system is singular."""
+    def _column(self, code: int) -> torch.Tensor:
+        """Parameter column (n_par,) of the support/sign pattern ``code``; ``valid = 0`` if unusable."""
+        R, dev = self.R, self.G64.device
+        S, signs, cc = [], [], code
+        for j in range(R):
+            digit = cc % self.base
+            cc //= self.base
+            if digit:
+                S.append(j)
+                signs.append(1.0 if digit == 1 else -1.0)
+        col = torch.zeros(self.n_par, dtype=torch.float64, device=dev)
         k = len(S)
-        dev = self.G64.device
+        if self.asc and not k:
+            return col.to(self.dtype)  # infeasible: valid = 0
         Gs = self.G64[S][:, S]
         if self.asc:
             K = torch.zeros((k + 1, k + 1), dtype=torch.float64, device=dev)
@@ -121,60 +137,58 @@ class _Polisher:
         else:
             K = Gs
         if k and float(torch.linalg.cond(K)) > 1e12:
-            return None
+            return col.to(self.dtype)
         M = torch.linalg.inv(K) if k else K
-        idx = torch.tensor(S, dtype=torch.long, device=dev)
-        sg = torch.tensor(signs, dtype=self.dtype, device=dev)
-        if self.asc:
-            A, c = M[:k, :k], M[:k, k]
-            a_nu, c_nu = M[k, :k], M[k, k]
-        else:
-            A, c = M, torch.zeros(k, dtype=torch.float64, device=dev)
-            a_nu, c_nu = torch.zeros(k, dtype=torch.float64, device=dev), torch.zeros((), dtype=torch.float64)
-        q_shift = -self.lam * sg  # added to b_S
-        return (idx, A.to(self.dtype), c.to(self.dtype),
-                torch.cat([a_nu, c_nu.reshape(1).to(a_nu)]).to(self.dtype), q_shift)
+        Si = torch.tensor(S, dtype=torch.long, device=dev)
+        Mp = torch.zeros((R, R), dtype=torch.float64, device=dev)
+        cp = torch.zeros(R, dtype=torch.float64, device=dev)
+        sh = torch.zeros(R, dtype=torch.float64, device=dev)
+        ap = torch.zeros(R, dtype=torch.float64, device=dev)
+        if k:
+            Mp[Si.unsqueeze(1), Si.unsqueeze(0)] = M[:k, :k]
+            sh[Si] = -self.lam * torch.tensor(signs, dtype=torch.float64, device=dev)
+            if self.asc:
+                cp[Si] = M[:k, k]
+                ap[Si] = M[k, :k]
+        c_nu = float(M[k, k]) if self.asc else 0.0
+        col[: R * R] = Mp.reshape(-1)
+        col[R * R: R * R + R] = cp
+        col[R * R + R: R * R + 2 * R] = sh
+        col[R * R + 2 * R: R * R + 3 * R] = ap
+        col[-2] = c_nu
+        col[-1] = 1.0
+        return col.to(self.dtype)
 
     def __call__(self, b: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Polish every column. b, z: (R, m). Returns (x (R, m), ok (m,) bool)."""
         R, m = b.shape
         if self.anc:
-            code = ((z > 0).to(torch.int64) * self.pow[:, None]).sum(0)
+            code = ((z > 0).to(torch.int64) * self.pow).sum(0)
         else:
-            code = (((z > 0).to(torch.int64) + 2 * (z < 0).to(torch.int64)) * self.pow[:, None]).sum(0)
-        codes, counts = torch.unique(code, return_counts=True)
-        order = torch.argsort(code, stable=True)
-        starts = torch.cumsum(counts, 0) - counts
-        x = torch.zeros_like(b)
-        nu = torch.zeros(m, dtype=b.dtype, device=b.device)
-        tried = torch.zeros(m, dtype=torch.bool, device=b.device)
-        groups = sorted(zip(codes.tolist(), starts.tolist(), counts.tolist()), key=lambda t: -t[2])
-        for c, st, cnt in groups[:_MAX_POLISH_GROUPS]:
+            code = (((z > 0).to(torch.int64) + 2 * (z < 0).to(torch.int64)) * self.pow).sum(0)
+        codes, inv, counts = torch.unique(code, return_inverse=True, return_counts=True)
+        cl = codes.tolist()
+        if len(cl) > _MAX_POLISH_GROUPS:  # only the most frequent patterns
+            keep = set(torch.argsort(counts, descending=True)[:_MAX_POLISH_GROUPS].tolist())
+        else:
+            keep = None
+        cols = []
+        for i, c in enumerate(cl):
+            if keep is not None and i not in keep:
+                cols.append(torch.zeros(self.n_par, dtype=self.dtype, device=b.device))
+                continue
             if c not in self.cache:
-                S, signs, cc = [], [], c
-                base = 2 if self.anc else 3
-                for j in range(R):
-                    digit = cc % base
-                    cc //= base
-                    if digit:
-                        S.append(j)
-                        signs.append(1 if digit == 1 else -1)
-                self.cache[c] = None if (self.asc and not S) else self._system(S, signs)
-            sysm = self.cache[c]
-            if sysm is None:
-                continue
-            idx, A, cvec, nuv, q_shift = sysm
-            rows = order[st: st + cnt]
-            tried[rows] = True
-            if idx.numel() == 0:  # x = 0 (ANC without ASC)
-                continue
-            q = b[idx.unsqueeze(1), rows.unsqueeze(0)] + q_shift.unsqueeze(1)  # (k, g)
-            xs = torch.addmm(cvec.unsqueeze(1), A, q)
-            x[idx.unsqueeze(1), rows.unsqueeze(0)] = xs
-            if self.asc:
-                nu[rows] = nuv[:-1] @ q + nuv[-1]
+                self.cache[c] = self._column(c)
+            cols.append(self.cache[c])
+        P = torch.stack(cols, 1)[:, inv]  # (n_par, m)
+        RR = R * R
+        q = b + P[RR + R: RR + 2 * R]
+        x = (P[:RR].reshape(R, R, m) * q.unsqueeze(0)).sum(1).add_(P[RR: RR + R])
+        valid = P[-1] > 0
         # KKT certificate: g = G x - b + nu 1; on the support g + lam sign(x) = 0 by construction
-        g = self.G @ x - b + nu
+        g = self.G @ x - b
+        if self.asc:
+            g += (P[RR + 2 * R: RR + 3 * R] * q).sum(0) + P[-2]
         tol = (16 * self.eps) * (1.0 + b.abs().amax(0) + self.lam)
         on = x != 0
         if self.anc:
@@ -186,7 +200,7 @@ class _Polisher:
             ok_g = torch.where(on, True, g.abs() <= self.lam + tol).all(0)
         # the support equations themselves (guards against an ill-conditioned solve)
         res_on = torch.where(on, (g + self.lam * torch.sign(x)).abs(), 0).amax(0)
-        ok = tried & ok_x & ok_g & (res_on <= 64 * tol)
+        ok = valid & ok_x & ok_g & (res_on <= 64 * tol)
         return x, ok
 
 
@@ -269,12 +283,17 @@ def sunsal_solve(
     if dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype must be a floating dtype, got {dtype}")
     Et = _as_tensor(E, dtype, device)
-    Yt = Y.to(device=device) if isinstance(Y, torch.Tensor) else torch.as_tensor(np.asarray(Y), device=device)
-    if Yt.ndim != 2 or Et.ndim != 2:
-        raise ValueError(f"Y must be (bands, n_pixels) and E (bands, R); got {tuple(Yt.shape)}, "
-                         f"{tuple(Et.shape)}")
-    if Yt.shape[0] != Et.shape[0]:
-        raise ValueError(f"Y has {Yt.shape[0]} bands but E has {Et.shape[0]}")
+    Ynp: np.ndarray | None = None
+    if isinstance(Y, torch.Tensor):
+        Yt = Y.to(device=device)
+        yshape = tuple(Yt.shape)
+    else:
+        Ynp = np.asarray(Y)
+        yshape = Ynp.shape
+    if len(yshape) != 2 or Et.ndim != 2:
+        raise ValueError(f"Y must be (bands, n_pixels) and E (bands, R); got {yshape}, {tuple(Et.shape)}")
+    if yshape[0] != Et.shape[0]:
+        raise ValueError(f"Y has {yshape[0]} bands but E has {Et.shape[0]}")
     if not (lam >= 0):
         raise ValueError(f"lam must be >= 0, got {lam}")
     if max_iter < 0 or tol < 0 or batch_pixels < 1:
@@ -283,7 +302,7 @@ def sunsal_solve(
     E64 = _as_tensor(E, torch.float64, device)
     if not torch.isfinite(E64).all():
         raise ValueError("the endmember matrix contains NaN or inf")
-    R, N = Et.shape[1], Yt.shape[1]
+    R, N = Et.shape[1], yshape[1]
     if x0 is not None:
         x0t = _as_tensor(x0, dtype, device)
         if tuple(x0t.shape) != (R, N):
@@ -308,6 +327,7 @@ def sunsal_solve(
     Vt1 = (V64.T @ torch.ones(R, dtype=torch.float64, device=Et.device)).to(dtype).unsqueeze(1)  # (R, 1)
     # E_n^T y_n of the normalized problem, as one product with E / scale^2
     EbT = (En64 / scale).T.to(dtype).contiguous()
+    EbT_np = (En64 / scale).T.contiguous().cpu().numpy()
     polisher = _Polisher(G64, lam_n, anc, asc, dtype) if (polish and tol > 0) else None
     check = tol > 0 or adaptive_mu
     # residual tolerance, scaled by 1/cond(E^T E): the ADMM residuals bound the abundance error only up
@@ -317,11 +337,7 @@ def sunsal_solve(
     thr = lam_n  # soft threshold is lam_n / mu per pixel
 
     out = torch.empty((R, N), dtype=dtype, device=Et.device)
-    max_used = 0
-    n_conv = 0
-    n_pol = 0
-    total_it = 0.0
-    worst = 0.0
+    stats = {"n_conv": 0, "n_pol": 0, "total_it": 0.0, "worst": 0.0, "max_used": 0}
 
     def coeffs(m_: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         inv_ = (s + m_).reciprocal_()  # (R, m): diag of (S + mu)^-1 per pixel
@@ -330,22 +346,21 @@ def sunsal_solve(
         w_ = inv_ * Vt1  # (S + mu)^-1 V^T 1
         return inv_, w_, (w_ * Vt1).sum(0, keepdim=True).reciprocal_()  # 1 / (1^T IF 1)
 
-    for start in range(0, N, batch_pixels):
-        stop = min(N, start + batch_pixels)
-        Yb = Yt[:, start:stop]
-        b = EbT @ Yb.to(dtype)  # (R, n)
-        n = b.shape[1]
-        res = torch.empty((R, n), dtype=dtype, device=Et.device)  # final answers of this batch
-        z = x0t[:, start:stop].clone() if x0 is not None else torch.zeros((R, n), dtype=dtype, device=Et.device)
-        d = torch.zeros_like(z)
-        mu_p = torch.full((1, n), mu0, dtype=dtype, device=Et.device)
-        idx = torch.arange(n, device=Et.device)  # batch columns of the working arrays
-        bw = b
+    def finish(cols: torch.Tensor, z_: torch.Tensor, x_: torch.Tensor) -> None:
+        if anc and asc:
+            out[:, cols] = project_simplex(z_, dim=0)
+        elif asc:
+            out[:, cols] = x_
+        else:
+            out[:, cols] = z_
+
+    def iterate(st: dict[str, torch.Tensor], it: int, it_stop: int) -> int:
+        """ADMM on the working set ``st`` (columns ``st['idx']`` of ``out``) from iteration ``it`` to
+        ``it_stop``; finished pixels are written to ``out`` and dropped from ``st``. Returns the last it."""
+        idx, z, d, x, mu_p, bw = st["idx"], st["z"], st["d"], st["x"], st["mu"], st["b"]
+        rp_last = st["rp"]
         inv, w, rden = coeffs(mu_p)
-        it = 0
-        x = z
-        rp_last = torch.zeros(n, dtype=dtype, device=Et.device)
-        while it < max_iter and idx.numel():
+        while it < it_stop and idx.numel():
             it += 1
             # x-step in the eigenbasis: u = V^T (b + mu (z + d))
             t = torch.add(z, d).mul_(mu_p).add_(bw)
@@ -367,7 +382,8 @@ def sunsal_solve(
                 z_new = v.clamp_min(0) if anc else v.clone()
             d_new = z_new - v  # = d - (x - z_new)
             is_res = check and it % _CHECK_EVERY == 0
-            is_pol = polisher is not None and it % _POLISH_EVERY == 0
+            is_pol = polisher is not None and it % _POLISH_EVERY == 0 and (
+                it <= 4 * _CHECK_EVERY or it % _CHECK_EVERY == 0)
             if is_res:
                 rp = (d - d_new).norm(dim=0)  # ||x - z_new||
                 rd = mu_p[0] * (z_new - z).norm(dim=0)
@@ -383,23 +399,17 @@ def sunsal_solve(
                 xp, okp = polisher(bw, z)  # type: ignore[misc]
                 if okp.any():
                     k = int(okp.sum())
-                    res[:, idx[okp]] = xp[:, okp]
-                    n_pol += k
-                    total_it += it * k
+                    out[:, idx[okp]] = xp[:, okp]
+                    stats["n_pol"] += k
+                    stats["total_it"] += it * k
                 fin = done & ~okp
                 done = done | okp
             else:
                 fin = done
             if fin.any():  # finished by the residual test: ADMM answer
-                cols = idx[fin]
-                total_it += it * int(fin.sum())
-                if anc and asc:
-                    res[:, cols] = project_simplex(z[:, fin], dim=0)
-                elif asc:
-                    res[:, cols] = x[:, fin]
-                else:
-                    res[:, cols] = z[:, fin]
-            n_conv += int(done.sum())
+                stats["total_it"] += it * int(fin.sum())
+                finish(idx[fin], z[:, fin], x[:, fin])
+            stats["n_conv"] += int(done.sum())
             if adaptive_mu and is_res:
                 up = (rp > 10 * rd) & ~done
                 dn = (rd > 10 * rp) & ~done
@@ -415,17 +425,44 @@ def sunsal_solve(
                 inv = inv[:, keep]
                 if asc:
                     w, rden = w[:, keep], rden[:, keep]  # type: ignore[index]
-        max_used = max(max_used, it)
-        if idx.numel():  # pixels that ran out of iterations (or tol == 0)
-            total_it += it * idx.numel()
-            worst = max(worst, float(rp_last.max()) if tol > 0 else 0.0)
-            if anc and asc:
-                res[:, idx] = project_simplex(z, dim=0)
-            elif asc:
-                res[:, idx] = x
-            else:
-                res[:, idx] = z
-        out[:, start:stop] = res
+        st.update(idx=idx, z=z, d=d, x=x, mu=mu_p, b=bw, rp=rp_last)
+        stats["max_used"] = max(stats["max_used"], it)
+        return it
+
+    # Phase 1, batch by batch (cache-sized): the first iterations, where almost every pixel finishes.
+    # Phase 2: the few pixels left from all batches, pooled, so the per-iteration overhead of a long tail
+    # is paid once rather than once per batch. Each pixel follows its own trajectory either way.
+    head = max_iter if polisher is None else min(max_iter, 3 * _CHECK_EVERY)
+    left: list[dict[str, torch.Tensor]] = []
+    for start in range(0, N, batch_pixels):
+        stop = min(N, start + batch_pixels)
+        if Ynp is not None and Et.device.type == "cpu" and dtype in (torch.float32, torch.float64):
+            # numpy converts and multiplies several times faster than torch's dtype-converting copy here
+            np_dt = np.dtype(str(dtype).replace("torch.", ""))
+            b = torch.from_numpy(EbT_np.astype(np_dt) @ Ynp[:, start:stop].astype(np_dt, copy=False))
+        else:
+            src = Yt[:, start:stop] if Ynp is None else torch.as_tensor(np.ascontiguousarray(Ynp[:, start:stop]),
+                                                                        device=device)
+            b = EbT @ src.to(dtype)  # (R, n)
+        n = b.shape[1]
+        z0 = x0t[:, start:stop].clone() if x0 is not None else torch.zeros((R, n), dtype=dtype, device=Et.device)
+        st = {"idx": torch.arange(start, stop, device=Et.device), "z": z0, "d": torch.zeros_like(z0), "x": z0,
+              "mu": torch.full((1, n), mu0, dtype=dtype, device=Et.device), "b": b,
+              "rp": torch.zeros(n, dtype=dtype, device=Et.device)}
+        iterate(st, 0, head)
+        if st["idx"].numel():
+            left.append(st)
+    if left and head < max_iter:
+        st = {k: torch.cat([p[k] for p in left], dim=(0 if k in ("idx", "rp") else 1)) for k in left[0]}
+        iterate(st, head, max_iter)
+        left = [st] if st["idx"].numel() else []
+    for st in left:  # pixels that ran out of iterations (or tol == 0)
+        stats["total_it"] += stats["max_used"] * st["idx"].numel()
+        if tol > 0:
+            stats["worst"] = max(stats["worst"], float(st["rp"].max()))
+        finish(st["idx"], st["z"], st["x"])
+    max_used, n_conv, n_pol = int(stats["max_used"]), int(stats["n_conv"]), int(stats["n_pol"])
+    total_it, worst = float(stats["total_it"]), float(stats["worst"])
     info = SunsalInfo(iterations=max_used, converged_fraction=(n_conv / N if N and tol > 0 else 1.0),
                       max_primal_residual=worst, polished_fraction=(n_pol / N if N else 0.0),
                       mean_iterations=(total_it / N if N else 0.0))
