@@ -240,3 +240,15 @@ def test_corrupt_and_foreign_files(tmp_path: Path, E: xr.DataArray) -> None:
             cube.unmix.admm(p)
     with pytest.raises(ModelFileError, match="no model file"):
         load_model(tmp_path / "missing.safetensors")
+
+
+def test_fit_on_labelled_pixels_of_a_cube(E: xr.DataArray) -> None:
+    cube, A = _cube(E)
+    amap = xr.DataArray(A.T.reshape(R, 12, 10), dims=("endmember", "y", "x"),
+                        coords={"endmember": ["tree", "water", "soil"], "y": cube.y, "x": cube.x})
+    amap[:, :6] = np.nan  # only the lower half is labelled
+    net = UADMMNet.from_endmembers(E)
+    h = net.fit(cube.transpose("y", "x", "band"), amap, epochs=1, seed=0, progress=False)
+    assert h["n_samples"] == 60
+    with pytest.raises(ValueError, match="labelled"):
+        net.fit(cube, amap.where(amap < -1), epochs=1)

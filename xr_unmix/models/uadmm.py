@@ -62,6 +62,38 @@ def _endmember_inputs(E: Any) -> tuple[np.ndarray, list[str], list[float] | None
     return np.asarray(Ed.values, dtype=np.float64), [str(n) for n in Ed.endmember.values], wl
 
 
+def _labelled_pixels(spectra: Any, abundances: Any) -> tuple[Any, Any]:
+    """DataArrays with ``band`` / ``endmember`` dims -> ``(n, bands)``, ``(n, R)`` arrays of labelled pixels.
+
+    Other inputs pass through unchanged. Two DataArrays are flattened in the same pixel order (the
+    abundances are transposed to the spectra's pixel dims, aligned on their coordinates); pixels NaN in
+    either are dropped.
+    """
+    import xarray as xr
+
+    ys = isinstance(spectra, xr.DataArray) and "band" in spectra.dims
+    ab = isinstance(abundances, xr.DataArray) and "endmember" in abundances.dims
+    if ys and ab:
+        pix = [d for d in spectra.dims if d != "band"]
+        if sorted(pix) != sorted(d for d in abundances.dims if d != "endmember"):
+            raise ValueError(f"spectra dims {spectra.dims} and abundances dims {abundances.dims} do not "
+                             "share the same pixel dims")
+        spectra, abundances = xr.align(spectra, abundances, join="inner", exclude=["band", "endmember"])
+        abundances = abundances.transpose(*pix, "endmember")
+    if ys:
+        v = np.asarray(spectra.transpose(..., "band").values, dtype=np.float64)
+        spectra = v.reshape(-1, v.shape[-1])
+    if ab:
+        v = np.asarray(abundances.transpose(..., "endmember").values, dtype=np.float64)
+        abundances = v.reshape(-1, v.shape[-1])
+    if ys and ab:
+        keep = np.isfinite(spectra).all(1) & np.isfinite(abundances).all(1)
+        if not keep.any():
+            raise ValueError("no pixel is labelled (finite in both the spectra and the abundances)")
+        spectra, abundances = spectra[keep], abundances[keep]
+    return spectra, abundances
+
+
 class _UnrolledNet(UnmixModel):
     """Shared plumbing: endmember buffer, ASC normalisation, supervised :meth:`fit`."""
 
@@ -137,10 +169,14 @@ class _UnrolledNet(UnmixModel):
 
         Parameters
         ----------
-        spectra : array-like (numpy, torch, DataArray), shape (n_pixels, bands)
-            Training spectra, one pixel per row, same units as the endmembers.
-        abundances : array-like, shape (n_pixels, R)
-            Their abundances: non-negative, rows summing to one (within ``sum_tol``).
+        spectra : array-like (numpy, torch), shape (n_pixels, bands); or DataArray
+            Training spectra, one pixel per row, same units as the endmembers. A DataArray with a
+            ``band`` dim (e.g. a cube ``(band, y, x)``) is flattened to pixels.
+        abundances : array-like, shape (n_pixels, R); or DataArray
+            Their abundances: non-negative, rows summing to one (within ``sum_tol``). A DataArray with
+            an ``endmember`` dim (e.g. ``(endmember, y, x)``, aligned with a cube given as ``spectra``) is
+            flattened the same way; with two DataArrays, pixels that are NaN in either (unlabelled) are
+            dropped.
         epochs : int
             Passes over the training set.
         batch_size : int
@@ -184,6 +220,7 @@ class _UnrolledNet(UnmixModel):
         from ._train import check_pairs, fit_supervised
 
         p = next(self.parameters())
+        spectra, abundances = _labelled_pixels(spectra, abundances)
         Y, A = check_pairs(spectra, abundances, n_bands=self.n_bands, n_endmembers=self.n_endmembers,
                            sum_tol=sum_tol, dtype=p.dtype, device=p.device)
         val = None
