@@ -69,15 +69,32 @@ class PeakRSS:
 
     def __enter__(self) -> PeakRSS:
         self.baseline = self.peak = self._rss()
+        self._cpu0 = self._cpu()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
+
+    def _cpu(self) -> float:
+        """CPU seconds (user + system) of this process and its live children."""
+        import psutil
+
+        total = sum(self.proc.cpu_times()[:2])
+        try:
+            for c in self.proc.children(recursive=True):
+                try:
+                    total += sum(c.cpu_times()[:2])
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            pass
+        return total
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         assert self._thread is not None
         self._thread.join()
         self.peak = max(self.peak, self._rss())
+        self.cpu_s = self._cpu() - self._cpu0
 
 
 def make_scene(path: Path, size: int, n_bands: int, E: np.ndarray, *, seed: int = 0,
@@ -120,6 +137,7 @@ def run_one(scene: Path, E: Any, out: Path, fmt: str, chunk: int) -> dict[str, A
         wall = time.perf_counter() - t0
     px = cube.sizes["y"] * cube.sizes["x"]
     return {"pixels": int(px), "wall_s": round(wall, 2), "mpx_per_s": round(px / wall / 1e6, 3),
+            "cpu_s": round(mem.cpu_s, 2), "mpx_per_cpu_s": round(px / max(mem.cpu_s, 1e-9) / 1e6, 3),
             "peak_rss_mb": round(mem.peak / 2**20), "baseline_rss_mb": round(mem.baseline / 2**20),
             "input_gb": round(scene.stat().st_size / 1e9, 2)}
 
@@ -172,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     E = make_endmembers(args.bands, args.endmembers, seed=1)
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(),
+                                           "loadavg_start": os.getloadavg(),
                                            "note": "shared machine: other jobs may load it"},
                                "threads": [], "cluster": []}
     try:
@@ -184,9 +203,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"made {p.name}: {size}x{size}x{args.bands} float32, "
                   f"{p.stat().st_size / 1e9:.2f} GB in {time.perf_counter() - t0:.1f} s", flush=True)
 
+        # warm-up (imports, first torch call) so that the first measurement does not include it
+        import xr_unmix
+        from xr_unmix.io import open_cube
+
+        small = min(scenes)
+        xr_unmix.fcls(open_cube(scenes[small], chunks=args.chunk)[:, :64, :64], E).compute()
+
         print("\n# local threads (Dask default scheduler), SUnSAL FCLS, end to end", flush=True)
-        print(f"{'size':>6} {'fmt':>5} {'wall s':>8} {'Mpx/s':>7} {'peak RSS MB':>12} "
-              f"{'(start MB)':>10}", flush=True)
+        print(f"{'size':>6} {'fmt':>5} {'wall s':>8} {'Mpx/s':>7} {'CPU s':>7} {'Mpx/CPU-s':>9} "
+              f"{'peak RSS MB':>12} {'(start MB)':>10}", flush=True)
         for size in args.sizes:
             for fmt in ("tif", "zarr"):
                 out = scratch / f"out_{size}.{fmt}"
@@ -195,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(out) if out.is_dir() else out.unlink()
                 results["threads"].append({"size": size, "format": fmt, **r})
                 print(f"{size:>6} {fmt:>5} {r['wall_s']:>8.2f} {r['mpx_per_s']:>7.3f} "
+                      f"{r['cpu_s']:>7.1f} {r['mpx_per_cpu_s']:>9.3f} "
                       f"{r['peak_rss_mb']:>12} {r['baseline_rss_mb']:>10}", flush=True)
         walls = {r["size"]: r["wall_s"] for r in results["threads"] if r["format"] == "zarr"}
         if len(walls) > 1:
@@ -218,13 +245,17 @@ def main(argv: list[str] | None = None) -> int:
                     _check(out, "zarr", args.endmembers)
                     shutil.rmtree(out)
                 results["cluster"].append({"workers": n, "startup_s": round(start, 2), **r})
-                print(f"workers={n}: {r['wall_s']:.2f} s, {r['mpx_per_s']:.3f} Mpx/s, peak RSS "
+                print(f"workers={n}: {r['wall_s']:.2f} s, {r['mpx_per_s']:.3f} Mpx/s, "
+                      f"{r['mpx_per_cpu_s']:.3f} Mpx/CPU-s, peak RSS "
                       f"{r['peak_rss_mb']} MB (all processes), start-up {start:.1f} s", flush=True)
     finally:
         if args.keep:
             print(f"scratch kept: {scratch}")
         else:
             shutil.rmtree(scratch, ignore_errors=True)
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    print(f"load average (1, 5, 15 min) at start {results['machine']['loadavg_start']}, "
+          f"at end {results['machine']['loadavg_end']} on {os.cpu_count()} CPUs")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
