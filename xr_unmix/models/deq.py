@@ -223,9 +223,9 @@ class DEQUnmix(UnmixModel):
         eta = self.step_size(E) if eta is None else eta
         EtE = E.T @ E
         EtY = torch.einsum("br,nbhw->nrhw", E, Y)
-        return self._apply(A, torch.einsum("rs,nshw->nrhw", EtE, A) - EtY, eta)
+        return self._update(A, torch.einsum("rs,nshw->nrhw", EtE, A) - EtY, eta)
 
-    def _apply(self, A: torch.Tensor, grad: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
+    def _update(self, A: torch.Tensor, grad: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
         upd = eta * grad
         if self.cnn is not None:
             upd = upd + self.cnn(torch.cat([A, upd], dim=1))
@@ -237,7 +237,7 @@ class DEQUnmix(UnmixModel):
         EtY = torch.einsum("br,nbhw->nrhw", E, Y)
 
         def f(A: torch.Tensor) -> torch.Tensor:
-            return self._apply(A, torch.einsum("rs,nshw->nrhw", EtE, A) - EtY, eta)
+            return self._update(A, torch.einsum("rs,nshw->nrhw", EtE, A) - EtY, eta)
 
         return f
 
@@ -352,6 +352,7 @@ class DEQUnmix(UnmixModel):
         lr: float = 1e-3,
         lr_endmembers: float = 1e-3,
         alpha: float = 1.0,
+        anchor: float = 0.0,
         weight_decay: float = 1e-4,
         max_pixels: int = 128 * 128,
         tile_size: int = 64,
@@ -381,6 +382,9 @@ class DEQUnmix(UnmixModel):
         seed : int, optional
             Seeds the tile sampling (the CNN's initialisation is seeded in :meth:`from_endmembers`).
         lr, lr_endmembers, weight_decay, alpha : float
+        anchor : float
+            Weight of an optional endmember anchor: ``anchor * mean_r angle(M_r, M0_r)`` with ``M0`` the
+            endmembers at the start (e.g. VCA's), which keeps the refined spectra from drifting in shape.
         max_pixels, tile_size, tiles_per_epoch : int
         train_max_iter : int, optional
             Forward iterations while training (default the configured ``max_iter``).
@@ -424,7 +428,12 @@ class DEQUnmix(UnmixModel):
             rec = torch.einsum("br,nrhw->nbhw", E, A)
             y = Yb.permute(0, 2, 3, 1)[Vb]
             r = rec.permute(0, 2, 3, 1)[Vb]
-            return spectral_angle_loss(r, y) + alpha * (r - y).pow(2).sum(-1).mean()
+            obj = spectral_angle_loss(r, y) + alpha * (r - y).pow(2).sum(-1).mean()
+            if anchor:
+                obj = obj + anchor * spectral_angle_loss(E.T, E0.T)
+            return obj
+
+        E0 = self.endmember_matrix().detach().clone()
 
         if whole:
             batch, vmask = Yt[None], Vt[None]
