@@ -112,7 +112,7 @@ class _Polisher:
         dev = G64.device
         self.base = 2 if anc else 3
         self.pow = (self.base ** torch.arange(R, device=dev)).unsqueeze(1)  # (R, 1)
-        self.n_par = R * R + 3 * R + 2  # M, c, shift, a, c_nu, valid
+        self.n_par = R * R + 4 * R + 2  # M, c, shift, a, support, c_nu, valid
 
     def _column(self, code: int) -> torch.Tensor:
         """Parameter column (n_par,) of the support/sign pattern ``code``; ``valid = 0`` if unusable."""
@@ -155,23 +155,24 @@ class _Polisher:
         col[R * R: R * R + R] = cp
         col[R * R + R: R * R + 2 * R] = sh
         col[R * R + 2 * R: R * R + 3 * R] = ap
+        col[R * R + 3 * R: R * R + 4 * R][Si] = 1.0
         col[-2] = c_nu
         col[-1] = 1.0
         return col.to(self.dtype)
 
-    def __call__(self, b: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Polish every column. b, z: (R, m). Returns (x (R, m), ok (m,) bool)."""
+    def _solve(self, b: torch.Tensor, pattern: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                       torch.Tensor]:
+        """Exact solve on the support/signs of ``pattern`` (R, m). Returns x, ok, g (KKT gradient), tol."""
         R, m = b.shape
         if self.anc:
-            code = ((z > 0).to(torch.int64) * self.pow).sum(0)
+            code = ((pattern > 0).to(torch.int64) * self.pow).sum(0)
         else:
-            code = (((z > 0).to(torch.int64) + 2 * (z < 0).to(torch.int64)) * self.pow).sum(0)
+            code = (((pattern > 0).to(torch.int64) + 2 * (pattern < 0).to(torch.int64)) * self.pow).sum(0)
         codes, inv, counts = torch.unique(code, return_inverse=True, return_counts=True)
         cl = codes.tolist()
+        keep = None
         if len(cl) > _MAX_POLISH_GROUPS:  # only the most frequent patterns
             keep = set(torch.argsort(counts, descending=True)[:_MAX_POLISH_GROUPS].tolist())
-        else:
-            keep = None
         cols = []
         for i, c in enumerate(cl):
             if keep is not None and i not in keep:
@@ -185,22 +186,47 @@ class _Polisher:
         q = b + P[RR + R: RR + 2 * R]
         x = (P[:RR].reshape(R, R, m) * q.unsqueeze(0)).sum(1).add_(P[RR: RR + R])
         valid = P[-1] > 0
-        # KKT certificate: g = G x - b + nu 1; on the support g + lam sign(x) = 0 by construction
+        # KKT: g = G x - b + nu 1; on the support g + lam sign(x) = 0 by construction
         g = self.G @ x - b
         if self.asc:
             g += (P[RR + 2 * R: RR + 3 * R] * q).sum(0) + P[-2]
         tol = (16 * self.eps) * (1.0 + b.abs().amax(0) + self.lam)
-        on = x != 0
+        on = P[RR + 3 * R: RR + 4 * R] > 0  # the solved support
         if self.anc:
-            ok_x = (x >= -tol).all(0)
+            ok_x = (torch.where(on, x, 0) >= -tol).all(0)
             ok_g = torch.where(on, True, g + self.lam >= -tol).all(0)
-            x.clamp_min_(0)
         else:
-            ok_x = torch.ones(m, dtype=torch.bool, device=b.device)
+            ok_x = (torch.where(on, x * pattern.sign(), 0) >= -tol).all(0)
             ok_g = torch.where(on, True, g.abs() <= self.lam + tol).all(0)
         # the support equations themselves (guards against an ill-conditioned solve)
-        res_on = torch.where(on, (g + self.lam * torch.sign(x)).abs(), 0).amax(0)
+        sg = torch.sign(pattern) if not self.anc else torch.ones_like(x)
+        res_on = torch.where(on, (g + self.lam * sg).abs(), 0).amax(0)
         ok = valid & ok_x & ok_g & (res_on <= 64 * tol)
+        return torch.where(on, x, 0), ok, g, tol
+
+    def __call__(self, b: torch.Tensor, z: torch.Tensor, rounds: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+        """Polish every column. b, z: (R, m). Returns (x (R, m), ok (m,) bool).
+
+        The support of ``z`` is the first guess; a pixel whose guess fails the KKT test gets up to
+        ``rounds`` primal-dual active-set corrections (drop the entries of the wrong sign, add the
+        entries whose gradient violates the KKT conditions) before it is given back to ADMM.
+        """
+        x, ok, g, tol = self._solve(b, z)
+        for _ in range(rounds):
+            bad = (~ok).nonzero()[:, 0]
+            if bad.numel() == 0:
+                break
+            xb, gb, tb = x[:, bad], g[:, bad], tol[bad]
+            if self.anc:
+                pat = ((xb > tb) | ((xb == 0) & (gb + self.lam < -tb))).to(b.dtype)
+            else:
+                pat = torch.where(xb.abs() > tb, torch.sign(xb), 0)
+                pat = torch.where((xb == 0) & (gb > self.lam + tb), -1.0, pat)
+                pat = torch.where((xb == 0) & (gb < -self.lam - tb), 1.0, pat).to(b.dtype)
+            x2, ok2, g2, _ = self._solve(b[:, bad], pat)
+            x[:, bad], ok[bad], g[:, bad] = x2, ok2, g2
+        if self.anc:
+            x.clamp_min_(0)
         return x, ok
 
 
