@@ -354,18 +354,11 @@ def _vca_source(src: _Source, n: int, seed: int | np.random.Generator | None,
         mode = "projective"
         _, Ud = _top_eigvecs(corr, p)
         proj = _Projector(Ud, mode, r_m, Ud.T @ r_m, None)
-    if cached:  # one pass: every valid pixel's coordinates, kept in memory
-        parts = src.map_collect(_Coords(proj))
-        flat = np.empty(N, dtype=np.int64)
-        x_all = np.empty((Ud.shape[1], N))
-        at = 0
-        while parts:
-            q_idx, q_x = parts.pop(0)
-            flat[at:at + q_idx.size], x_all[:, at:at + q_idx.size] = q_idx, q_x
-            at += q_idx.size
+    if cached:  # one pass: every valid pixel's coordinates, kept in memory block by block
+        parts = [q for q in src.map_collect(_Coords(proj)) if q[0].size]
         if mode == "pca":
-            proj.c = float(np.sqrt((x_all**2).sum(axis=0).max()))
-        y_all = proj.finish(x_all, inplace=True)
+            proj.c = max(float(np.sqrt((q[1] ** 2).sum(axis=0).max())) for q in parts)
+        parts = [(q_idx, proj.finish(q_x, inplace=True)) for q_idx, q_x in parts]
     elif mode == "pca":
         proj.c = src.map_reduce(_max_norm(Ud, r_m), max)
     rng = np.random.default_rng(seed)
@@ -378,11 +371,16 @@ def _vca_source(src: _Source, n: int, seed: int | np.random.Generator | None,
         f = w - A @ (np.linalg.pinv(A) @ w)
         f /= np.linalg.norm(f)
         if cached:
-            v = np.abs(proj.score(f, y_all))
-            ties = np.flatnonzero(v == v.max())
-            j = int(ties[np.argmin(flat[ties])])  # same tie rule as the streaming search
-            indices[i] = flat[j]
-            A[:, i] = y_all[:, j] if mode == "projective" else np.append(y_all[:, j], proj.c)
+            best: tuple[float, int, np.ndarray] = (-1.0, -1, np.zeros(0))
+            for q_idx, q_y in parts:
+                v = np.abs(proj.score(f, q_y))
+                m = float(v.max())
+                ties = np.flatnonzero(v == m)
+                j = int(ties[np.argmin(q_idx[ties])])  # same tie rule as the streaming search
+                if m > best[0] or (m == best[0] and q_idx[j] < best[1]):
+                    best = (m, int(q_idx[j]), q_y[:, j])
+            indices[i] = best[1]
+            A[:, i] = best[2] if mode == "projective" else np.append(best[2], proj.c)
         else:  # one pass per endmember; each block returns its best pixel and its spectrum
             _, k, spec = src.map_reduce(_Best(proj, f), _Best.combine)
             indices[i] = k
