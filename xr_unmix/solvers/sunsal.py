@@ -37,7 +37,9 @@ Implementation notes
 from __future__ import annotations
 
 import math
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +63,34 @@ class SunsalInfo:
     max_primal_residual: float  #: largest final per-pixel ``||x - z||`` among non-polished pixels
     polished_fraction: float = 0.0  #: fraction of pixels that ended with an exact (KKT-certified) solve
     mean_iterations: float = 0.0  #: mean number of ADMM iterations per pixel
+
+
+_POLISHERS: dict[tuple[bytes, float, bool, bool, torch.dtype, str], _Polisher] = {}
+_POLISHERS_LOCK = threading.Lock()
+
+
+def _get_polisher(G64: torch.Tensor, lam: float, anc: bool, asc: bool, dtype: torch.dtype) -> _Polisher:
+    """A :class:`_Polisher`, shared between calls with the same problem (e.g. the blocks of one cube)."""
+    key = (G64.cpu().numpy().tobytes(), lam, anc, asc, dtype, str(G64.device))
+    with _POLISHERS_LOCK:
+        pol = _POLISHERS.get(key)
+        if pol is None:
+            if len(_POLISHERS) >= 16:
+                _POLISHERS.pop(next(iter(_POLISHERS)))
+            pol = _POLISHERS[key] = _Polisher(G64, lam, anc, asc, dtype)
+    return pol
+
+
+def _cpu_workers(device: torch.device, n_batches: int) -> int:
+    """Threads for the batch phase: torch's intra-op thread count, on CPU, from the main thread only.
+
+    Pixel batches are independent, so running them on separate threads with one torch thread each uses
+    the cores better than intra-op threading of small element-wise kernels. Inside Dask tasks (not the
+    main thread) the scheduler already runs blocks in parallel: one worker.
+    """
+    if device.type != "cpu" or n_batches < 2 or threading.current_thread() is not threading.main_thread():
+        return 1
+    return max(1, min(torch.get_num_threads(), n_batches))
 
 
 def _as_tensor(a: ArrayLike, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
@@ -354,7 +384,7 @@ def sunsal_solve(
     # E_n^T y_n of the normalized problem, as one product with E / scale^2
     EbT = (En64 / scale).T.to(dtype).contiguous()
     EbT_np = (En64 / scale).T.contiguous().cpu().numpy()
-    polisher = _Polisher(G64, lam_n, anc, asc, dtype) if (polish and tol > 0) else None
+    polisher = _get_polisher(G64, lam_n, anc, asc, dtype) if (polish and tol > 0) else None
     check = tol > 0 or adaptive_mu
     # residual tolerance, scaled by 1/cond(E^T E): the ADMM residuals bound the abundance error only up
     # to the smallest eigenvalue of E^T E, so an ill-conditioned problem needs smaller residuals.
@@ -385,6 +415,7 @@ def sunsal_solve(
         ``it_stop``; finished pixels are written to ``out`` and dropped from ``st``. Returns the last it."""
         idx, z, d, x, mu_p, bw = st["idx"], st["z"], st["d"], st["x"], st["mu"], st["b"]
         rp_last = st["rp"]
+        loc = {"n_conv": 0, "n_pol": 0, "total_it": 0.0}
         inv, w, rden = coeffs(mu_p)
         while it < it_stop and idx.numel():
             it += 1
@@ -426,16 +457,16 @@ def sunsal_solve(
                 if okp.any():
                     k = int(okp.sum())
                     out[:, idx[okp]] = xp[:, okp]
-                    stats["n_pol"] += k
-                    stats["total_it"] += it * k
+                    loc["n_pol"] += k
+                    loc["total_it"] += it * k
                 fin = done & ~okp
                 done = done | okp
             else:
                 fin = done
             if fin.any():  # finished by the residual test: ADMM answer
-                stats["total_it"] += it * int(fin.sum())
+                loc["total_it"] += it * int(fin.sum())
                 finish(idx[fin], z[:, fin], x[:, fin])
-            stats["n_conv"] += int(done.sum())
+            loc["n_conv"] += int(done.sum())
             if adaptive_mu and is_res:
                 up = (rp > 10 * rd) & ~done
                 dn = (rd > 10 * rp) & ~done
@@ -452,15 +483,19 @@ def sunsal_solve(
                 if asc:
                     w, rden = w[:, keep], rden[:, keep]  # type: ignore[index]
         st.update(idx=idx, z=z, d=d, x=x, mu=mu_p, b=bw, rp=rp_last)
-        stats["max_used"] = max(stats["max_used"], it)
+        with lock:
+            for key, val in loc.items():
+                stats[key] += val
+            stats["max_used"] = max(stats["max_used"], it)
         return it
 
     # Phase 1, batch by batch (cache-sized): the first iterations, where almost every pixel finishes.
     # Phase 2: the few pixels left from all batches, pooled, so the per-iteration overhead of a long tail
     # is paid once rather than once per batch. Each pixel follows its own trajectory either way.
     head = max_iter if polisher is None else min(max_iter, 3 * _CHECK_EVERY)
-    left: list[dict[str, torch.Tensor]] = []
-    for start in range(0, N, batch_pixels):
+    lock = threading.Lock()
+
+    def phase1(start: int) -> dict[str, torch.Tensor] | None:
         stop = min(N, start + batch_pixels)
         if Ynp is not None and Et.device.type == "cpu" and dtype in (torch.float32, torch.float64):
             # numpy converts and multiplies several times faster than torch's dtype-converting copy here
@@ -476,8 +511,22 @@ def sunsal_solve(
               "mu": torch.full((1, n), mu0, dtype=dtype, device=Et.device), "b": b,
               "rp": torch.zeros(n, dtype=dtype, device=Et.device)}
         iterate(st, 0, head)
-        if st["idx"].numel():
-            left.append(st)
+        return st if st["idx"].numel() else None
+
+    starts = list(range(0, N, batch_pixels))
+    workers = _cpu_workers(Et.device, len(starts))
+    if workers > 1:
+        # batches in parallel, one torch thread each (torch.set_num_threads is process-wide: restored after)
+        prev = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                parts = list(pool.map(phase1, starts))
+        finally:
+            torch.set_num_threads(prev)
+    else:
+        parts = [phase1(st0) for st0 in starts]
+    left = [p for p in parts if p is not None]
     if left and head < max_iter:
         st = {k: torch.cat([p[k] for p in left], dim=(0 if k in ("idx", "rp") else 1)) for k in left[0]}
         iterate(st, head, max_iter)
