@@ -137,3 +137,22 @@ def test_open_cube_names_a_corrupt_file(tmp_path: Path) -> None:
     bad.write_bytes(b"II*\x00" + b"\x00garbage" * 20)
     with pytest.raises(OSError, match="bad.tif"):
         open_cube(bad)
+
+
+def test_open_cube_masks_nodata(tmp_path: Path) -> None:
+    cube, _, _ = make_cube(16, 16)
+    ints = (cube * 1000).astype("int16")
+    ints[:, 2, 3] = -9999
+    ints.rio.write_nodata(-9999, encoded=False, inplace=True)
+    ints.rio.to_raster(tmp_path / "i.tif")
+    got = open_cube(tmp_path / "i.tif", chunks=8)
+    assert got.dtype.kind == "f" and np.isnan(got.values[:, 2, 3]).all()
+    assert np.isfinite(got.values).sum() == got.size - got.sizes["band"]
+    floats = cube.copy()
+    floats[:, 4, 5] = np.nan
+    floats.rio.write_nodata(np.nan, encoded=False, inplace=True)
+    floats.rio.to_raster(tmp_path / "f.tif")
+    got = open_cube(tmp_path / "f.tif", chunks=8)  # fast path: nothing to mask
+    assert np.isnan(got.values[:, 4, 5]).all() and np.isnan(got.rio.nodata)
+    assert "_FillValue" not in got.attrs
+    np.testing.assert_array_equal(got.values, floats.values)
