@@ -11,13 +11,17 @@ answer (support enumeration, float64). Methods:
   ``[E; delta 1^T] x = [y; delta]`` (delta = 1e4), on a random subsample of ``--nnls-pixels`` pixels;
 - ``numpy ADMM x100``: a straightforward vectorized numpy (float64) ADMM for FCLS, 100 iterations,
   ``mu = 0.01 ||E||_2^2`` (the SUnSAL reference default on the normalized problem);
-- ``xr_unmix fcls numpy-in``: ``cube.unmix.fcls(E, dtype=...)`` on an in-memory cube;
+- ``xr_unmix fcls numpy-in ... t=T``: ``cube.unmix.fcls(E, dtype=...)`` on an in-memory cube with
+  ``torch.set_num_threads(T)`` (T = 1 and ``--threads``; with T > 1 ``sunsal_solve`` runs its pixel
+  batches on T threads of one torch thread each);
+- ``solvers.fcls(Y, E)``: the solver alone on the ``(bands, n)`` float32 array (no xarray, no cast of
+  the cube, no NaN masking), to show what the accessor adds;
 - ``xr_unmix fcls dask-in``: the same on a dask-backed cube (``--chunk`` rows per chunk), computed with the
   threaded scheduler, ``--threads`` workers with one torch thread each.
 
 Thread settings are fixed before numpy/torch are imported and printed: BLAS (OpenBLAS/MKL/OMP) uses one
-thread (the references make no use of more: their products are 5 x 5 by 5 x n), torch uses ``--threads``
-intra-op threads for the in-memory run. The exact answer, synthetic endmembers (earthlib spectra
+thread (the references make no use of more: their products are 5 x 5 by 5 x n); torch's thread count is
+set per row and printed in its name. The exact answer, synthetic endmembers (earthlib spectra
 interpolated to ``--bands`` bands over 400-2450 nm) and abundances (Dirichlet(1)) are seeded.
 """
 
@@ -185,7 +189,7 @@ def main() -> None:
     a = ARGS
     print(f"# bench_sunsal: {a.size}x{a.size} px, {a.bands} bands, {a.endmembers} endmembers, SNR {a.snr:g} dB,"
           f" seed {a.seed}")
-    print(f"# threads: torch.get_num_threads()={torch.get_num_threads()} (numpy-in), dask-in: {a.threads} "
+    print(f"# threads: numpy-in rows: torch threads t=1 and t={a.threads}; dask-in: {a.threads} "
           f"workers x 1 torch thread; OMP/OPENBLAS/MKL_NUM_THREADS="
           f"{os.environ['OMP_NUM_THREADS']}/{os.environ['OPENBLAS_NUM_THREADS']}/{os.environ['MKL_NUM_THREADS']}"
           f"; cpu_count={os.cpu_count()}")
@@ -219,9 +223,14 @@ def main() -> None:
     def xr_np(dtype: str) -> np.ndarray:
         return cube.unmix.fcls(Eda, dtype=dtype).values.reshape(a.endmembers, n)
 
-    torch.set_num_threads(a.threads)
-    rows.append(run("xr_unmix fcls numpy-in float64", lambda: xr_np("float64"), n, exact, a.repeat))
-    rows.append(run("xr_unmix fcls numpy-in float32", lambda: xr_np("float32"), n, exact, a.repeat))
+    from xr_unmix.solvers import fcls as fcls_array
+
+    for th in sorted({1, a.threads}):
+        torch.set_num_threads(th)
+        for dt in ("float64", "float32"):
+            rows.append(run(f"xr_unmix fcls numpy-in {dt} t={th}", lambda dt=dt: xr_np(dt), n, exact, a.repeat))
+        rows.append(run(f"  solvers.fcls(Y, E) float64 t={th}",
+                        lambda: fcls_array(Y, Eda.values, dtype="float64").numpy(), n, exact, a.repeat))
     lazy_cube = cube.chunk({"y": a.chunk, "x": -1, "band": -1})
 
     def xr_dask(dtype: str) -> np.ndarray:

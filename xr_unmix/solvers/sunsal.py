@@ -29,7 +29,11 @@ Implementation notes
   satisfies the KKT conditions of the full problem to rounding. Such a pixel stops with the exact optimum
   (in the working precision); ADMM's job is only to find the active set. Pixels whose guess fails go on
   iterating. This is the solution-polishing step of OSQP (Stellato et al., 2020) applied per pixel.
-- Pixels are processed in batches of ``batch_pixels`` so the working set stays in cache.
+- Pixels are processed in batches of ``batch_pixels`` so the working set stays in cache, for the first
+  30 iterations (with polishing on, nearly every pixel is done by then); the pixels left from all batches
+  are then pooled into one working set, so a long tail costs its per-iteration overhead once.
+- The data term ``E^T y`` of a numpy input is formed with numpy (its float32 -> float64 conversion is
+  several times faster than torch's here); everything else is torch.
 - With ``normalize=True`` (default) the problem is rescaled by the spectral norm of ``E`` first
   (``lam`` scaled accordingly), which makes the default ``mu`` sensible whatever the reflectance scale.
 """
@@ -298,7 +302,8 @@ def sunsal_solve(
         Iteration limit per pixel.
     tol : float
         Per-pixel tolerance on the primal ``||x - z||`` and dual ``mu ||z - z_prev||`` residuals, scaled
-        by ``sqrt(R)``, looked at every 10 iterations. ``tol=0`` runs exactly ``max_iter`` iterations
+        by ``sqrt(R) / cond(E^T E)`` (so that it roughly bounds the abundance error even for correlated
+        endmembers), looked at every 10 iterations. ``tol=0`` runs exactly ``max_iter`` iterations
         (no checks, no ``mu`` update, no polishing).
     adaptive_mu : bool
         Rebalance ``mu`` per pixel every 10 iterations (reference behaviour; only with ``tol > 0``
@@ -310,7 +315,8 @@ def sunsal_solve(
     device, dtype
         Where and in which precision to compute (``"cuda"`` works when torch sees a GPU).
     batch_pixels : int
-        Pixels per inner batch.
+        Pixels per inner batch. Called from the main thread on CPU with ``torch.get_num_threads() > 1``,
+        batches run on that many threads with one torch thread each (the setting is restored after).
     return_info : bool
         Also return a :class:`SunsalInfo`.
     warn : bool
