@@ -185,3 +185,17 @@ def test_worker_killed_mid_run_output_complete(client, tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.isnan(got.values), np.isnan(expected.values))
     np.testing.assert_allclose(got.values, expected.values, rtol=0, atol=1e-6)
     assert not list(tmp_path.glob(".*"))
+
+
+def test_cuda_without_gpu_is_a_clear_error() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    from xr_unmix.models.uadmm import UADMMNet
+
+    cube, E, _ = make_cube(8, 8)
+    kernel = cloudpickle.loads(cloudpickle.dumps(
+        ModelKernel(UADMMNet.from_endmembers(E), "cuda", np.dtype("float32"))))
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        kernel(cube.values)
