@@ -252,3 +252,15 @@ def test_fit_on_labelled_pixels_of_a_cube(E: xr.DataArray) -> None:
     assert h["n_samples"] == 60
     with pytest.raises(ValueError, match="labelled"):
         net.fit(cube, amap.where(amap < -1), epochs=1)
+
+
+def test_negative_learnt_threshold_acts_as_zero(E: xr.DataArray, data: tuple) -> None:
+    Y = torch.from_numpy(data[0][:50])
+    net = UADMMNet.from_endmembers(E, lam=0.0)
+    ref = net(Y).detach()
+    with torch.no_grad():
+        net.theta.fill_(-0.5)
+    torch.testing.assert_close(net(Y).detach(), ref)
+    with torch.no_grad():
+        net.theta.fill_(0.05)
+    assert not torch.allclose(net(Y).detach(), ref)
