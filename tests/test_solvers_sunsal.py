@@ -199,6 +199,9 @@ def test_bad_input() -> None:
         sunsal_solve(Y, np.zeros_like(E))
     with pytest.raises(ValueError, match="x0"):
         sunsal_solve(Y, E, x0=np.zeros((2, 5)))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            sunsal_solve(Y, E, device="cuda")
 
 
 def test_scale_invariance_and_integer_input() -> None:

@@ -344,6 +344,10 @@ def sunsal_solve(
         dtype = getattr(torch, dtype.replace("torch.", ""))
     if dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was requested but torch sees no CUDA GPU on this machine; "
+                         "use device='cpu'")
     Et = _as_tensor(E, dtype, device)
     Ynp: np.ndarray | None = None
     if isinstance(Y, torch.Tensor):
