@@ -217,8 +217,11 @@ class _Polisher:
             cols.append(self.cache[c])
         P = torch.stack(cols, 1)[:, inv]  # (n_par, m)
         RR = R * R
-        q = b + P[RR + R: RR + 2 * R]
-        x = (P[:RR].reshape(R, R, m) * q.unsqueeze(0)).sum(1).add_(P[RR: RR + R])
+        q = b + P[RR + R: RR + 2 * R] if self.lam else b
+        x = P[RR: RR + R].clone()
+        Pm = P[:RR].view(R, R, m)
+        for j in range(R):  # x += M[:, j] q_j, pixel by pixel
+            x.addcmul_(Pm[:, j], q[j])
         valid = P[-1] > 0
         # KKT: g = G x - b + nu 1; on the support g + lam sign(x) = 0 by construction
         g = self.G @ x - b
