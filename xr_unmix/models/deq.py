@@ -47,14 +47,14 @@ DEFAULT_HALO = 16
 class _CNN(nn.Module):
     """``layers`` 3x3 convolutions ``2R -> hidden -> ... -> R`` (replicate padding), last one zero."""
 
-    def __init__(self, r: int, hidden: int, layers: int, kernel_size: int = 3) -> None:
+    def __init__(self, r: int, hidden: int, layers: int, kernel_size: int = 3, extra: int = 0) -> None:
         super().__init__()
         if layers < 1:
             raise ValueError(f"cnn_layers must be >= 1, got {layers}")
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
         pad = kernel_size // 2
-        chans = [2 * r] + [hidden] * (layers - 1) + [r]
+        chans = [2 * r + extra] + [hidden] * (layers - 1) + [r]
         self.convs = nn.ModuleList(
             nn.Conv2d(chans[i], chans[i + 1], kernel_size, padding=pad, padding_mode="replicate")
             for i in range(layers)
@@ -86,6 +86,10 @@ class DEQUnmix(UnmixModel):
         Number of 3x3 convolutions in ``C_theta`` (receptive field ``cnn_layers`` px per iteration).
     use_cnn : bool
         ``False`` drops ``C_theta``: the operator is the analytic projected gradient (the ablation).
+    y_features : int
+        If > 0, ``C_theta`` also sees a learned linear projection of the spectra (a 1x1 convolution
+        ``bands -> y_features``, computed once per solve), not just ``M^T Y`` through the gradient: useful
+        for supervised training, where the labels may depend on more of the spectrum than ``M^T Y``.
     step : float
         ``eta * ||M||_2^2`` (1 = the classical ``1/L`` step of projected gradient descent).
     max_iter, tol : int, float
@@ -119,14 +123,15 @@ class DEQUnmix(UnmixModel):
         hidden: int = 16,
         cnn_layers: int = 3,
         use_cnn: bool = True,
+        y_features: int = 0,
         step: float = 1.0,
-        max_iter: int = 30,
+        max_iter: int = 100,
         tol: float = 1e-4,
         anderson_m: int = 5,
         anderson_lam: float = 1e-4,
         anderson_beta: float = 1.0,
         backward: str = "implicit",
-        b_max_iter: int = 20,
+        b_max_iter: int = 10,
         b_tol: float = 1e-4,
         learn_endmembers: bool = True,
         fcls_iter: int = 500,
@@ -140,7 +145,8 @@ class DEQUnmix(UnmixModel):
         if max_iter < 1 or b_max_iter < 1:
             raise ValueError("max_iter and b_max_iter must be >= 1")
         self.config = dict(
-            hidden=int(hidden), cnn_layers=int(cnn_layers), use_cnn=bool(use_cnn), step=float(step),
+            hidden=int(hidden), cnn_layers=int(cnn_layers), use_cnn=bool(use_cnn),
+            y_features=int(y_features), step=float(step),
             max_iter=int(max_iter), tol=float(tol), anderson_m=int(anderson_m),
             anderson_lam=float(anderson_lam), anderson_beta=float(anderson_beta), backward=backward,
             b_max_iter=int(b_max_iter), b_tol=float(b_tol), learn_endmembers=bool(learn_endmembers),
@@ -148,7 +154,10 @@ class DEQUnmix(UnmixModel):
         )
         self.E = nn.Parameter(torch.zeros(self.n_bands, self.n_endmembers),
                               requires_grad=bool(learn_endmembers))
-        self.cnn = _CNN(self.n_endmembers, int(hidden), int(cnn_layers)) if use_cnn else None
+        self.cnn = (_CNN(self.n_endmembers, int(hidden), int(cnn_layers), extra=int(y_features))
+                    if use_cnn else None)
+        self.y_proj = (nn.Conv2d(self.n_bands, int(y_features), 1)
+                       if use_cnn and y_features > 0 else None)
         self.backward_stats = BackwardStats()
         self._lock = threading.Lock()
         self.reset_solve_stats()
@@ -220,24 +229,24 @@ class DEQUnmix(UnmixModel):
         Y : Tensor (B, bands, H, W)
         """
         E = self.endmember_matrix() if E is None else E
+        return self._map(Y, E, eta)(A)
+
+    def _update(self, A: torch.Tensor, grad: torch.Tensor, eta: torch.Tensor,
+                feats: torch.Tensor | None) -> torch.Tensor:
+        upd = eta * grad
+        if self.cnn is not None:
+            x = [A, upd] if feats is None else [A, upd, feats]
+            upd = upd + self.cnn(torch.cat(x, dim=1))
+        return project_simplex(A - upd, dim=1)
+
+    def _map(self, Y: torch.Tensor, E: torch.Tensor, eta: torch.Tensor | None = None) -> Any:
         eta = self.step_size(E) if eta is None else eta
         EtE = E.T @ E
         EtY = torch.einsum("br,nbhw->nrhw", E, Y)
-        return self._update(A, torch.einsum("rs,nshw->nrhw", EtE, A) - EtY, eta)
-
-    def _update(self, A: torch.Tensor, grad: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
-        upd = eta * grad
-        if self.cnn is not None:
-            upd = upd + self.cnn(torch.cat([A, upd], dim=1))
-        return project_simplex(A - upd, dim=1)
-
-    def _map(self, Y: torch.Tensor, E: torch.Tensor) -> Any:
-        eta = self.step_size(E)
-        EtE = E.T @ E
-        EtY = torch.einsum("br,nbhw->nrhw", E, Y)
+        feats = self.y_proj(Y) if self.y_proj is not None else None
 
         def f(A: torch.Tensor) -> torch.Tensor:
-            return self._update(A, torch.einsum("rs,nshw->nrhw", EtE, A) - EtY, eta)
+            return self._update(A, torch.einsum("rs,nshw->nrhw", EtE, A) - EtY, eta, feats)
 
         return f
 
@@ -347,17 +356,17 @@ class DEQUnmix(UnmixModel):
         self,
         cube: Any,
         *,
-        epochs: int = 300,
+        epochs: int = 200,
         seed: int | None = None,
         lr: float = 1e-3,
-        lr_endmembers: float = 1e-3,
-        alpha: float = 1.0,
-        anchor: float = 0.0,
+        lr_endmembers: float = 5e-3,
+        alpha: float = 0.0,
+        anchor: float = 1.0,
         weight_decay: float = 1e-4,
         max_pixels: int = 128 * 128,
         tile_size: int = 64,
         tiles_per_epoch: int = 4,
-        train_max_iter: int | None = None,
+        train_max_iter: int | None = 10,
         keep_best: bool = True,
         progress: bool | None = None,
     ) -> dict[str, Any]:
@@ -387,7 +396,9 @@ class DEQUnmix(UnmixModel):
             endmembers at the start (e.g. VCA's), which keeps the refined spectra from drifting in shape.
         max_pixels, tile_size, tiles_per_epoch : int
         train_max_iter : int, optional
-            Forward iterations while training (default the configured ``max_iter``).
+            Forward iterations per epoch while training (default 10, as the paper; the solve is
+            warm-started from the previous epoch's equilibrium, so iterations accumulate). ``None``: the
+            configured ``max_iter``.
         keep_best : bool
         progress : bool, optional
             tqdm bar (``None``: only on a terminal).
@@ -518,7 +529,7 @@ class DEQUnmix(UnmixModel):
         lr_endmembers: float = 0.0,
         weight_decay: float = 1e-4,
         seed: int | None = None,
-        train_max_iter: int | None = None,
+        train_max_iter: int | None = 10,
         progress: bool | None = None,
     ) -> dict[str, Any]:
         """Supervised training on labelled pixels or tiles.
@@ -600,6 +611,7 @@ class DEQUnmix(UnmixModel):
                     idx = perm[s:s + batch_size]
                     pred = self(Y[idx], A0=A0[idx], max_iter=train_max_iter, warn=False)
                     worst = max(worst, self.last_info.max_residual)
+                    A0[idx] = pred.detach()  # warm start of the next epoch's solve
                     m = M[idx]
                     if pred.ndim == 4:
                         err = (pred - A[idx]).pow(2).sum(1)[m]

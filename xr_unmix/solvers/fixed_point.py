@@ -38,7 +38,7 @@ class FixedPointInfo:
     ----------
     residuals : Tensor, shape (n_iter, B)
         Relative residual ``||f(z_k) - z_k|| / (||f(z_k)|| + eps)`` of every sample at every iteration
-        (the residual trace; rows after a sample converged repeat its last value).
+        (the raw residual trace, not a running minimum).
     n_iter : int
         Number of applications of ``f`` performed (the trace length).
     final_residual : Tensor, shape (B,)
@@ -130,7 +130,7 @@ def fixed_point_iter(
         better = res < best_res
         best = torch.where(better.view(B, *([1] * (z.ndim - 1))), z, best)
         best_res = torch.where(better, res, best_res)
-        trace.append(best_res.clone())
+        trace.append(res.clone())
         if tol > 0 and bool((best_res <= tol).all()):
             break
         z = fz if beta == 1.0 else (1 - beta) * z + beta * fz
@@ -216,7 +216,7 @@ def anderson(
         better = res < best_res
         best = torch.where(better.view(bview), x, best)
         best_res = torch.where(better, res, best_res)
-        trace.append(best_res.clone())
+        trace.append(res.clone())
         if tol > 0 and bool((best_res <= tol).all()):
             break
         if k == max_iter - 1:
@@ -298,8 +298,9 @@ def deq_fixed_point(
 ) -> tuple[torch.Tensor, FixedPointInfo]:
     """Solve ``z = f(z)`` and return ``z*`` attached to autograd.
 
-    The forward solve runs under ``torch.no_grad()``. When grad mode is on, the returned tensor is
-    ``f(z*)`` computed with a graph (so gradients reach ``f``'s parameters and inputs), and
+    The forward solve runs under ``torch.no_grad()``. The returned tensor is ``f(z*)`` (one more
+    application, so that it lies in the range of ``f``); when grad mode is on it carries a graph (so
+    gradients reach ``f``'s parameters and inputs), and
 
     - ``backward="implicit"``: a hook replaces the incoming gradient ``v = dL/dz*`` by the solution of
       ``g = J^T g + v`` with ``J = df/dz`` at ``z*`` (vector-Jacobian products through one stored
@@ -349,9 +350,11 @@ def deq_fixed_point(
         raise ValueError(f"unknown backward {backward!r}: use 'implicit', 'jfb' or 'unrolled'")
     with torch.no_grad():
         z_star, info = solve(f, z0.detach(), solver=solver, **solver_kwargs)
-    if not torch.is_grad_enabled():
-        return z_star, info
+    # The returned value is always f(z*): in the range of f (e.g. feasible when f ends with a projection,
+    # which an Anderson extrapolation z* need not be), and with a graph when grad mode is on.
     z = f(z_star)
+    if not torch.is_grad_enabled():
+        return z, info
     if backward == "jfb" or not z.requires_grad:
         return z, info
     z_in = z_star.detach().requires_grad_()
