@@ -188,3 +188,13 @@ def test_cli_batch_exit_codes(scenes, tmp_path: Path) -> None:
     assert bad.exit_code == 1
     assert "1 scene(s) failed" in bad.output
     assert (tmp_path / "o2" / "c.zarr").exists()
+
+
+def test_cli_batch_rejects_bad_parameters(scenes, tmp_path: Path) -> None:
+    r = CliRunner().invoke(main, ["batch", str(scenes["dir"] / "a.tif"), "--out-dir",
+                                  str(tmp_path / "o")])
+    assert r.exit_code == 1 and "needs endmembers" in r.output
+    r = CliRunner().invoke(main, ["batch", str(scenes["dir"] / "a.tif"), "--endmembers",
+                                  str(scenes["em"]), "--out-dir", str(tmp_path / "o"),
+                                  "--format", "png"])
+    assert r.exit_code == 1 and "formats" in r.output

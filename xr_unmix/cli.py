@@ -217,18 +217,37 @@ def train(endmembers: str, method: str, out: Path, scene: str | None, labels: st
 @click.option("--chunk", type=int, default=512, show_default=True)
 @click.option("--resample", is_flag=True)
 @click.option("--lam", type=float, default=0.0, show_default=True)
+@click.option("--seed", type=int, default=None, help="Seed for vca:N.")
+@click.option("--overwrite", is_flag=True, help="Recompute scenes whose outputs are complete.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="JSON run report (default OUT_DIR/xr_unmix_batch_report.json).")
 def batch(scenes: tuple[str, ...], endmembers: str | None, method: str, model: str | None,
           out_dir: Path, formats: str, scheduler: str | None, workers: int | None, device: str,
-          chunk: int, resample: bool, lam: float) -> None:
-    """Unmix many SCENES (paths, globs, or @list.txt files); resumes, reports per scene."""
+          chunk: int, resample: bool, lam: float, seed: int | None, overwrite: bool,
+          report_path: Path | None) -> None:
+    """Unmix many SCENES (paths, globs, or @list.txt files); resumes, reports per scene.
+
+    Exits with status 1 if any scene failed (after finishing the others).
+    """
     from .batch import run_batch
 
-    report = run_batch(list(scenes), out_dir=out_dir, method=method, endmembers=endmembers,
-                       model=model, formats=[f.strip() for f in formats.split(",") if f.strip()],
-                       scheduler=scheduler, workers=workers, device=device, chunk=chunk,
-                       resample=resample, lam=lam)
+    try:
+        report = run_batch(list(scenes), out_dir=out_dir, method=method, endmembers=endmembers,
+                           model=model,
+                           formats=[f.strip() for f in formats.split(",") if f.strip()],
+                           scheduler=scheduler, workers=workers, device=device, chunk=chunk,
+                           resample=resample, lam=lam, seed=seed, overwrite=overwrite,
+                           report_path=report_path)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+        return
+    n = report["summary"]
+    click.echo(f"{n['done']} done, {n['skipped']} skipped (complete), {n['failed']} failed; "
+               f"report: {report['report_path']}", err=True)
     failed = [s for s in report["scenes"] if s["status"] == "failed"]
     if failed:
+        for s in failed:
+            click.echo(f"  FAILED {s['scene']}: {s['error']}", err=True)
         click.echo(f"{len(failed)} scene(s) failed; see {report['report_path']}", err=True)
         sys.exit(1)
 
