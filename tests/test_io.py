@@ -156,3 +156,16 @@ def test_open_cube_masks_nodata(tmp_path: Path) -> None:
     assert np.isnan(got.values[:, 4, 5]).all() and np.isnan(got.rio.nodata)
     assert "_FillValue" not in got.attrs
     np.testing.assert_array_equal(got.values, floats.values)
+
+
+def test_auto_chunks_bound_the_chunk_bytes(tmp_path: Path) -> None:
+    from xr_unmix.io import auto_chunk
+
+    assert auto_chunk(200) == 256 and auto_chunk(60) == 512 and auto_chunk(285) == 192
+    assert auto_chunk(100_000) == 64
+    cube, _, _ = make_cube(300, 40)
+    cube.rio.to_raster(tmp_path / "c.tif")
+    got = open_cube(tmp_path / "c.tif", chunks="auto")  # 30 bands: 1024 px > the image
+    assert got.chunks is not None and got.chunks[1] == (300,) and got.chunks[0] == (30,)
+    with pytest.raises(ValueError, match="auto"):
+        open_cube(tmp_path / "c.tif", chunks="big")

@@ -208,7 +208,7 @@ def run_batch(
     scheduler: str | None = None,
     workers: int | None = None,
     device: str = "cpu",
-    chunk: int = 512,
+    chunk: int | str = "auto",
     resample: bool = False,
     lam: float = 0.0,
     seed: int | None = None,
@@ -237,8 +237,9 @@ def run_batch(
         A running Dask scheduler's address, or a number of worker processes for a LocalCluster started
         for the batch; neither: the active ``distributed.Client`` if any, else local threads.
     device : {"cpu", "cuda"}
-    chunk : int
-        Spatial tile size in pixels.
+    chunk : int or "auto"
+        Spatial tile size in pixels; ``"auto"`` sizes tiles to ~64 MB of input whatever the band count
+        (256 px for 200 float32 bands), which is what keeps memory bounded.
     resample : bool
         Resample the endmembers onto each cube's wavelengths.
     lam : float
@@ -295,7 +296,7 @@ def run_batch(
     paths, unmatched = expand_scenes(scenes)
     stems = output_stems(paths)
     params = {"method": method, "endmembers": endmembers, "model": model, "formats": fmts,
-              "device": device, "chunk": int(chunk), "resample": bool(resample), "lam": float(lam),
+              "device": device, "chunk": chunk if chunk == "auto" else int(chunk), "resample": bool(resample), "lam": float(lam),
               "seed": seed, "overwrite": bool(overwrite)}
     # what the results depend on: a change re-runs the scene even if its outputs exist
     result_params = {"method": method, "lam": float(lam), "resample": bool(resample), "seed": seed,

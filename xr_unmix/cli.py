@@ -214,7 +214,8 @@ def train(endmembers: str, method: str, out: Path, scene: str | None, labels: st
 @click.option("--scheduler", default=None, help="Address of a running Dask scheduler.")
 @click.option("--workers", type=int, default=None, help="Start a LocalCluster with N workers.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--chunk", type=int, default=512, show_default=True)
+@click.option("--chunk", default="auto", show_default=True,
+              help="Spatial tile size (px), or auto: tiles of ~64 MB of input (256 px at 200 bands).")
 @click.option("--resample", is_flag=True)
 @click.option("--lam", type=float, default=0.0, show_default=True)
 @click.option("--seed", type=int, default=None, help="Seed for vca:N.")
@@ -223,7 +224,7 @@ def train(endmembers: str, method: str, out: Path, scene: str | None, labels: st
               default=None, help="JSON run report (default OUT_DIR/xr_unmix_batch_report.json).")
 def batch(scenes: tuple[str, ...], endmembers: str | None, method: str, model: str | None,
           out_dir: Path, formats: str, scheduler: str | None, workers: int | None, device: str,
-          chunk: int, resample: bool, lam: float, seed: int | None, overwrite: bool,
+          chunk: str, resample: bool, lam: float, seed: int | None, overwrite: bool,
           report_path: Path | None) -> None:
     """Unmix many SCENES (paths, globs, or @list.txt files); resumes, reports per scene.
 
@@ -231,6 +232,11 @@ def batch(scenes: tuple[str, ...], endmembers: str | None, method: str, model: s
     """
     from .batch import run_batch
 
+    if chunk != "auto":
+        try:
+            chunk = int(chunk)  # type: ignore[assignment]
+        except ValueError:
+            _fail(f"--chunk {chunk!r}: expected a number of pixels or auto")
     try:
         report = run_batch(list(scenes), out_dir=out_dir, method=method, endmembers=endmembers,
                            model=model,

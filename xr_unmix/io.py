@@ -71,13 +71,24 @@ def read_wavelengths(path: PathLike) -> np.ndarray | None:
     return arr
 
 
-def open_cube(path: PathLike, *, chunks: dict[str, int] | int | None = None,
+def auto_chunk(n_bands: int, itemsize: int = 4, *, target_mb: float = 64.0) -> int:
+    """Spatial chunk side (px) so that one ``(n_bands, side, side)`` chunk is about ``target_mb`` MB.
+
+    A multiple of 256 when that fits, else of 64 (at least 64): 256 for 200 float32 bands (52 MB),
+    512 for 60 bands. Used by ``open_cube(chunks="auto")``.
+    """
+    side = int((target_mb * 2**20 / (max(1, n_bands) * itemsize)) ** 0.5)
+    return side // 256 * 256 if side >= 256 else max(64, side // 64 * 64)
+
+
+def open_cube(path: PathLike, *, chunks: dict[str, int] | int | str | None = None,
               masked: bool = True) -> xr.DataArray:
     """Open a hyperspectral GeoTIFF (or any GDAL raster) as a ``(band, y, x)`` DataArray.
 
     A thin wrapper over :func:`rioxarray.open_rasterio` that also attaches the ``wavelength``
     coordinate (nm) from the file's metadata (see :func:`read_wavelengths`) and keeps the band axis in
-    one chunk. ``chunks`` is the spatial chunk size (an int, or a dict with ``y``/``x``).
+    one chunk. ``chunks`` is the spatial chunk size (an int, or a dict with ``y``/``x``), or ``"auto"``
+    for :func:`auto_chunk` (chunks of ~64 MB whatever the band count: what bounds memory).
 
     With ``masked=True`` nodata pixels read as NaN. A float file whose nodata is NaN (or unset) needs
     no masking, and is opened without rioxarray's masking pass, which cost 5x the read itself on a
@@ -85,6 +96,17 @@ def open_cube(path: PathLike, *, chunks: dict[str, int] | int | None = None,
     """
     import rioxarray
 
+    if chunks == "auto":
+        import rasterio
+
+        try:
+            with rasterio.open(path) as src:
+                n, itemsize = src.count, max(np.dtype(d).itemsize for d in src.dtypes)
+        except Exception as exc:  # noqa: BLE001  (rasterio's own hierarchy; name the file)
+            raise OSError(f"cannot open {path} as a raster: {exc}") from exc
+        chunks = auto_chunk(n, max(itemsize, 4))
+    elif isinstance(chunks, str):
+        raise ValueError(f"chunks must be an int, a dict, 'auto' or None; got {chunks!r}")
     if isinstance(chunks, int):
         chunks = {"y": chunks, "x": chunks}
     ch = None if chunks is None else {"band": -1, **chunks}
