@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import socket
+import sys
 import time
 import traceback
 from collections.abc import Iterable, Sequence
@@ -348,7 +349,7 @@ def run_batch(
                     msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
                     entry.update(status="failed", error=f"{type(exc).__name__}: {msg}",
                                  traceback=traceback.format_exc(limit=6))
-                    bar.write(f"FAILED {scene}: {entry['error']}")
+                    bar.write(f"FAILED {scene}: {entry['error']}", file=sys.stderr)
                 finally:
                     entry["seconds"] = round(time.perf_counter() - t0, 3)
                     if entry["status"] == "done" and entry.get("pixels"):
