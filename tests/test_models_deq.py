@@ -131,12 +131,13 @@ def test_fit_scene_unsupervised(scene) -> None:
     cube, E, _ = scene
     Ebad = E.copy(data=np.clip(E.values * 0.8 + 0.05, 0, None))  # wrong endmembers to refine
     m1 = DEQUnmix.from_endmembers(Ebad, seed=0, hidden=8)
-    h = m1.fit_scene(cube, epochs=12, seed=0, lr_endmembers=5e-3, progress=False)
+    h = m1.fit_scene(cube, epochs=12, seed=0, lr_endmembers=5e-3, alpha=1.0, anchor=0.0,
+                     progress=False)
     assert len(h["loss"]) == 13 and len(h["residual"]) == 13 and h["whole_scene"]
     assert h["best_loss"] <= h["initial_loss"] and h["best_loss"] < 0.9 * h["initial_loss"]
     assert float(m1.E.detach().min()) >= 0 and not m1.training
     m2 = DEQUnmix.from_endmembers(Ebad, seed=0, hidden=8)
-    m2.fit_scene(cube, epochs=12, seed=0, lr_endmembers=5e-3, progress=False)
+    m2.fit_scene(cube, epochs=12, seed=0, lr_endmembers=5e-3, alpha=1.0, anchor=0.0, progress=False)
     for a, b in zip(m1.parameters(), m2.parameters(), strict=True):
         torch.testing.assert_close(a, b)  # seeded: reproducible
 
