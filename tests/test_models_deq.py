@@ -125,6 +125,12 @@ def test_save_load_roundtrip_with_refined_endmembers(scene, tmp_path) -> None:
     with torch.no_grad():
         Y = torch.as_tensor(cube.values)
         torch.testing.assert_close(back.unmix_image(Y), model.unmix_image(Y))
+    # dask workers receive the model by pickling (in memory only; files never use pickle)
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(model))
+    with torch.no_grad():
+        torch.testing.assert_close(clone.unmix_image(Y), model.unmix_image(Y))
 
 
 def test_fit_scene_unsupervised(scene) -> None:
