@@ -14,7 +14,7 @@ Protocol of ``repro_uadmm_jasper.py``: the reference endmembers; for each seed, 
 
 RMSE (:func:`xr_unmix.metrics.rmse`) on the test pixels; markdown table, mean +- std.
 
-Run: ``python recipes/deq_supervised.py [--seeds 3] [--epochs 40] [--workers 2]``
+Run: ``python recipes/deq_supervised.py [--seeds 3] [--epochs 200] [--workers 1]``
 """
 
 from __future__ import annotations
@@ -80,9 +80,9 @@ def one_seed(seed: int, epochs: int, n_train: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--n-train", type=int, default=256)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=1)
     a = ap.parse_args()
     t0 = time.perf_counter()
     with ProcessPoolExecutor(a.workers) as ex:
