@@ -415,24 +415,32 @@ class DEQUnmix(UnmixModel):
 
         from .losses import spectral_angle_loss
 
-        Y = _cube_array(cube, self.n_bands)
-        valid = np.isfinite(Y).all(0)
-        if not valid.any():
-            raise ValueError("the scene has no valid pixel")
+        src = _cube_array(cube, self.n_bands)  # numpy, or a lazy dask array for a dask-backed cube
         dtype = self.E.dtype
         dev = self.E.device
-        Yt = torch.as_tensor(np.where(valid[None], Y, 0.0), dtype=dtype, device=dev)
-        Vt = torch.as_tensor(valid, device=dev)
-        H, W = Y.shape[1:]
+        H, W = src.shape[1:]
         whole = H * W <= max_pixels
         gen = np.random.default_rng(seed)
+
+        def load(a: int, b: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+            blk = np.asarray(src[:, a:a + h, b:b + w], dtype=np.float32)  # reads only this window
+            ok = np.isfinite(blk).all(0)
+            return (torch.as_tensor(np.where(ok[None], blk, 0.0), dtype=dtype, device=dev),
+                    torch.as_tensor(ok, device=dev))
 
         def sample(k: int) -> tuple[torch.Tensor, torch.Tensor]:
             th, tw = min(tile_size, H), min(tile_size, W)
             ys = gen.integers(0, H - th + 1, size=k)
             xs = gen.integers(0, W - tw + 1, size=k)
-            return (torch.stack([Yt[:, a:a + th, b:b + tw] for a, b in zip(ys, xs, strict=True)]),
-                    torch.stack([Vt[a:a + th, b:b + tw] for a, b in zip(ys, xs, strict=True)]))
+            tiles = [load(int(a), int(b), th, tw) for a, b in zip(ys, xs, strict=True)]
+            return torch.stack([t[0] for t in tiles]), torch.stack([t[1] for t in tiles])
+
+        def sample_valid(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+            for _ in range(50):  # tiles of nodata only carry no signal: draw again
+                Yb, Vb = sample(k)
+                if bool(Vb.any()):
+                    return Yb, Vb
+            raise ValueError("50 random tile draws found no valid pixel; is the scene all nodata?")
 
         def objective(Yb: torch.Tensor, Vb: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
             E = self.endmember_matrix()
@@ -447,10 +455,13 @@ class DEQUnmix(UnmixModel):
         E0 = self.endmember_matrix().detach().clone()
 
         if whole:
+            Yt, Vt = load(0, 0, H, W)
+            if not bool(Vt.any()):
+                raise ValueError("the scene has no valid pixel")
             batch, vmask = Yt[None], Vt[None]
             eval_batch = None
         else:
-            eval_batch = sample(max(tiles_per_epoch, 4))
+            eval_batch = sample_valid(max(tiles_per_epoch, 4))
         opt = torch.optim.AdamW(self._param_groups(lr, lr_endmembers, weight_decay))
         mi = train_max_iter
         hist: dict[str, Any] = {"loss": [], "residual": [], "iterations": [], "backward_residual": [],
@@ -467,7 +478,7 @@ class DEQUnmix(UnmixModel):
         try:
             for epoch in bar:
                 if not whole:
-                    batch, vmask = sample(tiles_per_epoch)
+                    batch, vmask = sample_valid(tiles_per_epoch)
                     warm = None
                     with torch.no_grad():
                         ev = objective(eval_batch[0], eval_batch[1],
@@ -649,15 +660,19 @@ class DEQUnmix(UnmixModel):
         self._lock = threading.Lock()
 
 
-def _cube_array(cube: Any, n_bands: int) -> np.ndarray:
-    """(bands, H, W) float array from a DataArray (any dim order, nodata -> NaN) or an array."""
+def _cube_array(cube: Any, n_bands: int) -> Any:
+    """(bands, H, W) float array from a DataArray (any dim order, nodata -> NaN) or an array.
+
+    A dask-backed DataArray stays lazy (windows are read on demand), anything else becomes numpy.
+    """
     import xarray as xr
 
     if isinstance(cube, xr.DataArray):
         from .._cube import prepare_cube
 
-        data, facts = prepare_cube(cube, np.float32)
-        arr = np.asarray(data.compute() if hasattr(data, "compute") else data)
+        arr, _ = prepare_cube(cube, np.float32)
+        if not hasattr(arr, "dask"):
+            arr = np.asarray(arr)
     else:
         arr = np.asarray(cube, dtype=np.float32)
     if arr.ndim != 3:
