@@ -135,6 +135,24 @@ def test_batch_on_cluster(client, tmp_path: Path) -> None:
                                atol=1e-6)
 
 
+def test_large_model_is_broadcast_not_inlined(client, monkeypatch: pytest.MonkeyPatch) -> None:
+    import xr_unmix._workers as workers
+    from xr_unmix.models.uadmm import UADMMNet
+
+    monkeypatch.setattr(workers, "INLINE_MAX_BYTES", 0)  # every model counts as large
+    cube, E, _ = make_cube(32, 32, seed=11, chunks={"y": 8, "x": 16})
+    model = UADMMNet.from_endmembers(E, layers=3)
+    kernel = ModelKernel(model, "cpu", np.dtype("float32"))
+    state = kernel.__getstate__()
+    assert state["payload"] is None and state["scattered"]
+    assert len(cloudpickle.dumps(kernel)) < 1000  # the key only
+    client.run(clear_model_cache)
+    ab = cube.unmix.admm(model)
+    np.testing.assert_allclose(client.compute(ab).result().values,
+                               _threads(lambda: ab.compute()).values, atol=1e-6)
+    assert max(i["builds"] for i in client.run(model_cache_info).values()) == 1
+
+
 async def _die() -> None:
     os._exit(1)
 

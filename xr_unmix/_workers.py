@@ -48,6 +48,10 @@ _MODEL_CACHE_LOCK = threading.Lock()
 _MODEL_CACHE_SIZE = 4
 _builds = 0  #: how many models this process built from a payload (cache misses)
 
+#: payloads up to this size (bytes) travel inside each task; larger ones, when a ``distributed.Client``
+#: is active as the kernel is made, are broadcast to every worker once and tasks carry only their key
+INLINE_MAX_BYTES = 4 * 2**20
+
 
 def _cores() -> int:
     try:
@@ -237,7 +241,9 @@ class ModelKernel:
     -----
     In the process that made it, the kernel uses ``model`` itself (a copy moved to ``device`` when the
     model lives elsewhere, so the caller's model is not moved). Pickled, it carries the model's state
-    and content hash (see :func:`model_payload`) and rebuilds it through the per-process cache.
+    and content hash (see :func:`model_payload`) and rebuilds it through the per-process cache. A
+    payload over :data:`INLINE_MAX_BYTES` is broadcast to the workers of the client active when the
+    kernel is made (``client.scatter(..., broadcast=True)``), and tasks then carry only its key.
     """
 
     def __init__(self, model: Any, device: str, dtype: np.dtype) -> None:
@@ -248,6 +254,22 @@ class ModelKernel:
         self._key: str | None = None
         self._local: Any = None
         self._local_lock = threading.Lock()
+        self._scattered: Any = None  #: a distributed Future of the payload (large models)
+        self._broadcast_if_large()
+
+    def _broadcast_if_large(self) -> None:
+        """With an active client and a payload over :data:`INLINE_MAX_BYTES`: scatter it to all workers."""
+        from .cluster import active_client
+
+        client = active_client()
+        if client is None:
+            return
+        self._ensure_payload()
+        assert self._payload is not None
+        size = sum(len(v) for v in self._payload.values() if isinstance(v, bytes | str))
+        if size > INLINE_MAX_BYTES:
+            # in a list: a dict given directly would be scattered value by value
+            self._scattered = client.scatter([self._payload], broadcast=True, hash=False)[0]
 
     @property
     def key(self) -> str:
@@ -262,17 +284,33 @@ class ModelKernel:
 
     def __getstate__(self) -> dict[str, Any]:
         self._ensure_payload()
-        return {"payload": self._payload, "key": self._key, "device": self.device,
-                "dtype": self.dtype.str}
+        if self._scattered is not None:  # a Future here, its key once unpickled (re-pickled)
+            skey = self._scattered if isinstance(self._scattered, str) else str(self._scattered.key)
+            return {"payload": None, "scattered": skey, "key": self._key,
+                    "device": self.device, "dtype": self.dtype.str}
+        return {"payload": self._payload, "scattered": None, "key": self._key,
+                "device": self.device, "dtype": self.dtype.str}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.model = None
         self._payload = state["payload"]
+        self._scattered = state.get("scattered")  # the key of the broadcast payload, or None
         self._key = state["key"]
         self.device = state["device"]
         self.dtype = np.dtype(state["dtype"])
         self._local = None
         self._local_lock = threading.Lock()
+
+    def _fetch_payload(self) -> dict[str, Any]:
+        """The broadcast payload: from this worker's memory, else from another worker."""
+        from distributed import Future, get_worker, worker_client
+
+        key = self._scattered
+        worker = get_worker()
+        if key in worker.data:
+            return worker.data[key]
+        with worker_client() as client:  # e.g. a worker restarted after the broadcast
+            return client.gather(Future(key, client=client))
 
     def __dask_tokenize__(self) -> tuple[str, str, str, str]:
         return ("xr_unmix.ModelKernel", self.key, self.device, self.dtype.str)
@@ -282,8 +320,13 @@ class ModelKernel:
 
         device = _check_device(self.device)
         if self.model is None:  # unpickled: a worker process
-            assert self._payload is not None and self._key is not None
-            return cached_model(self._key, self._payload, device)
+            assert self._key is not None
+            with _MODEL_CACHE_LOCK:
+                hit = _MODEL_CACHE.get((self._key, device))
+            if hit is not None:
+                return hit
+            payload = self._payload if self._payload is not None else self._fetch_payload()
+            return cached_model(self._key, payload, device)
         p = next(self.model.parameters(), None)
         if p is None or p.device == torch.device(device) or (
                 p.device.type == device == "cpu"):
