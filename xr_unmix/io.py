@@ -444,8 +444,13 @@ def to_zarr(
     ds = arr.to_dataset(name=var)
     ds[var].encoding["_FillValue"] = np.float32(np.nan) if arr.dtype == np.float32 else np.nan
     with _atomic_target(store, overwrite) as tmp, gdal_env(), _progress(progress):
-        compute_settled(ds.to_zarr(tmp, zarr_format=3, consolidated=False, mode="w-",
-                                   compute=False))
+        # consolidated: the documented ``xr.open_zarr(store, decode_coords="all")`` then opens it
+        # without xarray's "failed to open with consolidated metadata" warning (zarr's own warning
+        # that consolidation is a v3 extension is silenced: readers without it ignore the field)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+            compute_settled(ds.to_zarr(tmp, zarr_format=3, consolidated=True, mode="w-",
+                                       compute=False))
     return store
 
 
