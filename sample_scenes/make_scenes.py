@@ -144,6 +144,10 @@ def write_scene(path: Path, cube: np.ndarray, crs: CRS, transform: rasterio.Affi
                    predictor=2, tiled=True, blockxsize=32, blockysize=32, interleave="pixel")
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(cube)
+        # GDAL's band scale: readers that decode it (rioxarray's mask_and_scale, xr_unmix.open_cube,
+        # QGIS) see reflectance 0-1; the tag reflectance_scale says the same for humans
+        dst.scales = (1 / SCALE,) * cube.shape[0]
+        dst.offsets = (0.0,) * cube.shape[0]
         dst.update_tags(wavelength=",".join(f"{c:g}" for c in centres), wavelength_units="nm",
                         fwhm=",".join(f"{w:g}" for w in fwhm), reflectance_scale=str(1 / SCALE),
                         source="xr_unmix sample_scenes/make_scenes.py; spectra from earthlib (MIT)")

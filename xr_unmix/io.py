@@ -90,7 +90,10 @@ def open_cube(path: PathLike, *, chunks: dict[str, int] | int | str | None = Non
     one chunk. ``chunks`` is the spatial chunk size (an int, or a dict with ``y``/``x``), or ``"auto"``
     for :func:`auto_chunk` (chunks of ~64 MB whatever the band count: what bounds memory).
 
-    With ``masked=True`` nodata pixels read as NaN. A float file whose nodata is NaN (or unset) needs
+    Bands with a GDAL scale/offset (``uint16`` reflectance x 10000 with scale 1e-4, as AVIRIS-NG, EMIT
+    L2A and the sample scenes store it) are decoded to physical values (float), so that they compare
+    with endmember spectra in reflectance; nodata then reads as NaN. With ``masked=True`` nodata pixels
+    read as NaN. A float file whose nodata is NaN (or unset) needs
     no masking, and is opened without rioxarray's masking pass, which cost 5x the read itself on a
     200-band cube; the result is the same (``_FillValue`` is moved to ``encoding`` as masking does).
     """
@@ -117,7 +120,9 @@ def open_cube(path: PathLike, *, chunks: dict[str, int] | int | str | None = Non
             moved = False
         # lock=False: with chunks, every read opens its own handle, so Dask's threads read in parallel
         # (the default lock serialises the reads of a file within a process)
-        cube = rioxarray.open_rasterio(path, chunks=ch, masked=masked,
+        scaled = _has_scale(path)
+        cube = rioxarray.open_rasterio(path, chunks=ch, masked=masked or scaled,
+                                       mask_and_scale=scaled,
                                        **({"lock": False} if ch is not None else {}))
     except Exception as exc:  # rasterio raises its own hierarchy; name the file
         raise OSError(f"cannot open {path} as a raster: {exc}") from exc
@@ -129,6 +134,19 @@ def open_cube(path: PathLike, *, chunks: dict[str, int] | int | str | None = Non
     if wl is not None:
         cube = cube.assign_coords(wavelength=("band", wl))
     return cube
+
+
+def _has_scale(path: PathLike) -> bool:
+    """True if any band of ``path`` has a GDAL scale other than 1 or an offset other than 0.
+
+    Such files (e.g. reflectance stored as ``uint16`` x 10000 with scale 1e-4) are decoded to physical
+    values, as rioxarray's ``mask_and_scale=True`` does, so that they match endmember spectra.
+    """
+    import rasterio
+
+    with rasterio.open(path) as src:
+        return any((s not in (None, 1.0)) for s in src.scales) or any(
+            (o not in (None, 0.0)) for o in src.offsets)
 
 
 def _nothing_to_mask(path: PathLike) -> bool:
@@ -454,8 +472,18 @@ def to_zarr(
     return store
 
 
-def open_abundance(store: PathLike, name: str | None = None) -> xr.DataArray:
-    """Open an abundance map written by :func:`to_zarr` (lazy), with its CRS decoded."""
+def open_abundance(store: PathLike, name: str | None = None, *,
+                   chunks: dict[str, int] | int | None = None) -> xr.DataArray:
+    """Open an abundance map written by :func:`to_zarr` or :func:`to_cog` (lazy), with its CRS.
+
+    A Zarr store gives the variable ``name`` (the only one when ``None``). A GeoTIFF gives
+    ``(endmember, y, x)`` with the endmember names from the band descriptions that :func:`to_cog`
+    writes (``band_1`` ... where a band has none) and nodata as NaN; ``chunks`` as for
+    :func:`open_cube` (``None``: numpy, read on first use).
+    """
+    p = Path(store)
+    if p.is_file():
+        return _open_abundance_tif(p, chunks)
     ds = xr.open_zarr(store, decode_coords="all", consolidated=False)
     if name is None:
         names = [v for v in ds.data_vars]
@@ -463,3 +491,21 @@ def open_abundance(store: PathLike, name: str | None = None) -> xr.DataArray:
             raise ValueError(f"{store} holds variables {names}; pass name=")
         name = names[0]
     return ds[name]
+
+
+def _open_abundance_tif(path: Path, chunks: dict[str, int] | int | None) -> xr.DataArray:
+    import rasterio
+    import rioxarray
+
+    try:
+        with rasterio.open(path) as src:
+            names = [d or f"band_{i}" for i, d in enumerate(src.descriptions, start=1)]
+    except Exception as exc:  # noqa: BLE001  (rasterio's own hierarchy; name the file)
+        raise OSError(f"cannot open {path} as a raster: {exc}") from exc
+    if isinstance(chunks, int):
+        chunks = {"y": chunks, "x": chunks}
+    ch = None if chunks is None else {"band": -1, **chunks}
+    arr = rioxarray.open_rasterio(path, masked=True, chunks=ch)
+    arr = arr.rename(band="endmember").assign_coords(endmember=names)
+    arr.attrs.pop("long_name", None)
+    return arr.rename(path.stem)
