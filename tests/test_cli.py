@@ -92,3 +92,118 @@ def test_non_georeferenced_scene_warns_but_writes(tmp_path):
         r = CliRunner().invoke(main, ["run", str(scene), "--endmembers", str(em), "--out",
                                       str(tmp_path / "o.tif")], catch_exceptions=False)
     assert r.exit_code == 0, r.output
+
+
+# -- blind pipeline and training -------------------------------------------------------------------
+
+
+def test_run_blind_vca(tmp_path):
+    """--endmembers vca:N: extraction seeded, names vca0.., quality layer from the same endmembers."""
+    from xr_unmix.testing import make_endmembers
+
+    E = make_endmembers(n_endmembers=3, seed=1)
+    cube, E, truth = make_cube(40, 48, E, snr_db=40, seed=1)
+    # pure pixels present, so VCA can find the endmembers
+    R = E.sizes["endmember"]
+    for r in range(R):
+        cube[:, r, r] = E.values[:, r]
+        truth[:, r, r] = np.eye(R)[r]
+    scene = write_cube_tif(cube, tmp_path / "scene.tif")
+    outs = []
+    for name in ("a.tif", "b.tif"):
+        r = CliRunner().invoke(main, ["run", str(scene), "--endmembers", f"vca:{R}", "--seed", "3",
+                                      "--method", "sunsal", "--out", str(tmp_path / name),
+                                      "--quality"])
+        assert r.exit_code == 0, r.output
+        outs.append(open_abundance(tmp_path / name))
+    assert list(outs[0].endmember.values) == [f"vca{i}" for i in range(R)]
+    np.testing.assert_array_equal(outs[0].values, outs[1].values)  # same seed, same map
+    q = open_abundance(tmp_path / "a_rmse.tif")
+    assert float(q.max()) < 0.05  # the extracted endmembers explain the scene
+    r = CliRunner().invoke(main, ["run", str(scene), "--endmembers", "vca:x", "--out",
+                                  str(tmp_path / "c.tif")])
+    assert r.exit_code != 0 and "vca:x" in r.output
+    r = CliRunner().invoke(main, ["run", str(scene), "--endmembers", "vca:1", "--out",
+                                  str(tmp_path / "c.tif")])
+    assert r.exit_code != 0 and not (tmp_path / "c.tif").exists()
+    r = CliRunner().invoke(main, ["run", str(scene), "--endmembers", "nofile.csv", "--out",
+                                  str(tmp_path / "c.tif")])
+    assert r.exit_code != 0 and "no such file" in r.output
+
+
+def test_train_and_run_admm_from_labels(files):
+    tmp, scene, em, cube, E, truth = files
+    from xr_unmix.io import to_cog
+
+    labels = to_cog(truth.rio.write_crs(cube.rio.crs).rio.write_transform(cube.rio.transform()),
+                    tmp / "truth.tif")
+    model = tmp / "admm.safetensors"
+    r = CliRunner().invoke(main, ["train", "--endmembers", str(em), "--method", "admm", "--out",
+                                  str(model), "--scene", str(scene), "--labels", str(labels),
+                                  "--epochs", "2", "--layers", "3"])
+    assert r.exit_code == 0, r.output
+    from xr_unmix import load_model
+
+    net = load_model(model)
+    assert net.layers == 3 and [str(n) for n in net.endmembers.endmember.values] == ["m0", "m1", "m2"]
+    r = CliRunner().invoke(main, ["run", str(scene), "--method", "admm", "--model", str(model),
+                                  "--out", str(tmp / "ab.zarr"), "--quality"])
+    assert r.exit_code == 0, r.output
+    ab = open_abundance(tmp / "ab.zarr")
+    np.testing.assert_allclose(ab.sum("endmember"), 1.0, atol=1e-4)
+    assert (tmp / "ab_rmse.zarr").exists()
+
+
+def test_train_deq_unsupervised_and_supervised(files):
+    tmp, scene, em, cube, E, truth = files
+    from xr_unmix import load_model
+    from xr_unmix.io import to_cog
+
+    m1 = tmp / "deq.safetensors"
+    r = CliRunner().invoke(main, ["train", "--endmembers", "vca:3", "--method", "deq", "--out",
+                                  str(m1), "--scene", str(scene), "--epochs", "2"])
+    assert r.exit_code == 0, r.output
+    assert load_model(m1).endmembers.sizes["endmember"] == 3
+    labels = to_cog(truth.rio.write_crs(cube.rio.crs).rio.write_transform(cube.rio.transform()),
+                    tmp / "truth.tif")
+    m2 = tmp / "deqs.safetensors"
+    r = CliRunner().invoke(main, ["train", "--endmembers", str(em), "--method", "deq", "--out",
+                                  str(m2), "--scene", str(scene), "--labels", str(labels),
+                                  "--epochs", "1"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["run", str(scene), "--method", "deq", "--model", str(m2),
+                                  "--out", str(tmp / "deq.tif"), "--chunk", "24"])
+    assert r.exit_code == 0, r.output
+    ab = open_abundance(tmp / "deq.tif")
+    assert ab.sizes == {"endmember": 3, "y": 40, "x": 48}
+    assert np.isfinite(ab.values).all()
+
+
+def test_train_errors(files):
+    tmp, scene, em, cube, E, truth = files
+    from xr_unmix.io import to_cog
+
+    def train(*args):
+        return CliRunner().invoke(main, ["train", "--out", str(tmp / "m.safetensors"), *args])
+
+    r = train("--endmembers", "vca:3", "--method", "deq")
+    assert r.exit_code != 0 and "--scene" in r.output
+    r = train("--endmembers", str(em), "--method", "admm", "--labels", str(scene))
+    assert r.exit_code != 0 and "--labels needs --scene" in r.output
+    r = train("--endmembers", str(em), "--method", "admm", "--scene", str(scene))
+    assert r.exit_code != 0 and "trains on labels" in r.output
+    r = train("--endmembers", str(em), "--method", "deq", "--layers", "3")
+    assert r.exit_code != 0 and "--layers" in r.output
+    small = to_cog(truth.isel(y=slice(0, 10)).rio.write_crs(cube.rio.crs), tmp / "small.tif")
+    r = train("--endmembers", str(em), "--method", "admm", "--scene", str(scene), "--labels",
+              str(small))
+    assert r.exit_code != 0 and "10x48 px but --scene is 40x48" in r.output
+    # labels that do not sum to one: the model's own check, reported without a traceback
+    bad = to_cog((truth * 2).rio.write_crs(cube.rio.crs).rio.write_transform(cube.rio.transform()),
+                 tmp / "bad.tif")
+    r = train("--endmembers", str(em), "--method", "admm", "--scene", str(scene), "--labels",
+              str(bad), "--epochs", "1")
+    assert r.exit_code != 0 and "sum" in r.output and not (tmp / "m.safetensors").exists()
+    r = CliRunner().invoke(main, ["run", str(scene), "--endmembers", str(em), "--chunk", "abc",
+                                  "--out", str(tmp / "x.tif")])
+    assert r.exit_code != 0 and "--chunk" in r.output
