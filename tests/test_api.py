@@ -127,3 +127,42 @@ def test_top_level_names():
 def test_make_cube_chunks():
     cube, _, _ = make_cube(chunks={"y": 8, "x": 8})
     assert cube.chunks is not None
+
+
+def test_admm_batch_size_gives_the_same_map(scene):
+    cube, E, _ = scene
+    net = xr_unmix.UADMMNet.from_endmembers(E)
+    whole = cube.unmix.admm(net)
+    small = cube.chunk({"y": 16, "x": 16}).unmix.admm(net, batch_size=7).compute()
+    np.testing.assert_allclose(small.values, whole.values, rtol=1e-5, atol=1e-6)
+    assert small.attrs["batch_size"] == 7
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        cube.unmix.admm(net, batch_size=0)
+    with pytest.raises(ValueError, match="pixel-wise"):
+        xr_unmix.api.apply_model(cube, xr_unmix.DEQUnmix.from_endmembers(E), batch_size=8)
+
+
+def test_deq_solver_stats_in_attrs(scene):
+    """A numpy cube is computed at once: the call's fixed-point statistics land in attrs."""
+    cube, E, _ = scene
+    model = xr_unmix.DEQUnmix.from_endmembers(E, seed=0)
+    ab = cube.unmix.deq(model)
+    assert ab.attrs["solver_n_solves"] >= 1
+    assert ab.attrs["solver_n_unconverged"] == 0
+    assert 0 <= ab.attrs["solver_max_residual"] <= model.config["tol"]
+    # a solve that cannot converge is counted and warns, and the map is still complete
+    tight = xr_unmix.DEQUnmix.from_endmembers(E, seed=0, max_iter=1, tol=1e-12)
+    with pytest.warns(xr_unmix.ConvergenceWarning):
+        ab2 = cube.unmix.deq(tight)
+    assert ab2.attrs["solver_n_unconverged"] >= 1 and ab2.attrs["solver_max_residual"] > 1e-12
+    assert np.isfinite(ab2.values).all()
+
+
+def test_deq_return_endmembers(scene):
+    cube, E, _ = scene
+    model = xr_unmix.DEQUnmix.from_endmembers(E, seed=0)
+    ab, Em = cube.unmix.deq(model, return_endmembers=True)
+    assert Em.dims == ("band", "endmember")
+    assert list(Em.endmember.values) == list(ab.endmember.values)
+    np.testing.assert_allclose(Em.wavelength.values, cube.wavelength.values)
+    np.testing.assert_allclose(Em.values, E.values, rtol=1e-5)

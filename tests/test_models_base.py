@@ -103,3 +103,18 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         m.save(target)
     assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("meta", ['{"format": "xr_unmix-model", "class": 3, "config": []}',
+                                  '["not", "a", "dict"]', '{"format_version": "x"}'])
+def test_tampered_metadata_is_a_model_file_error(tmp_path, meta):
+    import torch
+    from safetensors.torch import save_file
+
+    from xr_unmix.errors import ModelFileError
+    from xr_unmix.models.base import load_model
+
+    p = tmp_path / "m.safetensors"
+    save_file({"W": torch.zeros(2, 2)}, str(p), metadata={"xr_unmix": meta})
+    with pytest.raises(ModelFileError):
+        load_model(p)

@@ -106,7 +106,9 @@ def torch_threads() -> Iterator[None]:
                 inside = threading.current_thread() is not threading.main_thread()
                 if inside or _on_distributed_worker() is not None:
                     torch.set_num_threads(torch_thread_count())
-                _configured = True
+                    # only now: work on the main thread (a numpy cube) leaves the user's setting
+                    # alone, and must not stop the first Dask task from configuring the process
+                    _configured = True
     yield
 
 
@@ -236,6 +238,8 @@ class ModelKernel:
         raises a clear :class:`RuntimeError`).
     dtype : numpy dtype
         Output dtype.
+    batch_size : int, optional
+        Pixel-wise models: at most this many pixels per forward pass (default: the whole block).
 
     Notes
     -----
@@ -246,10 +250,12 @@ class ModelKernel:
     kernel is made (``client.scatter(..., broadcast=True)``), and tasks then carry only its key.
     """
 
-    def __init__(self, model: Any, device: str, dtype: np.dtype) -> None:
+    def __init__(self, model: Any, device: str, dtype: np.dtype, *,
+                 batch_size: int | None = None) -> None:
         self.model = model
         self.device = str(device)
         self.dtype = np.dtype(dtype)
+        self.batch_size = None if batch_size is None else int(batch_size)
         self._payload: dict[str, Any] | None = None
         self._key: str | None = None
         self._local: Any = None
@@ -287,9 +293,9 @@ class ModelKernel:
         if self._scattered is not None:  # a Future here, its key once unpickled (re-pickled)
             skey = self._scattered if isinstance(self._scattered, str) else str(self._scattered.key)
             return {"payload": None, "scattered": skey, "key": self._key,
-                    "device": self.device, "dtype": self.dtype.str}
+                    "device": self.device, "dtype": self.dtype.str, "batch_size": self.batch_size}
         return {"payload": self._payload, "scattered": None, "key": self._key,
-                "device": self.device, "dtype": self.dtype.str}
+                "device": self.device, "dtype": self.dtype.str, "batch_size": self.batch_size}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.model = None
@@ -298,6 +304,7 @@ class ModelKernel:
         self._key = state["key"]
         self.device = state["device"]
         self.dtype = np.dtype(state["dtype"])
+        self.batch_size = state.get("batch_size")
         self._local = None
         self._local_lock = threading.Lock()
 
@@ -312,8 +319,8 @@ class ModelKernel:
         with worker_client() as client:  # e.g. a worker restarted after the broadcast
             return client.gather(Future(key, client=client))
 
-    def __dask_tokenize__(self) -> tuple[str, str, str, str]:
-        return ("xr_unmix.ModelKernel", self.key, self.device, self.dtype.str)
+    def __dask_tokenize__(self) -> tuple[str, str, str, str, int]:
+        return ("xr_unmix.ModelKernel", self.key, self.device, self.dtype.str, self.batch_size or 0)
 
     def _resolve(self) -> Any:
         import torch
@@ -345,5 +352,12 @@ class ModelKernel:
             p = next(model.parameters(), None)
             mdtype = p.dtype if p is not None else torch.float32
             Y = torch.as_tensor(block, dtype=mdtype, device=self.device)
-            out = model.unmix_image(Y)
+            b, h, w = Y.shape
+            n = self.batch_size
+            if n and getattr(model, "pixelwise", False) and h * w > n:
+                flat = Y.reshape(b, h * w).T
+                out = torch.cat([model(flat[i:i + n]) for i in range(0, h * w, n)]).T
+                out = out.reshape(-1, h, w)
+            else:
+                out = model.unmix_image(Y)
         return out.detach().cpu().numpy().astype(self.dtype, copy=False)

@@ -135,6 +135,7 @@ def apply_model(
     device: str = "cpu",
     halo: int | None = None,
     method: str | None = None,
+    batch_size: int | None = None,
 ) -> xr.DataArray:
     """Apply a trained xr_unmix network to a cube, tile by tile.
 
@@ -145,34 +146,88 @@ def apply_model(
     expected : type, optional
         Raise :class:`TypeError` unless the model is an instance of this class.
     device : str
+        ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     halo : int, optional
         Tile overlap; default the model's ``halo`` (its receptive field, 0 for pixel-wise nets).
     method : str, optional
         Name recorded in ``attrs["method"]``.
+    batch_size : int, optional
+        Pixel-wise models only: pixels per forward pass (bounds the activations' memory, e.g. on a
+        GPU); default a whole tile at once.
+
+    Notes
+    -----
+    For models that record fixed-point solves (``solve_stats``, e.g. :class:`~xr_unmix.DEQUnmix`) and
+    a numpy-backed cube (computed at once), the stats of this call are copied into the result's attrs
+    (``solver_n_solves``, ``solver_n_unconverged``, ``solver_max_residual``, ``solver_max_iterations``)
+    and the model's ``solve_stats`` are reset first. For a lazy result they accumulate on the model as
+    the tiles are computed (local threads), and every non-converged solve warns.
     """
     m = _resolve_model(model, expected)
     data, facts = prepare_cube(cube, np.float32)
     m.check_bands(facts.n_bands)
+    if batch_size is not None:
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not getattr(m, "pixelwise", False):
+            raise ValueError(f"batch_size is for pixel-wise models; {type(m).__name__} sees "
+                             "neighbourhoods (set the tile size through the cube's chunks)")
     m.eval()
     h = m.halo if halo is None else int(halo)
-    out = map_tiles(data, ModelKernel(m, device, np.dtype(np.float32)), m.n_endmembers, halo=h)
+    if h < 0:
+        raise ValueError(f"halo must be >= 0, got {h}")
+    eager = not hasattr(data, "dask")
+    track = eager and hasattr(m, "solve_stats") and hasattr(m, "reset_solve_stats")
+    if track:
+        m.reset_solve_stats()
+    kernel = ModelKernel(m, device, np.dtype(np.float32), batch_size=batch_size)
+    out = map_tiles(data, kernel, m.n_endmembers, halo=h,
+                    blend=bool(getattr(m, "blend_tiles", False)))
     attrs = {"method": method or type(m).__name__, "model": type(m).__name__, "halo": h,
              **{f"model_{k}": v for k, v in m.config.items() if isinstance(v, int | float | str | bool)}}
+    if batch_size is not None:
+        attrs["batch_size"] = int(batch_size)
+    if track:
+        attrs.update({f"solver_{k}": (float(v) if isinstance(v, float) else int(v))
+                      for k, v in dict(m.solve_stats).items()
+                      if k in ("n_solves", "n_unconverged", "max_residual", "max_iterations")})
     if isinstance(model, str | os.PathLike):
         attrs["model_path"] = str(model)
     return finish(out, cube, m.endmember_names, attrs, facts=facts)
 
 
-def admm(cube: xr.DataArray, model: ModelLike, *, device: str = "cpu") -> xr.DataArray:
-    """Unmix with a trained :class:`xr_unmix.UADMMNet` (or a path to one). Pixel-wise: no halo."""
+def admm(cube: xr.DataArray, model: ModelLike, *, device: str = "cpu",
+         batch_size: int | None = None) -> xr.DataArray:
+    """Unmix with a trained :class:`xr_unmix.UADMMNet` (or a path to one). Pixel-wise: no halo.
+
+    ``batch_size`` pixels per forward pass (default: a whole tile); see :func:`apply_model`.
+    """
     from .models.uadmm import UADMMNet
 
-    return apply_model(cube, model, expected=UADMMNet, device=device, method="admm")
+    return apply_model(cube, model, expected=UADMMNet, device=device, method="admm",
+                       batch_size=batch_size)
 
 
-def deq(cube: xr.DataArray, model: ModelLike, *, device: str = "cpu",
-        halo: int | None = None) -> xr.DataArray:
-    """Unmix with a trained :class:`xr_unmix.DEQUnmix` (or a path to one), tiles overlapping by ``halo``."""
+def deq(cube: xr.DataArray, model: ModelLike, *, device: str = "cpu", halo: int | None = None,
+        return_endmembers: bool = False) -> xr.DataArray | tuple[xr.DataArray, xr.DataArray]:
+    """Unmix with a trained :class:`xr_unmix.DEQUnmix` (or a path to one), tiles overlapping by ``halo``.
+
+    Overlapping tiles are blended (the model's ``blend_tiles``), not cropped: a DEQ's receptive field
+    grows with every iteration. Default halo: the model's ``halo`` (measured; see docs/deq.md).
+
+    With ``return_endmembers=True`` returns ``(abundances, endmembers)``: the model's (possibly
+    refined) endmembers as a DataArray ``(band, endmember)`` carrying the cube's band coordinates
+    (``band``, ``wavelength``).
+    """
     from .models.deq import DEQUnmix
 
-    return apply_model(cube, model, expected=DEQUnmix, device=device, halo=halo, method="deq")
+    m = _resolve_model(model, DEQUnmix)
+    out = apply_model(cube, m, expected=DEQUnmix, device=device, halo=halo, method="deq")
+    if isinstance(model, str | os.PathLike):
+        out.attrs["model_path"] = str(model)
+    if not return_endmembers:
+        return out
+    E = m.endmembers
+    band_coords = {k: v for k, v in cube.coords.items() if v.dims == ("band",)}
+    E = E.drop_vars([c for c in E.coords if c != "endmember"]).assign_coords(band_coords)
+    return out, E

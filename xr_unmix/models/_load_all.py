@@ -1,7 +1,3 @@
 """Import every model module so that their classes register for :func:`load_model`."""
 
-import contextlib
-
-for _name in ("uadmm", "deq"):
-    with contextlib.suppress(ModuleNotFoundError):
-        __import__(f"{__package__}.{_name}")
+from . import deq, uadmm  # noqa: F401  (registration is the import's side effect)

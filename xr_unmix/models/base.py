@@ -185,9 +185,14 @@ def load_model(path: str | os.PathLike[str], *, map_location: str = "cpu") -> Un
             raise KeyError("format")
         cls_name = meta["class"]
         config = dict(meta["config"])
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # JSONDecodeError is a ValueError
         raise ModelFileError(f"{path} is a safetensors file but not an xr_unmix model") from exc
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+    try:
+        version = int(meta.get("format_version", 0))
+    except (TypeError, ValueError) as exc:
+        raise ModelFileError(f"{path}: format_version {meta.get('format_version')!r} is not a "
+                             "number (tampered file?)") from exc
+    if version > FORMAT_VERSION:
         raise ModelFileError(f"{path} uses model format {meta['format_version']}; "
                              f"this xr_unmix reads up to {FORMAT_VERSION}: upgrade xr_unmix")
     cls = _REGISTRY.get(cls_name)
