@@ -6,7 +6,7 @@ PIP     = $(PY) -m pip
 # The CPU wheel of torch: pinned here (not in pyproject) so a fresh machine never pulls a CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test bench scenes clean
+.PHONY: install demo test bench bench-scale scenes clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ scenes: install
 
 bench: install
 	$(PY) recipes/bench_sunsal.py
+
+bench-scale: install  # writes multi-GB scratch GeoTIFFs under a temporary folder
+	$(PY) recipes/bench_scale.py
 
 clean:
 	rm -rf $(VENV) out
