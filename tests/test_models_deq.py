@@ -206,3 +206,79 @@ def test_bad_arguments(scene) -> None:
     m = DEQUnmix.from_endmembers(E)
     with pytest.raises(ValueError, match="bands"):
         m(torch.zeros(1, 20, 4))
+
+
+def _tiny(seed: int = 0, n_bands: int = 10, r: int = 3, h: int = 4, w: int = 5, interior: bool = True):
+    rng = np.random.default_rng(seed)
+    E = rng.uniform(0.1, 1.0, (n_bands, r))
+    alpha = np.full(r, 5.0 if interior else 0.3)
+    A = rng.dirichlet(alpha, size=(h, w)).transpose(2, 0, 1)
+    Y = np.einsum("br,ryx->byx", E, A) + rng.normal(0, 0.002 if interior else 0.05, (n_bands, h, w))
+    return E, torch.as_tensor(Y)[None]
+
+
+def test_jacobian_tools_match_the_exact_jacobian() -> None:
+    E, Y = _tiny(1)
+    m = _perturb(DEQUnmix.from_endmembers(E, seed=0, hidden=4), 0.05).double()
+    with torch.no_grad():
+        A = m(Y, max_iter=300, tol=1e-10, warn=False)
+    f = m._map(Y, m.endmember_matrix())
+    J = torch.autograd.functional.jacobian(f, A).reshape(A.numel(), A.numel())
+    rho = float(torch.linalg.eigvals(J).abs().max())
+    assert abs(m.spectral_radius(Y, A, iters=300) - rho) < 2e-2 * rho
+    frob = float((J ** 2).sum()) / A.numel()
+    g = torch.Generator().manual_seed(0)
+    est = float(m.jacobian_penalty(Y, A, n_samples=400, generator=g).detach())
+    assert abs(est - frob) < 0.1 * frob, (est, frob)
+    # differentiable in the parameters
+    m.jacobian_penalty(Y, A, generator=g).backward()
+    assert float(m.cnn.convs[-1].weight.grad.abs().sum()) > 0
+
+
+def test_preconditioned_operator() -> None:
+    E, Y = _tiny(2)  # abundances well inside the simplex: FCLS is an interior (KKT) point
+    pgd = DEQUnmix.from_endmembers(E, seed=0).double()
+    pre = DEQUnmix.from_endmembers(E, seed=0, precondition=1e-3).double()
+    K = pre.step_matrix()
+    torch.testing.assert_close(K.sum(0), torch.zeros(3, dtype=K.dtype), atol=1e-9, rtol=0)  # K 1 = 0
+    A0 = torch.full((1, 3, 4, 5), 1 / 3, dtype=torch.float64)
+    with torch.no_grad():
+        a_pgd = pgd(Y, A0=A0, max_iter=5000, tol=1e-10, warn=False, solver="plain")
+        n_pgd = pgd.last_info.n_iter
+        a_pre = pre(Y, A0=A0, max_iter=5000, tol=1e-10, warn=False, solver="plain")
+        n_pre = pre.last_info.n_iter
+        out = pre.operator(torch.rand(1, 3, 4, 5, dtype=torch.float64), Y)
+    assert float(out.min()) >= 0 and torch.allclose(out.sum(1), torch.ones(1, 4, 5, dtype=out.dtype))
+    assert float(a_pgd.min()) > 0.01  # interior solution
+    torch.testing.assert_close(a_pre, a_pgd, atol=1e-5, rtol=0)  # same equilibrium (FCLS) ...
+    assert n_pre < n_pgd / 3  # ... reached in far fewer iterations
+    assert pre.spectral_radius(Y, a_pre) < 0.5 * pgd.spectral_radius(Y, a_pgd)
+    with pytest.raises(ValueError, match="precondition"):
+        DEQUnmix.from_endmembers(E, precondition=-1.0)
+
+
+def test_y_linear_starts_as_pgd_and_learns(scene, tmp_path) -> None:
+    cube, E, truth = scene
+    m = DEQUnmix.from_endmembers(E, seed=0, hidden=8, y_linear=True, precondition=1e-3)
+    base = DEQUnmix.from_endmembers(E, seed=0, hidden=8, precondition=1e-3)
+    Y = torch.as_tensor(cube.values)[None]
+    A = torch.rand(1, 3, 24, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(m.operator(A, Y), base.operator(A, Y))  # V = 0 at the start
+    # labels that are not the least-squares abundances: a fixed mixing of the truth
+    T = truth.values[[1, 2, 0]] * 0.5 + truth.values * 0.5
+    Yp, Ap = cube.values.reshape(20, -1).T[:200], T.reshape(3, -1).T[:200]
+    h = m.fit(Yp, Ap, epochs=15, batch_size=50, lr=1e-2, seed=0, progress=False)
+    assert h["best_loss"] < 0.7 * h["loss"][0]
+    assert float(m.V.detach().abs().max()) > 0
+    back = load_model(m.save(tmp_path / "deq_v.safetensors"))
+    with torch.no_grad():
+        torch.testing.assert_close(back(torch.as_tensor(Yp[:10])), m(torch.as_tensor(Yp[:10])))
+
+
+def test_fit_scene_jacobian_regulariser_records_penalty(scene) -> None:
+    cube, E, _ = scene
+    m = DEQUnmix.from_endmembers(E, seed=0, hidden=8, precondition=1e-3)
+    h = m.fit_scene(cube, epochs=4, seed=0, jac_reg=0.5, progress=False)
+    assert len(h["jacobian"]) == 4 and np.isfinite(h["jacobian"]).all()
+    assert h["best_loss"] <= h["initial_loss"]
