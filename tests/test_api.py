@@ -109,7 +109,8 @@ def test_nan_endmembers_rejected(scene):
 def test_input_attrs_do_not_leak(scene):
     cube, E, _ = scene
     c = cube.assign_attrs(long_name=tuple(f"b{i}" for i in range(30)), scale_factor=1e-4)
-    ab = c.unmix.fcls(E)
+    with pytest.warns(UserWarning, match="scale_factor"):
+        ab = c.unmix.fcls(E)
     assert "long_name" not in ab.attrs and "scale_factor" not in ab.attrs
 
 
@@ -166,3 +167,17 @@ def test_deq_return_endmembers(scene):
     assert list(Em.endmember.values) == list(ab.endmember.values)
     np.testing.assert_allclose(Em.wavelength.values, cube.wavelength.values)
     np.testing.assert_allclose(Em.values, E.values, rtol=1e-5)
+
+
+def test_stored_integers_against_reflectance_endmembers_warn(scene):
+    """uint16 x 10000 with 0-1 spectra would give abundances off by the scale: say so."""
+    cube, E, _ = scene
+    ints = (cube * 10000).round().astype("uint16")
+    with pytest.warns(UserWarning, match="uint16"):
+        ints.unmix.fcls(E)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ints.unmix.fcls(E * 10000)  # same units: no warning
+        (ints * 1e-4).unmix.fcls(E)

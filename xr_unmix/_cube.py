@@ -90,6 +90,37 @@ def prepare_cube(cube: xr.DataArray, dtype: Any = np.float32) -> tuple[Any, Cube
     return data, facts
 
 
+def check_units(cube: xr.DataArray, endmembers: np.ndarray) -> None:
+    """Warn when the cube looks like stored integers while the endmembers are reflectance (0-1).
+
+    Cheap (dtype and attrs only, nothing is computed). Two signs: an integer cube, or ``scale_factor``
+    / ``add_offset`` attrs that say the values were not decoded (rioxarray without
+    ``mask_and_scale=True``) -- each with endmembers no larger than 2. Abundances from such a pair are
+    off by the scale (e.g. x10000) and their constraints hide it.
+    """
+    import warnings
+
+    if endmembers.size == 0 or float(np.nanmax(np.abs(endmembers))) > 2.0:
+        return
+    scale = cube.attrs.get("scale_factor", 1.0)
+    offset = cube.attrs.get("add_offset", 0.0)
+    try:
+        undecoded = float(scale) != 1.0 or float(offset) != 0.0
+    except (TypeError, ValueError):
+        undecoded = False
+    if undecoded:
+        why = (f"the cube's attrs carry scale_factor={scale}, add_offset={offset}: its values are "
+               "stored numbers, not decoded")
+    elif np.issubdtype(cube.dtype, np.integer):
+        why = f"the cube is {cube.dtype} (stored integers, e.g. reflectance x 10000)"
+    else:
+        return
+    warnings.warn(
+        f"{why}, while the endmembers are at most 2 (reflectance 0-1): the abundances would be off by "
+        "the scale factor. Open the cube with xr_unmix.open_cube or rioxarray.open_rasterio(..., "
+        "mask_and_scale=True), or put the endmembers in the cube's units.", UserWarning, stacklevel=3)
+
+
 def _where(cond: Any, a: Any, b: Any) -> Any:
     if hasattr(b, "dask"):
         import dask.array as da

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ._cube import as_endmembers, finish, prepare_cube
+from ._cube import as_endmembers, check_units, finish, prepare_cube
 from ._workers import ModelKernel
 from .tiling import map_tiles
 
@@ -84,6 +84,7 @@ def sunsal(
     np_dtype = _np_dtype(dtype)
     data, facts = prepare_cube(cube, np_dtype)
     E = as_endmembers(endmembers, facts.n_bands)
+    check_units(cube, E.values)
     params = dict(lam=float(lam), anc=bool(anc), asc=bool(asc), max_iter=int(max_iter), tol=float(tol),
                   mu=mu, adaptive_mu=bool(adaptive_mu), device=device, dtype=np_dtype.name)
     kernel = _SunsalKernel(E.values.astype(np_dtype), params)
@@ -166,6 +167,7 @@ def apply_model(
     m = _resolve_model(model, expected)
     data, facts = prepare_cube(cube, np.float32)
     m.check_bands(facts.n_bands)
+    check_units(cube, m.endmembers.values)
     if batch_size is not None:
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
