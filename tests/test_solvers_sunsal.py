@@ -236,3 +236,33 @@ def test_polished_equals_plain_admm(anc: bool, asc: bool, lam: float) -> None:
         assert torch.allclose(a.sum(0), torch.ones(a.shape[1], dtype=a.dtype))
     if anc:
         assert (a >= 0).all()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_non_finite_pixels_come_out_nan(dtype: str) -> None:
+    """A pixel with NaN/inf in any band is NaN in every output row; the others are as without it."""
+    Y, E = _problem(13, n=200, outside=0.2)
+    Yb = Y.astype(np.float32).copy()
+    Yb[3, 5] = np.nan
+    Yb[0, 17] = np.inf
+    Yb[:, 40] = np.nan
+    bad = np.zeros(200, bool)
+    bad[[5, 17, 40]] = True
+    x, info = sunsal_solve(Yb, E, dtype=dtype, return_info=True)
+    ref = sunsal_solve(Yb[:, ~bad], E, dtype=dtype)
+    assert torch.isnan(x[:, bad]).all() and not torch.isnan(x[:, ~bad]).any()
+    assert torch.allclose(x[:, ~bad], ref, atol=1e-6 if dtype == "float32" else 1e-12)
+    assert info.converged_fraction == 1.0
+    allnan = sunsal_solve(np.full((40, 3), np.nan, np.float32), E, dtype=dtype)
+    assert allnan.shape == (4, 3) and torch.isnan(allnan).all()
+    # the same through torch input
+    xt = sunsal_solve(torch.from_numpy(Yb), E, dtype=dtype)
+    assert torch.isnan(xt[:, bad]).all() and torch.allclose(xt[:, ~bad], ref, atol=1e-5)
+
+
+def test_polished_before_iterating() -> None:
+    """FCLS pixels are mostly solved by the active-set polish before any ADMM iteration."""
+    Y, E = _problem(14, n=2000, outside=0.1)
+    x, info = sunsal_solve(Y, E, dtype="float64", return_info=True)
+    assert info.polished_fraction > 0.95 and info.mean_iterations < 1.0
+    assert _rmse(x, _fcls_enum(Y, E)) < 1e-9

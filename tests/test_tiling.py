@@ -154,3 +154,57 @@ def test_negative_halo_rejected(cube: np.ndarray) -> None:
 def test_wrong_kernel_shape_is_an_error(cube: np.ndarray) -> None:
     with pytest.raises(RuntimeError, match="kernel returned shape"):
         map_tiles(cube, lambda b: b, 2)
+
+
+def test_invalid_pixels_matches_isfinite() -> None:
+    from xr_unmix.tiling import invalid_pixels
+
+    rng = np.random.default_rng(3)
+    block = rng.random((30, 16, 20)).astype(np.float32)
+    assert invalid_pixels(block) is None
+    block[3, 2, 5] = np.nan
+    block[0, 7, 1] = np.inf
+    block[29, 15, 19] = -np.inf
+    block[:, 9, 9] = 3e37  # finite, but its band sum overflows float32: still a valid pixel
+    ref = ~np.isfinite(block).all(0)
+    got = invalid_pixels(block)
+    assert got is not None and np.array_equal(got, ref)
+    assert invalid_pixels(np.ones((3, 2, 2), np.int32)) is None  # integers: all valid
+    with np.errstate(over="ignore"):
+        b16 = block.astype(np.float16)  # 3e37 -> inf
+    assert np.array_equal(invalid_pixels(b16), ~np.isfinite(b16).all(0))
+
+
+def test_masked_kernel_does_not_touch_input_and_fills_zero() -> None:
+    from xr_unmix.tiling import masked_kernel
+
+    block = np.ones((4, 3, 3), dtype=np.float32)
+    block[2, 1, 1] = np.nan
+    before = block.copy()
+    seen = {}
+
+    def kernel(b: np.ndarray) -> np.ndarray:
+        seen["b"] = b.copy()
+        return b[:2]
+
+    out = masked_kernel(block, kernel, 2, np.float32)
+    np.testing.assert_array_equal(block, before)  # the input (maybe a shared Dask chunk) is unchanged
+    assert np.isfinite(seen["b"]).all() and (seen["b"][:, 1, 1] == 0).all()
+    assert np.isnan(out[:, 1, 1]).all() and (np.delete(out.reshape(2, -1), 4, axis=1) == 1).all()
+
+
+def test_kernel_that_handles_nan_gets_the_raw_block(cube: np.ndarray) -> None:
+    class K:
+        handles_nan = True
+        calls = 0
+
+        def __call__(self, b: np.ndarray) -> np.ndarray:
+            K.calls += 1
+            return b[:2] * 2  # NaN in, NaN out by itself
+
+    c = cube.copy()
+    c[:, :8, :8] = np.nan  # an all-invalid tile: still handed to the kernel
+    c[1, 20, 20] = np.nan
+    out = map_tiles(da.from_array(c, chunks=(-1, 8, 8)), K(), 2).compute()
+    assert K.calls == -(-c.shape[1] // 8) * -(-c.shape[2] // 8)
+    assert np.isnan(out[:, :8, :8]).all() and np.isnan(out[1, 20, 20]) and not np.isnan(out[0, 20, 20])

@@ -21,31 +21,126 @@ Two ways of stitching the overlapping tiles back:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 Kernel = Callable[[np.ndarray], np.ndarray]
 
+_BLAS_LOCAL: object = None  # numpy's OpenBLAS ``openblas_set_num_threads_local``, once looked up
+
+
+def _blas_local_fn() -> object:
+    global _BLAS_LOCAL
+    if _BLAS_LOCAL is None:
+        fn: object = False
+        try:
+            import ctypes
+            import glob
+            import os
+
+            libdir = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
+            for lib in sorted(glob.glob(os.path.join(libdir, "lib*openblas*.so*"))):
+                try:
+                    f = ctypes.CDLL(lib).openblas_set_num_threads_local
+                except (OSError, AttributeError):
+                    continue
+                f.restype, f.argtypes = ctypes.c_int, [ctypes.c_int]
+                fn = f
+                break
+        except Exception:  # noqa: BLE001  (an optimisation only)
+            fn = False
+        _BLAS_LOCAL = fn
+    return _BLAS_LOCAL
+
+
+@contextmanager
+def blas_threads(n: int | None) -> Iterator[None]:
+    """numpy's BLAS on ``n`` threads for the calling thread only, inside the block.
+
+    Uses OpenBLAS's thread-local ``openblas_set_num_threads_local`` (OpenBLAS >= 0.3.27, as bundled with
+    numpy 2); a no-op where numpy's BLAS lacks it, or with ``n=None``. Inside Dask tasks the scheduler
+    already keeps the cores busy: OpenBLAS's own threads on top of it only spin (measured: a 5 x 200 by
+    200 x 65536 float32 product cost 14 ms of CPU with numpy's default 2 threads, 6.6 ms with 1).
+    """
+    fn = _blas_local_fn() if n else False
+    if not fn:
+        yield
+        return
+    prev = fn(int(n))  # type: ignore[operator]
+    try:
+        yield
+    finally:
+        fn(prev)  # type: ignore[operator]
+
+
+def invalid_pixels(block: np.ndarray) -> np.ndarray | None:
+    """Boolean ``(h, w)`` map of the pixels with a NaN or inf in any band, or ``None`` if there is none.
+
+    One pass over the block: a per-pixel sum over the bands (a BLAS product with a vector of ones) is
+    non-finite wherever a band is (NaN and inf propagate); only the pixels it flags are checked band by
+    band, so a finite pixel whose sum overflows is not taken for an invalid one. About 3x cheaper than
+    ``~np.isfinite(block).all(axis=0)``, which materialises a boolean copy of the whole block.
+    """
+    b = block.shape[0]
+    flat = block.reshape(b, -1)
+    if flat.dtype.kind != "f":
+        return None
+    if b == 0 or flat.shape[1] == 0:
+        return None
+    with np.errstate(over="ignore", invalid="ignore"):
+        if flat.dtype.itemsize >= 4:
+            with blas_threads(1 if threading.current_thread() is not threading.main_thread() else None):
+                s = np.ones(b, dtype=flat.dtype) @ flat
+        else:
+            s = flat.sum(axis=0, dtype=np.float32)
+    cand = ~np.isfinite(s)
+    if not cand.any():
+        return None
+    idx = np.flatnonzero(cand)
+    bad = ~np.isfinite(flat[:, idx]).all(axis=0)
+    if not bad.all():
+        cand[idx[~bad]] = False
+        if not cand.any():
+            return None
+    return cand.reshape(block.shape[1:])
+
 
 def masked_kernel(block: np.ndarray, kernel: Kernel, n_out: int, dtype: Any) -> np.ndarray:
     """Apply ``kernel`` to ``block`` ``(bands, h, w)`` with NaN-in, NaN-out per pixel.
 
-    Invalid pixels are filled with 0 before the kernel runs (so one bad pixel cannot poison a solve
-    that mixes pixels) and set to NaN afterwards. A block with no valid pixel returns all-NaN without
-    calling the kernel.
+    Invalid pixels (NaN or inf in any band) are filled with 0 before the kernel runs (so one bad pixel
+    cannot poison a solve that mixes pixels) and set to NaN afterwards. A block with no valid pixel
+    returns all-NaN without calling the kernel.
+
+    A kernel with a true ``handles_nan`` attribute takes the block as it is, invalid pixels included,
+    and must return NaN for them itself (a pixel-wise solver can find them in its own data term at no
+    extra cost): no mask pass and no filled copy of the block here.
     """
-    valid = np.isfinite(block).all(axis=0)
     h, w = block.shape[1:]
-    if not valid.any():
-        return np.full((n_out, h, w), np.nan, dtype=dtype)
-    filled = block if valid.all() else np.where(valid[None], block, 0).astype(block.dtype)
+    if getattr(kernel, "handles_nan", False):
+        out = np.asarray(kernel(block), dtype=dtype)
+        if out.shape != (n_out, h, w):
+            raise RuntimeError(f"kernel returned shape {out.shape}, expected {(n_out, h, w)}")
+        return out
+    invalid = invalid_pixels(block)
+    if invalid is None:
+        filled = block
+    else:
+        if invalid.all():
+            return np.full((n_out, h, w), np.nan, dtype=dtype)
+        filled = block.copy()  # the input may be shared (a Dask chunk, the caller's array): never in place
+        filled.reshape(block.shape[0], -1)[:, invalid.ravel()] = 0
     out = np.asarray(kernel(filled), dtype=dtype)
     if out.shape != (n_out, h, w):
         raise RuntimeError(f"kernel returned shape {out.shape}, expected {(n_out, h, w)}")
-    if not valid.all():
-        out = np.where(valid[None], out, np.nan).astype(dtype, copy=False)
+    if invalid is not None:
+        if not out.flags.writeable:
+            out = out.copy()
+        out[:, invalid] = np.nan
     return out
 
 

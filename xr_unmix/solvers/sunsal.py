@@ -50,12 +50,14 @@ import numpy as np
 import torch
 
 from ..errors import ConvergenceWarning
+from ..tiling import blas_threads
 
 ArrayLike = np.ndarray | torch.Tensor
 
 _CHECK_EVERY = 10  # iterations between residual checks and mu updates (as the reference code)
 _POLISH_EVERY = 3  # iterations between polishing attempts (measured: 2-5 all fine, 10 slower)
-_MAX_POLISH_GROUPS = 64  # at most this many distinct supports are polished per check
+_MAX_POLISH_GROUPS = 64  # at most this many distinct supports are polished per check (large R only)
+_TABLE_MAX_CODES = 4096  # up to this many support codes (base^R): a direct table instead of unique()
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,15 @@ class _Polisher:
         self.base = 2 if anc else 3
         self.pow = (self.base ** torch.arange(R, device=dev)).unsqueeze(1)  # (R, 1)
         self.n_par = R * R + 4 * R + 2  # M, c, shift, a, support, c_nu, valid
+        # Small problems (base^R codes, e.g. 32 for FCLS with 5 endmembers): one (n_par, base^R) table
+        # indexed by the code itself, its columns filled on first use, gathered with index_select.
+        n_codes = self.base ** R
+        self.table: torch.Tensor | None = None
+        if n_codes <= _TABLE_MAX_CODES:
+            self.table = torch.zeros((self.n_par, n_codes), dtype=dtype, device=dev)
+            self.filled = torch.zeros(n_codes, dtype=torch.bool)
+            self.powf = (self.base ** torch.arange(R, device=dev)).to(dtype).unsqueeze(0)  # (1, R)
+            self.lock = threading.Lock()
 
     def _column(self, code: int) -> torch.Tensor:
         """Parameter column (n_par,) of the support/sign pattern ``code``; ``valid = 0`` if unusable."""
@@ -194,10 +205,23 @@ class _Polisher:
         col[-1] = 1.0
         return col.to(self.dtype)
 
-    def _solve(self, b: torch.Tensor, pattern: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                       torch.Tensor]:
-        """Exact solve on the support/signs of ``pattern`` (R, m). Returns x, ok, g (KKT gradient), tol."""
-        R, m = b.shape
+    def _params(self, pattern: torch.Tensor) -> torch.Tensor:
+        """Parameter columns (n_par, m) for the support/sign patterns of ``pattern`` (R, m)."""
+        R, m = pattern.shape
+        if self.table is not None:
+            ind = (pattern > 0).to(self.dtype)
+            if not self.anc:
+                ind += 2 * (pattern < 0).to(self.dtype)
+            code = (self.powf @ ind)[0].to(torch.int64)  # exact: codes < 2^24
+            seen = torch.bincount(code, minlength=self.table.shape[1]).cpu() > 0
+            new = (seen & ~self.filled).nonzero()[:, 0].tolist()
+            if new:
+                with self.lock:
+                    for c in new:
+                        if not bool(self.filled[c]):
+                            self.table[:, c] = self._column(c)
+                            self.filled[c] = True
+            return self.table.index_select(1, code)
         if self.anc:
             code = ((pattern > 0).to(torch.int64) * self.pow).sum(0)
         else:
@@ -210,12 +234,22 @@ class _Polisher:
         cols = []
         for i, c in enumerate(cl):
             if keep is not None and i not in keep:
-                cols.append(torch.zeros(self.n_par, dtype=self.dtype, device=b.device))
+                cols.append(torch.zeros(self.n_par, dtype=self.dtype, device=pattern.device))
                 continue
             if c not in self.cache:
                 self.cache[c] = self._column(c)
             cols.append(self.cache[c])
-        P = torch.stack(cols, 1)[:, inv]  # (n_par, m)
+        return torch.stack(cols, 1).index_select(1, inv)  # (n_par, m)
+
+    def _solve(self, b: torch.Tensor, pattern: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                       torch.Tensor]:
+        """Exact solve on the support/signs of ``pattern`` (R, m). Returns x, ok, g (KKT gradient), tol.
+
+        Masks are applied by multiplying with 0/1 floats rather than ``torch.where`` (several times faster
+        on CPU here); every quantity involved is finite (an unusable support has M = 0, c = 0).
+        """
+        R, m = b.shape
+        P = self._params(pattern)
         RR = R * R
         q = b + P[RR + R: RR + 2 * R] if self.lam else b
         x = P[RR: RR + R].clone()
@@ -228,18 +262,21 @@ class _Polisher:
         if self.asc:
             g += (P[RR + 2 * R: RR + 3 * R] * q).sum(0) + P[-2]
         tol = (16 * self.eps) * (1.0 + b.abs().amax(0) + self.lam)
-        on = P[RR + 3 * R: RR + 4 * R] > 0  # the solved support
+        on = P[RR + 3 * R: RR + 4 * R]  # the solved support, 0/1
+        off = 1.0 - on
+        x = x * on
         if self.anc:
-            ok_x = (torch.where(on, x, 0) >= -tol).all(0)
-            ok_g = torch.where(on, True, g + self.lam >= -tol).all(0)
+            sg = on
+            ok_x = x.amin(0) >= -tol
+            ok_g = ((g + self.lam) * off).amin(0) >= -tol
         else:
-            ok_x = (torch.where(on, x * pattern.sign(), 0) >= -tol).all(0)
-            ok_g = torch.where(on, True, g.abs() <= self.lam + tol).all(0)
+            sg = torch.sign(pattern) * on
+            ok_x = (x * sg).amin(0) >= -tol
+            ok_g = ((g.abs() - self.lam) * off).amax(0) <= tol
         # the support equations themselves (guards against an ill-conditioned solve)
-        sg = torch.sign(pattern) if not self.anc else torch.ones_like(x)
-        res_on = torch.where(on, (g + self.lam * sg).abs(), 0).amax(0)
+        res_on = ((g + self.lam * sg).abs() * on).amax(0)
         ok = valid & ok_x & ok_g & (res_on <= 64 * tol)
-        return torch.where(on, x, 0), ok, g, tol
+        return x, ok, g, tol
 
     def __call__(self, b: torch.Tensor, z: torch.Tensor, rounds: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
         """Polish every column. b, z: (R, m). Returns (x (R, m), ok (m,) bool).
@@ -405,6 +442,40 @@ def sunsal_solve(
     tol_p = tol * math.sqrt(R) * min(1.0, max(cond_scale, 1e-6))
     thr = lam_n  # soft threshold is lam_n / mu per pixel
 
+    # The data term E_n^T y_n of every pixel, once, (R, N). A numpy float input goes through numpy's BLAS
+    # in one product over the whole block (batch-by-batch products of column slices cost twice as
+    # much), single-threaded inside Dask tasks (OpenBLAS's own threads on top of Dask's doubled the CPU
+    # time of this memory-bound product); other inputs through torch, batch by batch.
+    np_dt = {torch.float32: np.float32, torch.float64: np.float64}.get(dtype)
+    if Ynp is not None and Et.device.type == "cpu" and np_dt is not None:
+        Eb = EbT_np.astype(np_dt)
+        with blas_threads(1 if threading.current_thread() is not threading.main_thread() else None), \
+                np.errstate(over="ignore", invalid="ignore"):
+            if Ynp.dtype == np_dt:
+                b_np = Eb @ Ynp
+            else:  # convert batch by batch: no full-size copy of Y
+                b_np = np.empty((R, N), dtype=np_dt)
+                for s0 in range(0, N, batch_pixels):
+                    b_np[:, s0:s0 + batch_pixels] = Eb @ Ynp[:, s0:s0 + batch_pixels].astype(np_dt)
+        finite = torch.from_numpy(np.isfinite(b_np).all(0))
+        b_all = torch.from_numpy(b_np)
+    else:
+        parts_b = []
+        for s0 in range(0, N, batch_pixels):
+            src = Yt[:, s0:s0 + batch_pixels] if Ynp is None else torch.as_tensor(
+                np.ascontiguousarray(Ynp[:, s0:s0 + batch_pixels]), device=device)
+            parts_b.append(EbT @ src.to(dtype))
+        b_all = torch.cat(parts_b, 1) if parts_b else torch.empty((R, 0), dtype=dtype, device=Et.device)
+        finite = torch.isfinite(b_all).all(0)
+    # Pixels with a NaN or inf in any band have a non-finite data term: they come out NaN, unsolved.
+    sel: torch.Tensor | None = None
+    if not bool(finite.all()):
+        sel = finite.nonzero()[:, 0].to(Et.device)
+        b_all = b_all.index_select(1, sel)
+        if x0 is not None:
+            x0t = x0t.index_select(1, sel)
+    N_all, N = N, b_all.shape[1]  # from here on, N counts the pixels solved
+
     out = torch.empty((R, N), dtype=dtype, device=Et.device)
     stats = {"n_conv": 0, "n_pol": 0, "total_it": 0.0, "worst": 0.0, "max_used": 0}
 
@@ -455,8 +526,8 @@ def sunsal_solve(
             is_pol = polisher is not None and it % _POLISH_EVERY == 0 and (
                 it <= 4 * _CHECK_EVERY or it % _CHECK_EVERY == 0)
             if is_res:
-                rp = (d - d_new).norm(dim=0)  # ||x - z_new||
-                rd = mu_p[0] * (z_new - z).norm(dim=0)
+                rp = (d - d_new).square_().sum(0).sqrt_()  # ||x - z_new||
+                rd = mu_p[0] * (z_new - z).square_().sum(0).sqrt_()
                 rp_last = rp
             z, d = z_new, d_new
             if not (is_res or is_pol):
@@ -510,17 +581,27 @@ def sunsal_solve(
 
     def phase1(start: int) -> dict[str, torch.Tensor] | None:
         stop = min(N, start + batch_pixels)
-        if Ynp is not None and Et.device.type == "cpu" and dtype in (torch.float32, torch.float64):
-            # numpy converts and multiplies several times faster than torch's dtype-converting copy here
-            np_dt = np.dtype(str(dtype).replace("torch.", ""))
-            b = torch.from_numpy(EbT_np.astype(np_dt) @ Ynp[:, start:stop].astype(np_dt, copy=False))
-        else:
-            src = Yt[:, start:stop] if Ynp is None else torch.as_tensor(np.ascontiguousarray(Ynp[:, start:stop]),
-                                                                        device=device)
-            b = EbT @ src.to(dtype)  # (R, n)
+        b = b_all[:, start:stop].contiguous()
         n = b.shape[1]
+        idx = torch.arange(start, stop, device=Et.device)
         z0 = x0t[:, start:stop].clone() if x0 is not None else torch.zeros((R, n), dtype=dtype, device=Et.device)
-        st = {"idx": torch.arange(start, stop, device=Et.device), "z": z0, "d": torch.zeros_like(z0), "x": z0,
+        if polisher is not None:
+            # Polish before the first iteration, from the support of x0 (default: every endmember; the
+            # active-set corrections then drop the wrong-sign entries): most pixels end here, exactly.
+            xp, okp = polisher(b, z0 if x0 is not None else torch.ones_like(b))
+            k = int(okp.sum())
+            with lock:
+                stats["n_pol"] += k
+                stats["n_conv"] += k
+            if k == n:
+                out[:, start:stop] = xp
+                return None
+            if k:
+                out[:, idx[okp]] = xp[:, okp]
+                keep = ~okp
+                idx, b, z0 = idx[keep], b[:, keep], z0[:, keep]
+                n = n - k
+        st = {"idx": idx, "z": z0, "d": torch.zeros_like(z0), "x": z0,
               "mu": torch.full((1, n), mu0, dtype=dtype, device=Et.device), "b": b,
               "rp": torch.zeros(n, dtype=dtype, device=Et.device)}
         iterate(st, 0, head)
@@ -561,6 +642,10 @@ def sunsal_solve(
             ConvergenceWarning,
             stacklevel=2,
         )
+    if sel is not None:  # back to all pixels, NaN where the input was not finite
+        full = torch.full((R, N_all), float("nan"), dtype=dtype, device=Et.device)
+        full[:, sel] = out
+        out = full
     return (out, info) if return_info else out
 
 
