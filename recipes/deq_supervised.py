@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-LR = float(__import__("os").environ.get("DEQ_SUP_LR", 1e-3))
-YF = int(__import__("os").environ.get("DEQ_SUP_YF", 8))
+# DEQ-Unmix settings (command-line overridable); see the module docstring
+PRECONDITION, Y_LINEAR, Y_FEATURES, USE_CNN, LR, WEIGHT_DECAY = 1e-3, 1, 0, 1, 1e-3, 1e-4
 sys.path.insert(0, str(HERE))
 
 
-def one_seed(seed: int, epochs: int, n_train: int) -> dict:
+def one_seed(seed: int, epochs: int, n_train: int, opts: dict) -> dict:
     import torch
 
     from _deq_common import jasper, setup
@@ -66,9 +66,11 @@ def one_seed(seed: int, epochs: int, n_train: int) -> dict:
     labels[0, :, tr] = Ap[tr]
     labels = labels.reshape(1, 4, H, W)
     t0 = time.perf_counter()
-    deq = DEQUnmix.from_endmembers(E, seed=seed, learn_endmembers=False, y_features=YF)
-    hist = deq.fit(Y[None], labels, epochs=epochs, batch_size=1, lr=LR, seed=seed, progress=False,
-                   train_max_iter=None)
+    deq = DEQUnmix.from_endmembers(E, seed=seed, learn_endmembers=False, y_features=opts["y_features"],
+                                   y_linear=opts["y_linear"], precondition=opts["precondition"],
+                                   use_cnn=opts["use_cnn"])
+    hist = deq.fit(Y[None], labels, epochs=epochs, batch_size=1, lr=opts["lr"], seed=seed, progress=False,
+                   train_max_iter=None, weight_decay=opts["weight_decay"])
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         Ad = deq.unmix_image(torch.as_tensor(Y)).numpy().reshape(4, -1)
@@ -83,13 +85,23 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--n-train", type=int, default=256)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--precondition", type=float, default=PRECONDITION)
+    ap.add_argument("--y-linear", type=int, default=Y_LINEAR)
+    ap.add_argument("--y-features", type=int, default=Y_FEATURES)
+    ap.add_argument("--use-cnn", type=int, default=USE_CNN)
+    ap.add_argument("--lr", type=float, default=LR)
+    ap.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY)
     a = ap.parse_args()
+    opts = dict(precondition=a.precondition, y_linear=bool(a.y_linear), y_features=a.y_features,
+                use_cnn=bool(a.use_cnn), lr=a.lr, weight_decay=a.weight_decay)
     t0 = time.perf_counter()
     with ProcessPoolExecutor(a.workers) as ex:
-        res = list(ex.map(one_seed, range(a.seeds), [a.epochs] * a.seeds, [a.n_train] * a.seeds))
+        res = list(ex.map(one_seed, range(a.seeds), [a.epochs] * a.seeds, [a.n_train] * a.seeds,
+                          [opts] * a.seeds))
     methods = ["FCLS (reference E)", "U-ADMM-AENet", "DEQ-Unmix"]
     print(f"Jasper Ridge supervised, {a.n_train} labelled pixels, test RMSE on the other "
-          f"{10000 - a.n_train}; {a.seeds} seeds; wall {time.perf_counter() - t0:.0f} s")
+          f"{10000 - a.n_train}; {a.seeds} seeds, {a.epochs} epochs; DEQ options {opts}; "
+          f"wall {time.perf_counter() - t0:.0f} s")
     print("| seed | " + " | ".join(methods) + " | train time U-ADMM / DEQ (s) | DEQ best epoch, inference it, residual |")
     print("|---|" + "---|" * (len(methods) + 2))
     for r in res:

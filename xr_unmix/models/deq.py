@@ -83,7 +83,10 @@ class DEQUnmix(UnmixModel):
     hidden : int
         Channels of the CNN's hidden layers.
     cnn_layers : int
-        Number of 3x3 convolutions in ``C_theta`` (receptive field ``cnn_layers`` px per iteration).
+        Number of convolutions in ``C_theta``.
+    kernel_size : int
+        Their (odd) size: 3 (default; the receptive field grows by ``cnn_layers`` px per iteration) or 1
+        (a pixel-wise operator: no spatial context, no seams).
     use_cnn : bool
         ``False`` drops ``C_theta``: the operator is the analytic projected gradient (the ablation).
     y_features : int
@@ -137,6 +140,7 @@ class DEQUnmix(UnmixModel):
         *,
         hidden: int = 16,
         cnn_layers: int = 3,
+        kernel_size: int = 3,
         use_cnn: bool = True,
         y_features: int = 0,
         y_linear: bool = False,
@@ -164,7 +168,8 @@ class DEQUnmix(UnmixModel):
         if max_iter < 1 or b_max_iter < 1:
             raise ValueError("max_iter and b_max_iter must be >= 1")
         self.config = dict(
-            hidden=int(hidden), cnn_layers=int(cnn_layers), use_cnn=bool(use_cnn),
+            hidden=int(hidden), cnn_layers=int(cnn_layers), kernel_size=int(kernel_size),
+            use_cnn=bool(use_cnn),
             y_features=int(y_features), y_linear=bool(y_linear),
             precondition=float(precondition), step=float(step),
             max_iter=int(max_iter), tol=float(tol), anderson_m=int(anderson_m),
@@ -174,8 +179,8 @@ class DEQUnmix(UnmixModel):
         )
         self.E = nn.Parameter(torch.zeros(self.n_bands, self.n_endmembers),
                               requires_grad=bool(learn_endmembers))
-        self.cnn = (_CNN(self.n_endmembers, int(hidden), int(cnn_layers), extra=int(y_features))
-                    if use_cnn else None)
+        self.cnn = (_CNN(self.n_endmembers, int(hidden), int(cnn_layers), int(kernel_size),
+                         extra=int(y_features)) if use_cnn else None)
         self.y_proj = (nn.Conv2d(self.n_bands, int(y_features), 1)
                        if use_cnn and y_features > 0 else None)
         # learned linear shift of the data term's target, zero at the start (see ``y_linear``)
