@@ -169,3 +169,30 @@ def test_auto_chunks_bound_the_chunk_bytes(tmp_path: Path) -> None:
     assert got.chunks is not None and got.chunks[1] == (300,) and got.chunks[0] == (30,)
     with pytest.raises(ValueError, match="auto"):
         open_cube(tmp_path / "c.tif", chunks="big")
+
+
+def test_cog_overviews_are_2x2_averages_and_level_is_settable(tmp_path: Path) -> None:
+    """Overviews (built in the scratch file) at the COG driver's levels, each a NaN-aware 2x2 mean."""
+    import dask.array as da
+
+    rng = np.random.default_rng(0)
+    a = rng.random((2, 128, 96)).astype(np.float32)
+    a[:, rng.random((128, 96)) < 0.1] = np.nan
+    a[:, :4, :4] = np.nan
+    arr = xr.DataArray(da.from_array(a, chunks=(2, 32, 32)), dims=("endmember", "y", "x"),
+                       coords={"endmember": ["a", "b"], "y": 4e6 - 30.0 * np.arange(128),
+                               "x": 5e5 + 30.0 * np.arange(96)}).rio.write_crs("EPSG:32633")
+    out = to_cog(arr, tmp_path / "a.tif", blocksize=16)
+    with rasterio.open(out) as src:
+        assert src.overviews(1) == [2, 4, 8]  # halve until 128 px fit in a 16 px block
+        assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        o = src.read(out_shape=(2, 64, 48))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN 2x2 cells
+        ref = np.nanmean(a.reshape(2, 64, 2, 48, 2), axis=(2, 4))
+    np.testing.assert_array_equal(np.isnan(o), np.isnan(ref))
+    np.testing.assert_allclose(o, ref, atol=1e-6)
+    for level in (1, 9):
+        to_cog(arr, tmp_path / f"l{level}.tif", blocksize=16, level=level)
+    with pytest.raises(ValueError, match="level"):
+        to_cog(arr, tmp_path / "x.tif", compress="LZW", level=3)

@@ -240,6 +240,7 @@ def to_cog(
     path: PathLike,
     *,
     compress: str = "DEFLATE",
+    level: int | None = None,
     blocksize: int = 256,
     overview_resampling: str = "average",
     overwrite: bool = False,
@@ -260,6 +261,10 @@ def to_cog(
     path : str or path
     compress : str
         GDAL compression (``DEFLATE``, ``ZSTD``, ``LZW``, ``NONE``).
+    level : int, optional
+        Compression level (DEFLATE 1-12, ZSTD 1-22). Default: 1 for DEFLATE and ZSTD. On abundance maps
+        (float32, floating-point predictor) DEFLATE level 1 gave the same size as GDAL's default level 6
+        (75.3 vs 75.7 MB for 2048² x 5, smooth maps; 98.7 vs 98.1 MB, noise) in 2/3 of the CPU time.
     blocksize : int
         Tile size in pixels (a multiple of 16).
     overview_resampling : str
@@ -279,6 +284,12 @@ def to_cog(
     import rioxarray  # noqa: F401
 
     path = Path(path)
+    codec = compress.upper()
+    extra: dict[str, Any] = {"predictor": 3} if codec in ("DEFLATE", "ZSTD", "LZW") else {}
+    if codec in ("DEFLATE", "ZSTD"):
+        extra["level"] = 1 if level is None else int(level)
+    elif level is not None:
+        raise ValueError(f"level applies to DEFLATE and ZSTD, not {compress}")
     arr, names = _as_layers(abundance)
     _check_crs(arr, require_crs, path)
     arr = arr.astype(np.float32)
@@ -309,14 +320,34 @@ def to_cog(
                     lock=True if arr.chunks is not None else None, compute=False)
                 if pending is not None:
                     compute_settled(pending)
-            predictor = {"predictor": 3} if compress.upper() in ("DEFLATE", "ZSTD", "LZW") else {}
             with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS", GDAL_CACHEMAX=int(GDAL_CACHE_MB)):
+                # overviews built inside the (uncompressed) scratch file, which the COG driver then copies
+                # with the rest: 0.25 s of CPU for 2048² x 5 instead of ~0.6 s when the COG driver makes
+                # them itself (through a temporary file). Same levels as the driver: halve until the
+                # image fits in one block.
+                from rasterio.enums import Resampling
+
+                factors = _overview_factors(arr.sizes["x"], arr.sizes["y"], blocksize)
+                method = Resampling.__members__.get(overview_resampling.lower())
+                if factors and method is not None:  # else the COG driver makes them
+                    with rasterio.open(gtiff, "r+") as ds:
+                        ds.build_overviews(factors, method)
                 rasterio.shutil.copy(gtiff, tmp, driver="COG", compress=compress,
                                      blocksize=blocksize, overview_resampling=overview_resampling,
-                                     BIGTIFF="IF_SAFER", **predictor)
+                                     BIGTIFF="IF_SAFER", **extra)
         finally:
             _remove(scratch)
     return path
+
+
+def _overview_factors(width: int, height: int, blocksize: int) -> list[int]:
+    """Overview decimation factors the COG driver would make: 2, 4, ... until the image fits a block."""
+    factors: list[int] = []
+    f = 1
+    while -(-max(width, height) // f) > blocksize:
+        f *= 2
+        factors.append(f)
+    return factors
 
 
 def compute_settled(obj: Any, *, settle_timeout: float = 60.0) -> Any:
