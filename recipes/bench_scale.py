@@ -129,6 +129,7 @@ def run_one(scene: Path, E: Any, out: Path, fmt: str, chunk: int) -> dict[str, A
     import xr_unmix
     from xr_unmix.io import open_cube, to_cog, to_zarr
 
+    load = os.getloadavg()[0]
     with PeakRSS() as mem:
         t0 = time.perf_counter()
         cube = open_cube(scene, chunks=chunk)
@@ -139,7 +140,8 @@ def run_one(scene: Path, E: Any, out: Path, fmt: str, chunk: int) -> dict[str, A
     return {"pixels": int(px), "wall_s": round(wall, 2), "mpx_per_s": round(px / wall / 1e6, 3),
             "cpu_s": round(mem.cpu_s, 2), "mpx_per_cpu_s": round(px / max(mem.cpu_s, 1e-9) / 1e6, 3),
             "peak_rss_mb": round(mem.peak / 2**20), "baseline_rss_mb": round(mem.baseline / 2**20),
-            "input_gb": round(scene.stat().st_size / 1e9, 2)}
+            "input_gb": round(scene.stat().st_size / 1e9, 2), "load1_start": round(load, 2),
+            "load1_end": round(os.getloadavg()[0], 2)}
 
 
 def _check(out: Path, fmt: str, n_em: int) -> None:
@@ -160,6 +162,8 @@ def _check(out: Path, fmt: str, n_em: int) -> None:
 
 
 def _warm() -> None:
+    import zarr  # noqa: F401  (imported by the first to_zarr otherwise: ~0.4 s of CPU in that run)
+
     import xr_unmix.api  # noqa: F401
     import xr_unmix.solvers.sunsal  # noqa: F401
 
@@ -175,12 +179,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scratch", type=Path, default=None,
                     help="scratch directory (default a new one under $TMPDIR or /tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch files")
+    ap.add_argument("--scenes-dir", type=Path, default=None,
+                    help="make the scenes here (or reuse scene_<size>.tif already there; same seeds) "
+                         "and keep them; outputs still go to the scratch directory")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
 
     from xr_unmix.testing import make_endmembers
 
     need = sum(s * s * args.bands * 4 for s in set(args.sizes) | {args.cluster_size}) * 1.3
+    if args.scenes_dir is not None:
+        need = 0.0
     scratch = Path(tempfile.mkdtemp(prefix="xr_unmix_bench_", dir=args.scratch))
     free = shutil.disk_usage(scratch).free
     if free < need:
@@ -196,10 +205,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         scenes: dict[int, Path] = {}
         for size in sorted(set(args.sizes) | ({args.cluster_size} - {0})):
-            p = scratch / f"scene_{size}.tif"
+            p = (args.scenes_dir or scratch) / f"scene_{size}.tif"
+            scenes[size] = p
+            if args.scenes_dir is not None and p.exists():
+                print(f"reusing {p}", flush=True)
+                continue
+            p.parent.mkdir(parents=True, exist_ok=True)
             t0 = time.perf_counter()
             make_scene(p, size, args.bands, E.values, seed=size)
-            scenes[size] = p
             print(f"made {p.name}: {size}x{size}x{args.bands} float32, "
                   f"{p.stat().st_size / 1e9:.2f} GB in {time.perf_counter() - t0:.1f} s", flush=True)
 
@@ -208,11 +221,12 @@ def main(argv: list[str] | None = None) -> int:
         from xr_unmix.io import open_cube
 
         small = min(scenes)
+        _warm()
         xr_unmix.fcls(open_cube(scenes[small], chunks=args.chunk)[:, :64, :64], E).compute()
 
         print("\n# local threads (Dask default scheduler), SUnSAL FCLS, end to end", flush=True)
         print(f"{'size':>6} {'fmt':>5} {'wall s':>8} {'Mpx/s':>7} {'CPU s':>7} {'Mpx/CPU-s':>9} "
-              f"{'peak RSS MB':>12} {'(start MB)':>10}", flush=True)
+              f"{'peak RSS MB':>12} {'(start MB)':>10} {'load':>5}", flush=True)
         for size in args.sizes:
             for fmt in ("tif", "zarr"):
                 out = scratch / f"out_{size}.{fmt}"
@@ -222,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["threads"].append({"size": size, "format": fmt, **r})
                 print(f"{size:>6} {fmt:>5} {r['wall_s']:>8.2f} {r['mpx_per_s']:>7.3f} "
                       f"{r['cpu_s']:>7.1f} {r['mpx_per_cpu_s']:>9.3f} "
-                      f"{r['peak_rss_mb']:>12} {r['baseline_rss_mb']:>10}", flush=True)
+                      f"{r['peak_rss_mb']:>12} {r['baseline_rss_mb']:>10} {r['load1_start']:>5.1f}", flush=True)
         walls = {r["size"]: r["wall_s"] for r in results["threads"] if r["format"] == "zarr"}
         if len(walls) > 1:
             s0 = min(walls)
@@ -247,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
                 results["cluster"].append({"workers": n, "startup_s": round(start, 2), **r})
                 print(f"workers={n}: {r['wall_s']:.2f} s, {r['mpx_per_s']:.3f} Mpx/s, "
                       f"{r['mpx_per_cpu_s']:.3f} Mpx/CPU-s, peak RSS "
-                      f"{r['peak_rss_mb']} MB (all processes), start-up {start:.1f} s", flush=True)
+                      f"{r['peak_rss_mb']} MB (all processes), start-up {start:.1f} s, "
+                      f"load {r['load1_start']:.1f}", flush=True)
     finally:
         if args.keep:
             print(f"scratch kept: {scratch}")
