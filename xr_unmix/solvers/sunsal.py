@@ -57,6 +57,7 @@ ArrayLike = np.ndarray | torch.Tensor
 _CHECK_EVERY = 10  # iterations between residual checks and mu updates (as the reference code)
 _POLISH_EVERY = 3  # iterations between polishing attempts (measured: 2-5 all fine, 10 slower)
 _MAX_POLISH_GROUPS = 64  # at most this many distinct supports are polished per check (large R only)
+_POLISH_BATCH = 65536  # pixels per polish call before the first iteration (phase 0)
 _TABLE_MAX_CODES = 4096  # up to this many support codes (base^R): a direct table instead of unique()
 
 
@@ -206,7 +207,8 @@ class _Polisher:
         return col.to(self.dtype)
 
     def _params(self, pattern: torch.Tensor) -> torch.Tensor:
-        """Parameter columns (n_par, m) for the support/sign patterns of ``pattern`` (R, m)."""
+        """Parameter columns (n_par, m) for the support/sign patterns of ``pattern`` (R, m); (n_par, 1)
+        when every pixel has the same pattern."""
         R, m = pattern.shape
         if self.table is not None:
             ind = (pattern > 0).to(self.dtype)
@@ -221,6 +223,9 @@ class _Polisher:
                         if not bool(self.filled[c]):
                             self.table[:, c] = self._column(c)
                             self.filled[c] = True
+            if int(seen.sum()) == 1:  # one pattern for all (e.g. the first guess): a broadcast column
+                c0 = int(code[0])
+                return self.table[:, c0:c0 + 1]
             return self.table.index_select(1, code)
         if self.anc:
             code = ((pattern > 0).to(torch.int64) * self.pow).sum(0)
@@ -228,6 +233,10 @@ class _Polisher:
             code = (((pattern > 0).to(torch.int64) + 2 * (pattern < 0).to(torch.int64)) * self.pow).sum(0)
         codes, inv, counts = torch.unique(code, return_inverse=True, return_counts=True)
         cl = codes.tolist()
+        if len(cl) == 1:
+            if cl[0] not in self.cache:
+                self.cache[cl[0]] = self._column(cl[0])
+            return self.cache[cl[0]].unsqueeze(1)
         keep = None
         if len(cl) > _MAX_POLISH_GROUPS:  # only the most frequent patterns
             keep = set(torch.argsort(counts, descending=True)[:_MAX_POLISH_GROUPS].tolist())
@@ -252,10 +261,13 @@ class _Polisher:
         P = self._params(pattern)
         RR = R * R
         q = b + P[RR + R: RR + 2 * R] if self.lam else b
-        x = P[RR: RR + R].clone()
-        Pm = P[:RR].view(R, R, m)
-        for j in range(R):  # x += M[:, j] q_j, pixel by pixel
-            x.addcmul_(Pm[:, j], q[j])
+        if P.shape[1] == 1:  # one support for all: x = M q + c as one product
+            x = torch.addmm(P[RR: RR + R], P[:RR, 0].view(R, R), q)
+        else:
+            x = P[RR: RR + R].clone()
+            Pm = P[:RR].view(R, R, m)
+            for j in range(R):  # x += M[:, j] q_j, pixel by pixel
+                x.addcmul_(Pm[:, j], q[j])
         valid = P[-1] > 0
         # KKT: g = G x - b + nu 1; on the support g + lam sign(x) = 0 by construction
         g = self.G @ x - b
@@ -467,14 +479,14 @@ def sunsal_solve(
             parts_b.append(EbT @ src.to(dtype))
         b_all = torch.cat(parts_b, 1) if parts_b else torch.empty((R, 0), dtype=dtype, device=Et.device)
         finite = torch.isfinite(b_all).all(0)
-    # Pixels with a NaN or inf in any band have a non-finite data term: they come out NaN, unsolved.
-    sel: torch.Tensor | None = None
+    # Pixels with a NaN or inf in any band have a non-finite data term. They get the data term of the
+    # spectrum E 1/R, whose answer 1/R (interior) the first polish certifies at once, and come out NaN:
+    # cheaper than compacting every array and expanding the result.
+    bad: torch.Tensor | None = None
     if not bool(finite.all()):
-        sel = finite.nonzero()[:, 0].to(Et.device)
-        b_all = b_all.index_select(1, sel)
-        if x0 is not None:
-            x0t = x0t.index_select(1, sel)
-    N_all, N = N, b_all.shape[1]  # from here on, N counts the pixels solved
+        bad = (~finite).nonzero()[:, 0].to(Et.device)
+        stand_in = (G64 @ torch.full((R, 1), 1.0 / R, dtype=torch.float64, device=Et.device)).to(dtype)
+        b_all.index_copy_(1, bad, stand_in.expand(R, bad.numel()))
 
     out = torch.empty((R, N), dtype=dtype, device=Et.device)
     stats = {"n_conv": 0, "n_pol": 0, "total_it": 0.0, "worst": 0.0, "max_used": 0}
@@ -573,53 +585,68 @@ def sunsal_solve(
             stats["max_used"] = max(stats["max_used"], it)
         return it
 
-    # Phase 1, batch by batch (cache-sized): the first iterations, where almost every pixel finishes.
-    # Phase 2: the few pixels left from all batches, pooled, so the per-iteration overhead of a long tail
-    # is paid once rather than once per batch. Each pixel follows its own trajectory either way.
+    # Phase 0 (with polishing): an exact active-set solve of every pixel before any iteration, in slices
+    # of up to _POLISH_BATCH pixels (elementwise work: larger slices only amortise per-call overhead).
+    # Phase 1, batch by batch (cache-sized): the first iterations of the pixels left, where almost every
+    # pixel finishes. Phase 2: the few pixels left from all batches, pooled, so the per-iteration overhead
+    # of a long tail is paid once rather than once per batch. Each pixel follows its own trajectory.
     head = max_iter if polisher is None else min(max_iter, 3 * _CHECK_EVERY)
     lock = threading.Lock()
 
-    def phase1(start: int) -> dict[str, torch.Tensor] | None:
-        stop = min(N, start + batch_pixels)
-        b = b_all[:, start:stop].contiguous()
-        n = b.shape[1]
-        idx = torch.arange(start, stop, device=Et.device)
-        z0 = x0t[:, start:stop].clone() if x0 is not None else torch.zeros((R, n), dtype=dtype, device=Et.device)
-        if polisher is not None:
-            # Polish before the first iteration, from the support of x0 (default: every endmember; the
-            # active-set corrections then drop the wrong-sign entries): most pixels end here, exactly.
-            xp, okp = polisher(b, z0 if x0 is not None else torch.ones_like(b))
-            k = int(okp.sum())
-            with lock:
-                stats["n_pol"] += k
-                stats["n_conv"] += k
-            if k == n:
-                out[:, start:stop] = xp
-                return None
-            if k:
-                out[:, idx[okp]] = xp[:, okp]
-                keep = ~okp
-                idx, b, z0 = idx[keep], b[:, keep], z0[:, keep]
-                n = n - k
+    def phase0(start: int) -> torch.Tensor:
+        """Polish pixels start.. from the support of x0 (default: every endmember; the active-set
+        corrections then drop the wrong-sign entries); returns the indices of those not certified."""
+        stop = min(N, start + max(batch_pixels, _POLISH_BATCH))
+        b = b_all[:, start:stop]
+        xp, okp = polisher(b, x0t[:, start:stop] if x0 is not None else torch.ones_like(b))  # type: ignore[misc]
+        k = int(okp.sum())
+        with lock:
+            stats["n_pol"] += k
+            stats["n_conv"] += k
+        out[:, start:stop] = xp  # the pixels not certified are overwritten by ADMM later
+        if k == stop - start:
+            return torch.empty(0, dtype=torch.long, device=Et.device)
+        return (~okp).nonzero()[:, 0] + start
+
+    def phase1(batch: tuple[int, int] | torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """ADMM's first ``head`` iterations on a range (start, stop) or an index tensor of pixels."""
+        if isinstance(batch, tuple):
+            idx = torch.arange(*batch, device=Et.device)
+            b = b_all[:, batch[0]:batch[1]].contiguous()
+            z0 = x0t[:, batch[0]:batch[1]].clone() if x0 is not None else None
+        else:
+            idx = batch
+            b = b_all.index_select(1, idx)
+            z0 = x0t.index_select(1, idx) if x0 is not None else None
+        n = idx.numel()
+        if z0 is None:
+            z0 = torch.zeros((R, n), dtype=dtype, device=Et.device)
         st = {"idx": idx, "z": z0, "d": torch.zeros_like(z0), "x": z0,
               "mu": torch.full((1, n), mu0, dtype=dtype, device=Et.device), "b": b,
               "rp": torch.zeros(n, dtype=dtype, device=Et.device)}
         iterate(st, 0, head)
         return st if st["idx"].numel() else None
 
-    starts = list(range(0, N, batch_pixels))
-    workers = _cpu_workers(Et.device, len(starts))
-    if workers > 1:
+    def run(fn, items: list) -> list:  # type: ignore[type-arg]
+        workers = _cpu_workers(Et.device, len(items))
+        if workers <= 1:
+            return [fn(it_) for it_ in items]
         # batches in parallel, one torch thread each (torch.set_num_threads is process-wide: restored after)
         prev = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
             with ThreadPoolExecutor(workers) as pool:
-                parts = list(pool.map(phase1, starts))
+                return list(pool.map(fn, items))
         finally:
             torch.set_num_threads(prev)
+
+    if polisher is not None:
+        rest = run(phase0, list(range(0, N, max(batch_pixels, _POLISH_BATCH))))
+        todo = torch.cat(rest) if rest else torch.empty(0, dtype=torch.long, device=Et.device)
+        batches: list = [todo[i:i + batch_pixels] for i in range(0, todo.numel(), batch_pixels)]
     else:
-        parts = [phase1(st0) for st0 in starts]
+        batches = [(i, min(N, i + batch_pixels)) for i in range(0, N, batch_pixels)]
+    parts = run(phase1, batches)
     left = [p for p in parts if p is not None]
     if left and head < max_iter:
         st = {k: torch.cat([p[k] for p in left], dim=(0 if k in ("idx", "rp") else 1)) for k in left[0]}
@@ -642,10 +669,8 @@ def sunsal_solve(
             ConvergenceWarning,
             stacklevel=2,
         )
-    if sel is not None:  # back to all pixels, NaN where the input was not finite
-        full = torch.full((R, N_all), float("nan"), dtype=dtype, device=Et.device)
-        full[:, sel] = out
-        out = full
+    if bad is not None:
+        out.index_fill_(1, bad, float("nan"))
     return (out, info) if return_info else out
 
 
