@@ -277,8 +277,11 @@ def test_y_linear_starts_as_pgd_and_learns(scene, tmp_path) -> None:
 
 
 def test_fit_scene_jacobian_regulariser_records_penalty(scene) -> None:
-    cube, E, _ = scene
+    cube, E, truth = scene
     m = DEQUnmix.from_endmembers(E, seed=0, hidden=8, precondition=1e-3)
     h = m.fit_scene(cube, epochs=4, seed=0, jac_reg=0.5, progress=False)
     assert len(h["jacobian"]) == 4 and np.isfinite(h["jacobian"]).all()
     assert h["best_loss"] <= h["initial_loss"]
+    Y, A = cube.values.reshape(20, -1).T[:32], truth.values.reshape(3, -1).T[:32]
+    h2 = m.fit(Y, A, epochs=2, batch_size=16, seed=0, jac_reg=0.5, progress=False)
+    assert len(h2["loss"]) == 2 and np.isfinite(h2["loss"]).all()

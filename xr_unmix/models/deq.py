@@ -9,6 +9,13 @@ probability simplex (ANC + ASC), ``eta = step / ||M||_2^2`` and ``C_theta`` a sm
 (3x3 convolutions) whose last layer starts at zero. Untrained, the operator is therefore exactly projected
 gradient descent on ``1/2 ||Y - M A||^2``, whose fixed point is the FCLS solution.
 
+Options (all off by default, so the untrained default model stays projected gradient descent):
+``precondition=delta`` replaces ``eta`` by a damped Newton matrix restricted to the sum-to-zero subspace
+(fast, well-conditioned solves: the Jasper Ridge evidence in docs/deq.md uses ``delta = 1e-3``),
+``y_linear`` adds a learned ``R x bands`` shift ``V Y`` of the data term's target, ``kernel_size=1`` makes
+the CNN pixel-wise, and ``jac_reg`` in :meth:`DEQUnmix.fit_scene` / :meth:`DEQUnmix.fit` adds the
+Jacobian (Frobenius, Hutchinson) penalty of Bai et al. (2021).
+
 The fixed point is found by Anderson acceleration started from FCLS
 (:mod:`xr_unmix.solvers.fixed_point`); gradients use implicit differentiation (memory of one operator
 application, whatever the number of iterations), or the Jacobian-free approximation, or -- for the memory
