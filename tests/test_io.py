@@ -196,3 +196,14 @@ def test_cog_overviews_are_2x2_averages_and_level_is_settable(tmp_path: Path) ->
         to_cog(arr, tmp_path / f"l{level}.tif", blocksize=16, level=level)
     with pytest.raises(ValueError, match="level"):
         to_cog(arr, tmp_path / "x.tif", compress="LZW", level=3)
+
+
+def test_zarr_chunks_are_zstd_at_the_given_level(tmp_path: Path, abundance) -> None:
+    import zarr
+
+    ab, _ = abundance
+    for level in (1, 5):
+        store = to_zarr(ab, tmp_path / f"l{level}.zarr", level=level)
+        comp = zarr.open_array(store / "abundance", mode="r").compressors
+        assert len(comp) == 1 and type(comp[0]).__name__ == "ZstdCodec" and comp[0].level == level
+        np.testing.assert_array_equal(open_abundance(store).values, ab.values)

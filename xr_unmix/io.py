@@ -437,6 +437,7 @@ def to_zarr(
     *,
     name: str | None = None,
     chunks: int | None = None,
+    level: int = 1,
     overwrite: bool = False,
     require_crs: bool = False,
     progress: bool = False,
@@ -457,6 +458,10 @@ def to_zarr(
         Variable name (default the DataArray's name, else ``"abundance"``).
     chunks : int, optional
         Spatial chunk size; default the dask chunks, or 512 for an in-memory array.
+    level : int
+        Zstandard level of the chunks (Zstandard is Zarr v3's default codec). Level 1: on a 2048² x 5
+        FCLS result, 74.1 MB against 73.8 MB at zarr's default level (3), in a third of the CPU time
+        (0.28 vs 0.83 s).
     overwrite, require_crs, progress
         As in :func:`to_cog`.
 
@@ -492,6 +497,9 @@ def to_zarr(
                 arr = arr.assign_coords({d: np.array([str(v) for v in arr[d].values], dtype=object)})
     ds = arr.to_dataset(name=var)
     ds[var].encoding["_FillValue"] = np.float32(np.nan) if arr.dtype == np.float32 else np.nan
+    from zarr.codecs import ZstdCodec
+
+    ds[var].encoding["compressors"] = [ZstdCodec(level=int(level))]
     with _atomic_target(store, overwrite) as tmp, gdal_env(), _progress(progress):
         # consolidated: the documented ``xr.open_zarr(store, decode_coords="all")`` then opens it
         # without xarray's "failed to open with consolidated metadata" warning (zarr's own warning
