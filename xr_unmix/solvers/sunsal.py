@@ -29,11 +29,26 @@ Implementation notes
   satisfies the KKT conditions of the full problem to rounding. Such a pixel stops with the exact optimum
   (in the working precision); ADMM's job is only to find the active set. Pixels whose guess fails go on
   iterating. This is the solution-polishing step of OSQP (Stellato et al., 2020) applied per pixel.
+- **Phase 0** (with polishing): before any iteration, every pixel is polished from the support of ``x0``
+  (default: all endmembers, i.e. the equality-constrained LS solution), with up to three active-set
+  corrections. On the scale benchmark 91 % of the pixels are certified by the first solve and all of
+  them within three corrections, so ADMM runs only for the rare pixel whose active set this misses.
+  The answer is the same certified optimum as before (the problem is strictly convex); only the work
+  changes (``SunsalInfo.mean_iterations`` is then about 0).
+- Polisher parameters come from a ``(n_par, base^R)`` table indexed by the support code itself
+  (``index_select``; a single broadcast column and one ``addmm`` when every pixel has the same
+  pattern); masks are applied by multiplying with 0/1 (``torch.where``/``masked_fill`` were 5-10x slower
+  per element here).
 - Pixels are processed in batches of ``batch_pixels`` so the working set stays in cache, for the first
   30 iterations (with polishing on, nearly every pixel is done by then); the pixels left from all batches
   are then pooled into one working set, so a long tail costs its per-iteration overhead once.
-- The data term ``E^T y`` of a numpy input is formed with numpy (its float32 -> float64 conversion is
-  several times faster than torch's here); everything else is torch.
+- The data term ``E^T y`` is formed once for the whole block. A numpy float input goes through numpy's
+  BLAS (its float32 -> float64 conversion is several times faster than torch's; one product over the
+  block costs half of per-batch products over column slices), single-threaded inside Dask tasks
+  (:func:`xr_unmix.tiling.blas_threads`); everything else is torch.
+- **Invalid pixels**: a pixel with NaN or inf in any band has a non-finite data term; it is solved as a
+  stand-in (the data term of ``E 1/R``, certified at once) and returned as NaN in every row. So a block
+  with nodata can be passed as it is (see ``handles_nan`` in :func:`xr_unmix.tiling.masked_kernel`).
 - With ``normalize=True`` (default) the problem is rescaled by the spectral norm of ``E`` first
   (``lam`` scaled accordingly), which makes the default ``mu`` sensible whatever the reflectance scale.
 """
@@ -341,7 +356,7 @@ def sunsal_solve(
     Parameters
     ----------
     Y : array or Tensor, shape (bands, n_pixels)
-        Spectra, one pixel per column; finite.
+        Spectra, one pixel per column. A pixel with NaN or inf in any band comes out NaN.
     E : array or Tensor, shape (bands, R)
         Endmember matrix; finite, full column rank unless ``mu > 0`` keeps the system regular.
     lam : float
@@ -363,7 +378,8 @@ def sunsal_solve(
     normalize : bool
         Rescale the problem by ``||E||_2`` first (see module notes). ``False`` uses ``mu`` and ``lam`` as given.
     x0 : array, shape (R, n_pixels), optional
-        Start for ``z`` (default 0, with ``d = 0``).
+        Start for ``z`` (default 0, with ``d = 0``); with polishing, its support is also the first
+        active-set guess (default: every endmember).
     device, dtype
         Where and in which precision to compute (``"cuda"`` works when torch sees a GPU).
     batch_pixels : int
