@@ -285,3 +285,16 @@ def test_fit_scene_jacobian_regulariser_records_penalty(scene) -> None:
     Y, A = cube.values.reshape(20, -1).T[:32], truth.values.reshape(3, -1).T[:32]
     h2 = m.fit(Y, A, epochs=2, batch_size=16, seed=0, jac_reg=0.5, progress=False)
     assert len(h2["loss"]) == 2 and np.isfinite(h2["loss"]).all()
+
+
+def test_accessor_preconditioned_default_halo(scene) -> None:
+    cube, E, _ = scene
+    model = _perturb(DEQUnmix.from_endmembers(E, seed=0, precondition=1e-3), 0.05)
+    plain = DEQUnmix.from_endmembers(E, seed=0, precondition=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # fast, converged solves
+        whole = cube.unmix.deq(model).values
+        tiled = cube.chunk({"y": 12, "x": 14}).unmix.deq(model).compute().values  # default halo
+        assert float(np.abs(whole - cube.unmix.deq(plain).values).max()) > 1e-2  # the CNN matters
+    assert float(np.abs(whole - tiled).max()) < 1e-3
+    assert model.solve_stats["max_iterations"] < 40
