@@ -99,8 +99,15 @@ def test_model_surface(E: xr.DataArray) -> None:
         net(torch.zeros(4, NB + 1))
 
 
-@pytest.mark.parametrize("cls", [UADMMNet, MNNAE])
-def test_fit_improves_and_is_reproducible(cls: type, E: xr.DataArray, data: tuple) -> None:
+ADAM = dict(optimizer="adam", subspace=None, ridge=0.0, batch_size=32, lr=1e-2)
+
+
+@pytest.mark.parametrize("cls,kw", [(UADMMNet, ADAM), (MNNAE, dict(batch_size=32, lr=1e-2)),
+                                    (UADMMNet, {}), (MNNAE, dict(optimizer="lbfgs", subspace=4, ridge=1e-3)),
+                                    (UADMMNet, dict(ADAM, subspace=5, ridge=1e-3))],
+                         ids=["uadmm-adam", "mnnae-default", "uadmm-default", "mnnae-lbfgs-subspace",
+                              "uadmm-adam-subspace"])
+def test_fit_improves_and_is_reproducible(cls: type, kw: dict, E: xr.DataArray, data: tuple) -> None:
     Y, A = data[0][:256], data[1][:256]
     Yte, Ate = simulate(E, 300, snr_db=30, seed=1)
     Em = E.values * np.linspace(0.8, 1.2, NB)[:, None]  # endmembers off: training has something to fix
@@ -108,13 +115,16 @@ def test_fit_improves_and_is_reproducible(cls: type, E: xr.DataArray, data: tupl
     def trained(seed: int) -> tuple:
         net = cls.from_endmembers(Em, mu=0.5) if cls is UADMMNet else cls.from_endmembers(Em)
         before = xr_unmix.metrics.rmse(net.predict(Yte).T, Ate.T)
-        h = net.fit(Y, A, epochs=5, batch_size=32, lr=1e-2, seed=seed, progress=False)
+        h = net.fit(Y, A, epochs=5, seed=seed, progress=False, **kw)
         return net, h, before
 
     net, h, before = trained(3)
     after = xr_unmix.metrics.rmse(net.predict(Yte).T, Ate.T)
-    assert len(h["loss"]) == 5 and h["time_s"] > 0 and h["n_samples"] == 256
-    assert h["loss"][-1] < h["loss"][0]
+    assert h["time_s"] > 0 and h["n_samples"] == 256
+    if h["optimizer"] == "adam":
+        assert len(h["loss"]) == 5 and h["loss"][-1] < h["loss"][0]
+    else:  # L-BFGS: one "epoch" of at most 5 iterations; loss_evals has every evaluation
+        assert len(h["loss"]) == 1 and h["loss"][0] < h["loss_evals"][0]
     assert after < 0.7 * before
     pred = net.predict(Yte)
     assert (pred >= 0).all()
@@ -264,3 +274,80 @@ def test_negative_learnt_threshold_acts_as_zero(E: xr.DataArray, data: tuple) ->
     with torch.no_grad():
         net.theta.fill_(0.05)
     assert not torch.allclose(net(Y).detach(), ref)
+
+
+def test_fit_defaults(E: xr.DataArray, data: tuple) -> None:
+    """UADMMNet: L-BFGS + whitened 6-dim subspace + ridge 1e-3 (docs/uadmm.md); MNNAE: Adam, W directly."""
+    h = UADMMNet.from_endmembers(E).fit(*data, epochs=2, progress=False)
+    assert (h["optimizer"], h["subspace"], h["ridge"], h["lr"]) == ("lbfgs", 6, 1e-3, 1.0)
+    h = MNNAE.from_endmembers(E).fit(*data, epochs=2, progress=False)
+    assert (h["optimizer"], h["subspace"], h["ridge"], h["lr"]) == ("adam", None, 0.0, 1e-3)
+
+
+def test_subspace_fit_moves_w_only_along_the_training_spectra(E: xr.DataArray, data: tuple) -> None:
+    """W - W0 lies in the span of the top principal directions of the training spectra; the rest of W
+    (e.g. a direction orthogonal to every training spectrum) is the warm start's."""
+    Y, A = data[0][:200].astype(np.float64), data[1][:200]
+    net = UADMMNet.from_endmembers(E)
+    W0 = net.W.detach().clone().double()
+    callback_W: list[torch.Tensor] = []
+    h = net.fit(Y, A, epochs=4, subspace=3, ridge=0.0, progress=False, optimizer="adam", lr=1e-2,
+                callback=lambda ep, m: callback_W.append(m.W.detach().clone()) or {"w": float(m.W.sum())})
+    assert h["subspace"] == 3 and len(h["w"]) == 4
+    dW = net.W.detach().double() - W0
+    assert float(dW.abs().max()) > 1e-4  # it trained
+    _, _, Vh = np.linalg.svd(Y, full_matrices=False)
+    top = torch.from_numpy(Vh[:3]).double()
+    resid = dW - dW @ top.T @ top  # the part of each row of dW outside the 3-dim subspace
+    assert float(resid.abs().max()) < 1e-5 * float(dW.abs().max()) + 1e-7
+    torch.testing.assert_close(callback_W[-1], net.W.detach())  # callbacks see the current W
+    # a large ridge keeps W at the warm start
+    stiff = UADMMNet.from_endmembers(E)
+    stiff.fit(Y, A, epochs=4, subspace=3, ridge=1e6, progress=False)
+    assert float((stiff.W.detach().double() - W0).abs().max()) < 1e-3 * float(dW.abs().max())
+    # subspace larger than the rank of the spectra is clipped, not an error
+    h = UADMMNet.from_endmembers(E).fit(Y[:2], A[:2], epochs=1, subspace=50, progress=False)
+    assert h["subspace"] == 2
+
+
+def test_fit_option_errors(E: xr.DataArray, data: tuple) -> None:
+    net = UADMMNet.from_endmembers(E)
+    with pytest.raises(ValueError, match="optimizer"):
+        net.fit(*data, epochs=1, optimizer="sgd")
+    with pytest.raises(ValueError, match="subspace"):
+        net.fit(*data, epochs=1, subspace=0)
+    with pytest.raises(ValueError, match="ridge"):
+        net.fit(*data, epochs=1, ridge=-1.0)
+    with pytest.raises(ValueError, match="schedule"):
+        net.fit(*data, epochs=1, schedule="cosine")  # L-BFGS has no lr schedule
+    with pytest.raises(ValueError, match="span no direction"):
+        net.fit(np.zeros((5, NB)), data[1][:5], epochs=1)
+
+
+def test_ridge_without_subspace_is_the_response_penalty(E: xr.DataArray, data: tuple) -> None:
+    """ridge * sum_k mean_i ||(W_k - W0_k) y_i||^2 with W trained directly: a huge ridge pins W."""
+    net = UADMMNet.from_endmembers(E)
+    W0 = net.W.detach().clone()
+    net.fit(*data, epochs=3, subspace=None, ridge=1e6, progress=False)
+    assert float((net.W.detach() - W0).abs().max()) < 1e-5
+
+
+def test_fit_supervised_lbfgs_with_penalty_solves_ridge_regression() -> None:
+    """The shared loop's L-BFGS + penalty on a convex problem reaches the closed-form ridge solution."""
+    from xr_unmix.models._train import fit_supervised
+
+    rng = np.random.default_rng(0)
+    X = torch.from_numpy(rng.normal(size=(80, 5)))
+    t = X @ torch.from_numpy(rng.normal(size=(5, 2))) + 0.1 * torch.from_numpy(rng.normal(size=(80, 2)))
+    lin = torch.nn.Linear(5, 2, bias=False).double()
+    h = fit_supervised(lin, X, t, epochs=30, lr=1.0, optimizer="lbfgs",
+                       penalty=lambda: 0.5 * lin.weight.pow(2).sum(), progress=False,
+                       callback=lambda ep, m: {"w0": float(m.weight[0, 0])})
+    # mse here = mean_i ||x_i W^T - t_i||^2, so the minimiser is (X^T X / n + 0.5 I)^-1 X^T t / n
+    n = X.shape[0]
+    ref = torch.linalg.solve(X.T @ X / n + 0.5 * torch.eye(5, dtype=X.dtype), X.T @ t / n).T
+    torch.testing.assert_close(lin.weight.detach(), ref, rtol=1e-6, atol=1e-8)
+    assert h["optimizer"] == "lbfgs" and len(h["loss"]) == 1 and len(h["w0"]) == 1
+    assert h["w0"][0] == pytest.approx(float(ref[0, 0]))
+    with pytest.raises(ValueError, match="optimizer"):
+        fit_supervised(lin, X, t, epochs=1, optimizer="sgd")

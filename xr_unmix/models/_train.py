@@ -132,6 +132,8 @@ def fit_supervised(
     progress: bool | None = None,
     desc: str | None = None,
     schedule: str | None = None,
+    optimizer: str = "adam",
+    penalty: Callable[[], torch.Tensor] | None = None,
 ) -> History:
     """Train ``model`` with Adam on mini-batches of ``(inputs, targets)`` rows.
 
@@ -171,6 +173,17 @@ def fit_supervised(
     schedule : {None, "cosine"}
         Learning-rate schedule: constant ``lr`` (default), or cosine annealing from ``lr`` to 0 over the
         ``epochs`` (stepped once per epoch).
+    optimizer : {"adam", "lbfgs"}
+        ``"adam"`` (default): Adam on shuffled mini-batches. ``"lbfgs"``: full-batch L-BFGS
+        (``torch.optim.LBFGS``, strong-Wolfe line search, history 50) for at most ``epochs`` iterations
+        (and ``1.25 * epochs`` loss evaluations), run as a single "epoch": ``history["loss"]`` then has
+        one entry (the final data loss), ``history["loss_evals"]`` the data loss of every evaluation,
+        and ``validation`` / ``callback`` are evaluated once, at the end. ``batch_size``, ``seed`` and
+        ``schedule`` play no part; ``lr`` is L-BFGS's step scale (1 is the usual choice). Meant for
+        small models on small training sets.
+    penalty : callable, optional
+        ``penalty() -> scalar`` added to the loss of every step (e.g. a ridge on some parameters);
+        ``history["loss"]`` records the data loss without it.
 
     Returns
     -------
@@ -196,6 +209,10 @@ def fit_supervised(
         raise ValueError(f"{inputs.shape[0]} inputs but {targets.shape[0]} targets")
     if schedule not in (None, "cosine"):
         raise ValueError(f"schedule must be None or 'cosine', got {schedule!r}")
+    if optimizer not in ("adam", "lbfgs"):
+        raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {optimizer!r}")
+    if optimizer == "lbfgs" and schedule is not None:
+        raise ValueError("schedule is not supported with optimizer='lbfgs'")
     loss_fn: LossFn = loss if loss is not None else mse
     is_module = isinstance(model, torch.nn.Module)
     if params is None:
@@ -208,6 +225,8 @@ def fit_supervised(
     n = int(inputs.shape[0])
     history: History = {"loss": [], "epochs": epochs, "batch_size": batch_size, "lr": float(lr),
                         "seed": seed, "n_samples": n, "schedule": schedule}
+    if optimizer != "adam":
+        history["optimizer"] = optimizer
     if validation is not None:
         history["val_loss"] = []
     was_training = model.training if is_module else None  # type: ignore[union-attr]
@@ -216,7 +235,16 @@ def fit_supervised(
         gen.manual_seed(int(seed))
     else:
         gen.seed()
-    opt = torch.optim.Adam(plist, lr=float(lr), weight_decay=float(weight_decay))
+    if optimizer == "lbfgs":
+        if weight_decay:
+            raise ValueError("weight_decay is not supported with optimizer='lbfgs' (use penalty=)")
+        epochs, lbfgs_iter = min(epochs, 1), epochs  # all the iterations in one "epoch"
+        opt: torch.optim.Optimizer = torch.optim.LBFGS(plist, lr=float(lr), max_iter=max(lbfgs_iter, 1),
+                                                       history_size=50,
+                                                       line_search_fn="strong_wolfe", tolerance_grad=1e-12,
+                                                       tolerance_change=1e-14)
+    else:
+        opt = torch.optim.Adam(plist, lr=float(lr), weight_decay=float(weight_decay))
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
              if schedule == "cosine" else None)
     t0 = time.perf_counter()
@@ -230,16 +258,36 @@ def fit_supervised(
             for epoch in bar:
                 if is_module:
                     model.train()  # type: ignore[union-attr]
-                perm = torch.randperm(n, generator=gen).to(inputs.device)
                 total = 0.0
-                for start in range(0, n, batch_size):
+                if optimizer == "lbfgs":
+                    evals: list[float] = []
+
+                    def closure() -> torch.Tensor:
+                        opt.zero_grad(set_to_none=True)
+                        data = loss_fn(model(inputs), targets)
+                        value = data + penalty() if penalty is not None else data
+                        if not torch.isfinite(value):
+                            raise FloatingPointError(f"training loss became {float(value)} (L-BFGS)")
+                        value.backward()
+                        evals.append(float(data.detach()))
+                        return value
+
+                    # one call runs all the iterations: calling step() once per iteration (max_iter=1)
+                    # was measured to derail the line search on U-ADMM-AENet (docs/uadmm.md)
+                    opt.step(closure)  # type: ignore[arg-type]
+                    with torch.no_grad():
+                        total = float(loss_fn(model(inputs), targets)) * n
+                    history["evals"] = len(evals)
+                    history["loss_evals"] = evals
+                perm = torch.randperm(n, generator=gen).to(inputs.device)
+                for start in range(0, n if optimizer == "adam" else 0, batch_size):
                     idx = perm[start:start + batch_size]
                     opt.zero_grad(set_to_none=True)
                     value = loss_fn(model(inputs[idx]), targets[idx])
                     if not torch.isfinite(value):
                         raise FloatingPointError(
                             f"training loss became {float(value)} at epoch {epoch}; lower lr")
-                    value.backward()
+                    (value + penalty() if penalty is not None else value).backward()
                     opt.step()
                     total += float(value.detach()) * int(idx.numel())
                 if sched is not None:

@@ -35,9 +35,16 @@ import torch
 from .base import UnmixModel, register_model
 from .losses import PAPER_ALPHAS, CompositeLoss
 
-#: Defaults of :meth:`UADMMNet.fit`, chosen by measurement on Jasper Ridge (docs/uadmm.md).
+#: Adam defaults of :meth:`UADMMNet.fit` / :meth:`MNNAE.fit` (``optimizer="adam"``), chosen by
+#: measurement on Jasper Ridge (docs/uadmm.md).
 DEFAULT_EPOCHS = 300
 DEFAULT_LR = 1e-3
+#: :meth:`UADMMNet.fit` defaults (``optimizer="lbfgs"``): full-batch L-BFGS iterations, ``W`` trained in
+#: the whitened top-6 singular subspace of the training spectra with a ridge of 1e-3 (docs/uadmm.md).
+LBFGS_EPOCHS = 500
+LBFGS_LR = 1.0
+DEFAULT_SUBSPACE = 6
+DEFAULT_RIDGE = 1e-3
 #: The paper's training settings (sec. 5.1): Adam, lr 1e-4, batch 64, 300 epochs.
 PAPER_LR = 1e-4
 
@@ -100,11 +107,35 @@ def _labelled_pixels(spectra: Any, abundances: Any) -> tuple[Any, Any]:
     return spectra, abundances
 
 
+def _folding(callback: Callable[[int, Any], Any] | None, net: Any, W0: torch.Tensor, V: torch.Tensor,
+             P: torch.Tensor) -> Callable[[int, Any], Any] | None:
+    """Wrap a :meth:`fit` callback so that it sees ``net`` with the current subspace ``W`` written in."""
+    if callback is None:
+        return None
+
+    def cb(epoch: int, _model: Any) -> Any:
+        was = net.training
+        net.eval()
+        try:
+            with torch.no_grad():
+                net.W.copy_(W0 + V @ P.T)
+            return callback(epoch, net)
+        finally:
+            net.train(was)
+
+    return cb
+
+
 class _UnrolledNet(UnmixModel):
     """Shared plumbing: endmember buffer, ASC normalisation, supervised :meth:`fit`."""
 
     #: loss weights (MSE, angle distance, symmetric KL) used by :meth:`fit` unless given.
     default_alphas: ClassVar[tuple[float, float, float]] = PAPER_ALPHAS
+
+    #: :meth:`fit` defaults for ``optimizer``, ``subspace`` and ``ridge`` (see there).
+    default_optimizer: ClassVar[str] = "adam"
+    default_subspace: ClassVar[int | None] = None
+    default_ridge: ClassVar[float] = 0.0
 
     def __init__(self, n_bands: int, n_endmembers: int, endmember_names: list[str] | None = None,
                  wavelengths: list[float] | None = None, *, layers: int = 2, tied: bool = False) -> None:
@@ -135,8 +166,11 @@ class _UnrolledNet(UnmixModel):
         tiny = torch.finfo(z.dtype).tiny
         return torch.where(s > tiny, z / s.clamp_min(tiny), torch.full_like(z, 1.0 / self.n_endmembers))
 
-    def iterate(self, y: torch.Tensor) -> torch.Tensor:
-        """The last layer's non-negative output ``(n, R)`` before the sum-to-one normalisation."""
+    def iterate(self, y: torch.Tensor, W: torch.Tensor | None = None) -> torch.Tensor:
+        """The last layer's non-negative output ``(n, R)`` before the sum-to-one normalisation.
+
+        ``W`` (shaped like ``self.W``) replaces the network's ``W`` (used by :meth:`fit`'s subspace
+        parametrisation)."""
         raise NotImplementedError
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
@@ -158,9 +192,9 @@ class _UnrolledNet(UnmixModel):
         spectra: Any,
         abundances: Any,
         *,
-        epochs: int = DEFAULT_EPOCHS,
+        epochs: int | None = None,
         batch_size: int = 64,
-        lr: float = DEFAULT_LR,
+        lr: float | None = None,
         seed: int | None = None,
         alphas: Sequence[float] | None = None,
         loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
@@ -170,8 +204,17 @@ class _UnrolledNet(UnmixModel):
         progress: bool | None = None,
         sum_tol: float = 1e-3,
         schedule: str | None = None,
+        optimizer: str | None = None,
+        subspace: int | None | str = "default",
+        ridge: float | None = None,
     ) -> dict[str, Any]:
-        """Supervised training on labelled pixels (Adam, mini-batches), in place.
+        """Supervised training on labelled pixels, in place.
+
+        :class:`UADMMNet` defaults: full-batch L-BFGS, 500 iterations, ``W`` updated in the whitened
+        6-dimensional singular subspace of the training spectra with a ridge of 1e-3 (measured on
+        Jasper Ridge, docs/uadmm.md). :class:`MNNAE` defaults: Adam, lr 1e-3, batch 64, 300 epochs, ``W``
+        trained directly. The paper's setting is ``optimizer="adam", lr=PAPER_LR, epochs=300,
+        subspace=None, ridge=0``.
 
         Parameters
         ----------
@@ -183,13 +226,14 @@ class _UnrolledNet(UnmixModel):
             an ``endmember`` dim (e.g. ``(endmember, y, x)``, aligned with a cube given as ``spectra``) is
             flattened the same way; with two DataArrays, pixels that are NaN in either (unlabelled) are
             dropped.
-        epochs : int
-            Passes over the training set.
+        epochs : int, optional
+            Passes over the training set: Adam epochs, or L-BFGS iterations (each one or more full-batch
+            evaluations). Default 300 (Adam) / 500 (L-BFGS).
         batch_size : int
-            Pixels per Adam step.
-        lr : float
-            Adam learning rate. Default 1e-3 (measured on Jasper Ridge, see docs/uadmm.md); the paper's
-            setting is ``PAPER_LR = 1e-4``.
+            Pixels per Adam step (unused by L-BFGS, which is full-batch).
+        lr : float, optional
+            Adam learning rate, default 1e-3 (the paper's setting is ``PAPER_LR = 1e-4``); L-BFGS initial
+            step, default 1.
         seed : int, optional
             Reproducible batch order.
         alphas : (float, float, float), optional
@@ -210,7 +254,21 @@ class _UnrolledNet(UnmixModel):
         sum_tol : float
             Tolerance of the sum-to-one / non-negativity check on ``abundances``.
         schedule : {None, "cosine"}
-            Learning-rate schedule (see :func:`xr_unmix.models._train.fit_supervised`).
+            Learning-rate schedule (Adam only; see :func:`xr_unmix.models._train.fit_supervised`).
+        optimizer : {"adam", "lbfgs"}, optional
+            Default ``type(self).default_optimizer`` (``"lbfgs"`` for UADMMNet, ``"adam"`` for MNNAE).
+        subspace : int or None, optional
+            Train ``W_k = W_k0 + V_k P^T`` instead of ``W_k`` directly: ``P`` (bands, ``subspace``) spans
+            the top right-singular vectors of the (uncentred) training spectra ``Y`` (n, bands), each
+            column divided by the RMS of the spectra along it (``s_j / sqrt(n)``: whitened); ``V_k``
+            starts at 0; ``W`` is written back after training (the network's architecture and saved
+            form are unchanged). ``None``: train ``W`` directly. Default ``type(self).default_subspace``
+            (6 for UADMMNet, None for MNNAE); clipped to the rank of the training spectra.
+        ridge : float, optional
+            Adds ``ridge * sum_k mean_i ||(W_k - W_k0) y_i||^2`` to the loss: the mean squared change
+            of each layer's ``W y`` over the training spectra, relative to the warm start (with
+            ``subspace`` this is ``ridge * ||V||^2``). Default ``type(self).default_ridge`` (1e-3 for
+            UADMMNet, 0 for MNNAE).
 
         Returns
         -------
@@ -225,6 +283,22 @@ class _UnrolledNet(UnmixModel):
         """
         from ._train import check_pairs, fit_supervised
 
+        optimizer = self.default_optimizer if optimizer is None else optimizer
+        if optimizer not in ("adam", "lbfgs"):
+            raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {optimizer!r}")
+        if epochs is None:
+            epochs = LBFGS_EPOCHS if optimizer == "lbfgs" else DEFAULT_EPOCHS
+        if lr is None:
+            lr = LBFGS_LR if optimizer == "lbfgs" else DEFAULT_LR
+        if isinstance(subspace, str):
+            if subspace != "default":
+                raise ValueError(f"subspace must be an int >= 1 or None, got {subspace!r}")
+            subspace = self.default_subspace
+        if subspace is not None and int(subspace) < 1:
+            raise ValueError(f"subspace must be an int >= 1 or None, got {subspace!r}")
+        ridge = self.default_ridge if ridge is None else float(ridge)
+        if not ridge >= 0:
+            raise ValueError(f"ridge must be >= 0, got {ridge}")
         p = next(self.parameters())
         spectra, abundances = _labelled_pixels(spectra, abundances)
         Y, A = check_pairs(spectra, abundances, n_bands=self.n_bands, n_endmembers=self.n_endmembers,
@@ -235,10 +309,44 @@ class _UnrolledNet(UnmixModel):
                               n_endmembers=self.n_endmembers, sum_tol=sum_tol, dtype=p.dtype, device=p.device)
         loss_fn = loss if loss is not None else CompositeLoss(
             self.default_alphas if alphas is None else alphas)
-        history = fit_supervised(self, Y, A, epochs=epochs, batch_size=batch_size, lr=lr, loss=loss_fn,
-                                 seed=seed, weight_decay=weight_decay, validation=val, callback=callback,
-                                 progress=progress, desc=f"{type(self).__name__} fit", schedule=schedule)
+        model: Any = self
+        params: list[torch.nn.Parameter] | None = None
+        penalty = None
+        W0 = self.W.detach().clone()
+        Yc = Y  # not centred: measured better than centred on Jasper Ridge (docs/uadmm.md)
+        V = None
+        if subspace is not None:
+            _, S, Vh = torch.linalg.svd(Yc.double(), full_matrices=False)
+            tol = float(S[0]) * max(Yc.shape) * torch.finfo(S.dtype).eps if S.numel() else 0.0
+            r = min(int(subspace), int((S > tol).sum()))
+            if r < 1:
+                raise ValueError("the training spectra span no direction to train W in (all zero?)")
+            P = (Vh[:r].T / (S[:r] / Y.shape[0] ** 0.5)).to(p.dtype)  # (bands, r), whitened directions
+            V = torch.nn.Parameter(W0.new_zeros(W0.shape[0], W0.shape[1], r))
+            net = self
+
+            def model(y: torch.Tensor) -> torch.Tensor:
+                return net.normalize(net.iterate(y, W=W0 + V @ P.T))
+
+            params = [V] + [q for name, q in self.named_parameters() if name != "W"]
+            if ridge:
+                def penalty() -> torch.Tensor:
+                    return ridge * V.pow(2).sum()
+        elif ridge:
+            def penalty() -> torch.Tensor:
+                return ridge * ((self.W - W0) @ Yc.T).pow(2).sum((1, 2)).sum() / Yc.shape[0]
+        try:
+            history = fit_supervised(model, Y, A, epochs=epochs, batch_size=batch_size, lr=lr, loss=loss_fn,
+                                     seed=seed, weight_decay=weight_decay, validation=val,
+                                     callback=callback if V is None else _folding(callback, self, W0, V, P),
+                                     progress=progress, desc=f"{type(self).__name__} fit",
+                                     schedule=schedule, params=params, optimizer=optimizer, penalty=penalty)
+        finally:
+            if V is not None:
+                with torch.no_grad():
+                    self.W.copy_(W0 + V @ P.T)
         history["alphas"] = None if loss is not None else list(getattr(loss_fn, "alphas", ()))
+        history.update(optimizer=optimizer, subspace=None if V is None else int(V.shape[-1]), ridge=ridge)
         self.eval()
         return history
 
@@ -293,6 +401,9 @@ class UADMMNet(_UnrolledNet):
     """
 
     default_alphas = PAPER_ALPHAS
+    default_optimizer = "lbfgs"
+    default_subspace = DEFAULT_SUBSPACE
+    default_ridge = DEFAULT_RIDGE
 
     def __init__(self, n_bands: int, n_endmembers: int, endmember_names: list[str] | None = None,
                  wavelengths: list[float] | None = None, *, layers: int = 2, tied: bool = False,
@@ -360,12 +471,14 @@ class UADMMNet(_UnrolledNet):
     def _layer(self, k: int) -> int:
         return 0 if self.tied else k
 
-    def iterate(self, y: torch.Tensor, return_all: bool = False) -> Any:
+    def iterate(self, y: torch.Tensor, W: torch.Tensor | None = None, return_all: bool = False) -> Any:
         """Run the ``K`` layers from ``z_0 = d_0 = 0``.
 
         Parameters
         ----------
         y : Tensor, shape (n, bands)
+        W : Tensor, optional
+            Replaces the parameter ``W`` (same shape).
         return_all : bool
             Also return the final ``x`` and ``d``.
 
@@ -378,9 +491,10 @@ class UADMMNet(_UnrolledNet):
         z = y.new_zeros(n, R)
         d = y.new_zeros(n, R)
         x = z
+        W = self.W if W is None else W
         for k in range(self.layers):
             i = self._layer(k)
-            x = y @ self.W[i].T + (z + d) @ self.B[i].T
+            x = y @ W[i].T + (z + d) @ self.B[i].T
             z = _soft_nonneg(x - d, self.theta[i])
             d = d - self.eta[i] * (x - z)
         return (x, z, d) if return_all else z
@@ -444,11 +558,14 @@ class MNNAE(_UnrolledNet):
             net.E.copy_(torch.from_numpy(Em))
         return net
 
-    def iterate(self, y: torch.Tensor) -> torch.Tensor:
-        """Run the ``K`` ISTA layers from ``x_0 = 0``; returns ``x_K`` (n, R), non-negative, not normalised."""
+    def iterate(self, y: torch.Tensor, W: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the ``K`` ISTA layers from ``x_0 = 0``; returns ``x_K`` (n, R), non-negative, not normalised.
+
+        ``W`` (optional, shaped like the parameter) replaces the parameter ``W``."""
         self._check_input(y)
         x = y.new_zeros(y.shape[0], self.n_endmembers)
+        W = self.W if W is None else W
         for k in range(self.layers):
             i = 0 if self.tied else k
-            x = _soft_nonneg(y @ self.W[i].T + x @ self.S[i].T, self.theta[i])
+            x = _soft_nonneg(y @ W[i].T + x @ self.S[i].T, self.theta[i])
         return x
