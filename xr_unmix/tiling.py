@@ -137,10 +137,8 @@ def masked_kernel(block: np.ndarray, kernel: Kernel, n_out: int, dtype: Any) -> 
     out = np.asarray(kernel(filled), dtype=dtype)
     if out.shape != (n_out, h, w):
         raise RuntimeError(f"kernel returned shape {out.shape}, expected {(n_out, h, w)}")
-    if invalid is not None:
-        if not out.flags.writeable:
-            out = out.copy()
-        out[:, invalid] = np.nan
+    if invalid is not None:  # a new array: the kernel's output may be a buffer it keeps (n_out bands: cheap)
+        out = np.where(invalid[None], np.asarray(np.nan, dtype=out.dtype), out)
     return out
 
 
