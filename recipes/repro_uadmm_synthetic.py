@@ -38,6 +38,9 @@ FIG = ROOT / "docs" / "figures"
 NETS = {"U-ADMM-AENet": UADMMNet, "MNN-AE-2": MNNAE}
 
 
+#: the paper's training: Adam on mini-batches, W trained directly (not the UADMMNet.fit defaults)
+PAPER_FIT = dict(optimizer="adam", subspace=None, ridge=0.0)
+
 def scene(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(E (bands, 6), spectra (10000, bands), abundances (10000, 6)) of one synthetic scene."""
     lib = load_usgs_library("pruned_10_deg")
@@ -81,7 +84,7 @@ def main() -> None:
                 return {"test_rmse": rmse(model(Yte).double().numpy().T, A[te].T)}
 
             h = net.fit(Y[tr], A[tr], epochs=args.epochs_a, lr=args.lr, batch_size=64, seed=seed,
-                        callback=cb, progress=False)
+                        callback=cb, progress=False, **PAPER_FIT)
             curves[name].append([first, *h["test_rmse"]])
             t_fit[name].append(h["time_s"])
         print(f"(a) seed {seed}: " + ", ".join(f"{k} {v[-1][-1]:.4f}" for k, v in curves.items()),
@@ -98,7 +101,7 @@ def main() -> None:
             for name, cls in NETS.items():
                 net = cls.from_endmembers(E, layers=2)
                 net.fit(Y[tr], A[tr], epochs=args.epochs_b, lr=args.lr, batch_size=64, seed=seed,
-                        progress=False)
+                        progress=False, **PAPER_FIT)
                 by_size[name][size].append(rmse(net.predict(Y[te]).T, A[te].T))
             print(f"(b) seed {seed} size {size}: "
                   + ", ".join(f"{k} {v[size][-1]:.4f}" for k, v in by_size.items()), flush=True)
