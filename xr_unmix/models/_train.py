@@ -4,8 +4,9 @@ Public API
 ----------
 :func:`fit_supervised` ``(model, inputs, targets, *, epochs, batch_size=64, lr=1e-4, loss=None, seed=None,
 params=None, weight_decay=0.0, validation=None, callback=None, progress=None, desc=None,
-schedule=None) -> dict``
-    Adam on mini-batches of ``(inputs[i], targets[i])`` rows. ``model`` is a :class:`torch.nn.Module` or
+schedule=None, optimizer="adam", penalty=None) -> dict``
+    Adam on mini-batches of ``(inputs[i], targets[i])`` rows (or, ``optimizer="lbfgs"``, full-batch
+    L-BFGS; ``penalty`` adds a regulariser to the loss). ``model`` is a :class:`torch.nn.Module` or
     any callable ``model(inputs_batch) -> predictions_batch`` (then pass ``params``). Returns the history
     dict described in :func:`fit_supervised`.
 
