@@ -496,8 +496,8 @@ def sunsal_solve(
         b_all = torch.cat(parts_b, 1) if parts_b else torch.empty((R, 0), dtype=dtype, device=Et.device)
         finite = torch.isfinite(b_all).all(0)
     # Pixels with a NaN or inf in any band have a non-finite data term. They get the data term of the
-    # spectrum E 1/R, whose answer 1/R (interior) the first polish certifies at once, and come out NaN:
-    # cheaper than compacting every array and expanding the result.
+    # spectrum E 1/R (for FCLS, its answer 1/R is interior and the first polish certifies it at once) and
+    # come out NaN: cheaper than compacting every array and expanding the result.
     bad: torch.Tensor | None = None
     if not bool(finite.all()):
         bad = (~finite).nonzero()[:, 0].to(Et.device)
