@@ -36,7 +36,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 # DEQ-Unmix settings (command-line overridable); see the module docstring
 PRECONDITION, Y_LINEAR, Y_FEATURES, USE_CNN, LR, WEIGHT_DECAY = 1e-3, 1, 16, 1, 3e-3, 1e-4
-HIDDEN, KERNEL_SIZE, CNN_LAYERS = 128, 1, 3
+HIDDEN, KERNEL_SIZE, CNN_LAYERS, Y_SUBSPACE = 128, 1, 3, 0
 sys.path.insert(0, str(HERE))
 
 
@@ -75,7 +75,8 @@ def one_seed(seed: int, epochs: int, n_train: int, opts: dict) -> dict:
     deq = DEQUnmix.from_endmembers(E, seed=seed, learn_endmembers=False, y_features=opts["y_features"],
                                    y_linear=opts["y_linear"], precondition=opts["precondition"],
                                    use_cnn=opts["use_cnn"], hidden=opts["hidden"],
-                                   kernel_size=opts["kernel_size"], cnn_layers=opts["cnn_layers"])
+                                   kernel_size=opts["kernel_size"], cnn_layers=opts["cnn_layers"],
+                                   y_subspace=opts["y_subspace"])
     fit_kw = dict(epochs=epochs, lr=opts["lr"], seed=seed, progress=False, train_max_iter=None,
                   weight_decay=opts["weight_decay"])
     if opts["kernel_size"] == 1:  # a pixel-wise operator: train on the labelled spectra alone (cheaper)
@@ -105,10 +106,11 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=HIDDEN)
     ap.add_argument("--kernel-size", type=int, default=KERNEL_SIZE)
     ap.add_argument("--cnn-layers", type=int, default=CNN_LAYERS)
+    ap.add_argument("--y-subspace", type=int, default=Y_SUBSPACE)
     a = ap.parse_args()
     opts = dict(precondition=a.precondition, y_linear=bool(a.y_linear), y_features=a.y_features,
                 use_cnn=bool(a.use_cnn), lr=a.lr, weight_decay=a.weight_decay, hidden=a.hidden,
-                kernel_size=a.kernel_size, cnn_layers=a.cnn_layers)
+                kernel_size=a.kernel_size, cnn_layers=a.cnn_layers, y_subspace=a.y_subspace)
     t0 = time.perf_counter()
     with ProcessPoolExecutor(a.workers) as ex:
         res = list(ex.map(one_seed, range(a.seeds), [a.epochs] * a.seeds, [a.n_train] * a.seeds,

@@ -298,3 +298,21 @@ def test_accessor_preconditioned_default_halo(scene) -> None:
         assert float(np.abs(whole - cube.unmix.deq(plain).values).max()) > 1e-2  # the CNN matters
     assert float(np.abs(whole - tiled).max()) < 1e-3
     assert model.solve_stats["max_iterations"] < 40
+
+
+def test_y_subspace_whitened_target_shift(scene, tmp_path) -> None:
+    cube, E, truth = scene
+    m = DEQUnmix.from_endmembers(E, seed=0, y_linear=True, y_subspace=4, precondition=1e-3,
+                                 use_cnn=False, learn_endmembers=False)
+    assert m.target_shift().shape == (3, 20) and not m.target_shift().any()
+    T = truth.values[[1, 2, 0]] * 0.5 + truth.values * 0.5
+    Yp, Ap = cube.values.reshape(20, -1).T[:200], T.reshape(3, -1).T[:200]
+    h = m.fit(Yp, Ap, epochs=15, batch_size=200, lr=3e-2, seed=0, progress=False)
+    assert h["best_loss"] < 0.7 * h["loss"][0]
+    # the basis: whitened top singular vectors of the training spectra (unit-variance coordinates)
+    coords = torch.as_tensor(Yp, dtype=torch.float32) @ m.V_basis.T
+    torch.testing.assert_close((coords ** 2).mean(0), torch.ones(4), atol=1e-3, rtol=1e-3)
+    back = load_model(m.save(tmp_path / "deq_vs.safetensors"))
+    torch.testing.assert_close(back.target_shift(), m.target_shift())
+    with pytest.raises(ValueError, match="y_subspace"):
+        DEQUnmix.from_endmembers(E, y_linear=True, y_subspace=99)

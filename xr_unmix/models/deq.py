@@ -106,6 +106,10 @@ class DEQUnmix(UnmixModel):
         ``M^T M (A - V Y) - M^T Y``, whose unconstrained minimiser is the least-squares abundances plus
         ``V Y``. The operator then sees the whole spectrum, as U-ADMM's learned ``W`` does (for supervised
         training: labels that are not the least-squares abundances of the given endmembers).
+    y_subspace : int
+        With ``y_linear``: ``V = Vc @ basis``, ``basis`` = the whitened top-``y_subspace`` right singular
+        vectors of the training spectra (set by :meth:`fit`, or :meth:`set_spectral_subspace`), so that
+        only ``R x y_subspace`` coefficients learn, on well-conditioned coordinates. ``0``: a full ``V``.
     precondition : float
         ``0`` (default): the data step is ``eta * grad`` (projected gradient descent). ``delta > 0``: the
         step is ``K grad`` with ``K`` the inverse of ``M^T M + delta ||M||_2^2 I`` restricted to the
@@ -151,6 +155,7 @@ class DEQUnmix(UnmixModel):
         use_cnn: bool = True,
         y_features: int = 0,
         y_linear: bool = False,
+        y_subspace: int = 0,
         precondition: float = 0.0,
         step: float = 1.0,
         max_iter: int = 100,
@@ -178,7 +183,7 @@ class DEQUnmix(UnmixModel):
             hidden=int(hidden), cnn_layers=int(cnn_layers), kernel_size=int(kernel_size),
             use_cnn=bool(use_cnn),
             y_features=int(y_features), y_linear=bool(y_linear),
-            precondition=float(precondition), step=float(step),
+            y_subspace=int(y_subspace), precondition=float(precondition), step=float(step),
             max_iter=int(max_iter), tol=float(tol), anderson_m=int(anderson_m),
             anderson_lam=float(anderson_lam), anderson_beta=float(anderson_beta), backward=backward,
             b_max_iter=int(b_max_iter), b_tol=float(b_tol), learn_endmembers=bool(learn_endmembers),
@@ -191,7 +196,16 @@ class DEQUnmix(UnmixModel):
         self.y_proj = (nn.Conv2d(self.n_bands, int(y_features), 1)
                        if use_cnn and y_features > 0 else None)
         # learned linear shift of the data term's target, zero at the start (see ``y_linear``)
-        self.V = (nn.Parameter(torch.zeros(self.n_endmembers, self.n_bands)) if y_linear else None)
+        k = int(y_subspace)
+        if k < 0 or k > self.n_bands:
+            raise ValueError(f"y_subspace must be in [0, n_bands], got {y_subspace}")
+        if y_linear and k:  # V = Vc @ basis: coefficients on a whitened k-dim basis of the spectra
+            self.V = None
+            self.Vc = nn.Parameter(torch.zeros(self.n_endmembers, k))
+            self.register_buffer("V_basis", torch.eye(k, self.n_bands))
+        else:
+            self.V = (nn.Parameter(torch.zeros(self.n_endmembers, self.n_bands)) if y_linear else None)
+            self.Vc = None
         self.backward_stats = BackwardStats()
         self._lock = threading.Lock()
         self.reset_solve_stats()
@@ -273,6 +287,25 @@ class DEQUnmix(UnmixModel):
             upd = upd + self.cnn(torch.cat(x, dim=1))
         return project_simplex(A - upd, dim=1)
 
+    def target_shift(self) -> torch.Tensor | None:
+        """The learned ``(R, bands)`` matrix ``V`` of ``y_linear`` (``None`` without it)."""
+        if self.Vc is not None:
+            return self.Vc @ self.V_basis
+        return self.V
+
+    def set_spectral_subspace(self, spectra: Any) -> None:
+        """Set the whitened basis of ``y_subspace``: the top-k right singular vectors of ``spectra``
+        ``(n, bands)``, each divided by its singular value / sqrt(n) (unit-variance coordinates). Done by
+        :meth:`fit` on its training spectra while ``Vc`` is still zero (untrained)."""
+        if self.Vc is None:
+            raise ValueError("set_spectral_subspace needs y_linear=True and y_subspace > 0")
+        X = torch.as_tensor(np.asarray(spectra, dtype=np.float64)).reshape(-1, self.n_bands)
+        _, S, Vh = torch.linalg.svd(X, full_matrices=False)
+        k = self.Vc.shape[1]
+        scale = (S[:k] / math.sqrt(X.shape[0])).clamp_min(1e-12)
+        with torch.no_grad():
+            self.V_basis.copy_((Vh[:k] / scale[:, None]).to(self.V_basis.dtype))
+
     def step_matrix(self, E: torch.Tensor | None = None) -> torch.Tensor:
         """The ``(R, R)`` matrix that multiplies the data-term gradient in one step.
 
@@ -300,8 +333,9 @@ class DEQUnmix(UnmixModel):
             eta = self.step_matrix(E) if self.config["precondition"] > 0 else self.step_size(E)
         EtE = E.T @ E
         EtY = torch.einsum("br,nbhw->nrhw", E, Y)
-        if self.V is not None:
-            EtY = EtY + torch.einsum("rs,nshw->nrhw", EtE, torch.einsum("rb,nbhw->nrhw", self.V, Y))
+        V = self.target_shift()
+        if V is not None:
+            EtY = EtY + torch.einsum("rs,nshw->nrhw", EtE, torch.einsum("rb,nbhw->nrhw", V, Y))
         feats = self.y_proj(Y) if self.y_proj is not None else None
 
         def f(A: torch.Tensor) -> torch.Tensor:
@@ -716,6 +750,10 @@ class DEQUnmix(UnmixModel):
             A = torch.nan_to_num(A)
         else:
             raise ValueError(f"spectra must be (n_pixels, bands) or (n_tiles, bands, h, w); got {Ya.shape}")
+        if self.Vc is not None and not bool(self.Vc.detach().any()):
+            # untrained V: whitened basis of the training spectra (the labelled pixels)
+            Ys = Y.permute(0, 2, 3, 1)[M] if Y.ndim == 4 else Y
+            self.set_spectral_subspace(Ys.detach().cpu().double().numpy())
         groups = self._param_groups(lr, lr_endmembers if lr_endmembers > 0 else 0.0, weight_decay)
         groups = [g for g in groups if g["lr"] > 0]
         if not groups:
