@@ -107,7 +107,8 @@ class DEQUnmix(UnmixModel):
         ``V Y``. The operator then sees the whole spectrum, as U-ADMM's learned ``W`` does (for supervised
         training: labels that are not the least-squares abundances of the given endmembers).
     y_subspace : int
-        With ``y_linear``: ``V = Vc @ basis``, ``basis`` = the whitened top-``y_subspace`` right singular
+        With ``y_linear``: ``V = Vc @ basis``, and the CNN's ``y_features`` read the same whitened
+        coordinates ``basis @ y`` instead of the raw spectra; ``basis`` = the whitened top-``y_subspace`` right singular
         vectors of the training spectra (set by :meth:`fit`, or :meth:`set_spectral_subspace`), so that
         only ``R x y_subspace`` coefficients learn, on well-conditioned coordinates. ``0``: a full ``V``.
     precondition : float
@@ -193,19 +194,23 @@ class DEQUnmix(UnmixModel):
                               requires_grad=bool(learn_endmembers))
         self.cnn = (_CNN(self.n_endmembers, int(hidden), int(cnn_layers), int(kernel_size),
                          extra=int(y_features)) if use_cnn else None)
-        self.y_proj = (nn.Conv2d(self.n_bands, int(y_features), 1)
-                       if use_cnn and y_features > 0 else None)
         # learned linear shift of the data term's target, zero at the start (see ``y_linear``)
         k = int(y_subspace)
         if k < 0 or k > self.n_bands:
             raise ValueError(f"y_subspace must be in [0, n_bands], got {y_subspace}")
-        if y_linear and k:  # V = Vc @ basis: coefficients on a whitened k-dim basis of the spectra
+        if k:  # whitened k-dim basis of the training spectra (set by fit)
+            self.register_buffer("V_basis", torch.eye(k, self.n_bands))
+        else:
+            self.V_basis = None
+        if y_linear and k:  # V = Vc @ basis: coefficients on the whitened basis
             self.V = None
             self.Vc = nn.Parameter(torch.zeros(self.n_endmembers, k))
-            self.register_buffer("V_basis", torch.eye(k, self.n_bands))
         else:
             self.V = (nn.Parameter(torch.zeros(self.n_endmembers, self.n_bands)) if y_linear else None)
             self.Vc = None
+        # the CNN's learned spectral features: from the whitened coordinates when y_subspace is set
+        self.y_proj = (nn.Conv2d(k or self.n_bands, int(y_features), 1)
+                       if use_cnn and y_features > 0 else None)
         self.backward_stats = BackwardStats()
         self._lock = threading.Lock()
         self.reset_solve_stats()
@@ -293,15 +298,21 @@ class DEQUnmix(UnmixModel):
             return self.Vc @ self.V_basis
         return self.V
 
+    def _subspace_trained(self) -> bool:
+        """Whether what reads the whitened basis has left its start (then the basis stays as it is)."""
+        vc = self.Vc is not None and bool(self.Vc.detach().any())
+        last = self.cnn.convs[-1].weight.detach().any() if self.cnn is not None else False
+        return vc or bool(last)
+
     def set_spectral_subspace(self, spectra: Any) -> None:
         """Set the whitened basis of ``y_subspace``: the top-k right singular vectors of ``spectra``
         ``(n, bands)``, each divided by its singular value / sqrt(n) (unit-variance coordinates). Done by
         :meth:`fit` on its training spectra while ``Vc`` is still zero (untrained)."""
-        if self.Vc is None:
-            raise ValueError("set_spectral_subspace needs y_linear=True and y_subspace > 0")
+        if self.V_basis is None:
+            raise ValueError("set_spectral_subspace needs y_subspace > 0")
         X = torch.as_tensor(np.asarray(spectra, dtype=np.float64)).reshape(-1, self.n_bands)
         _, S, Vh = torch.linalg.svd(X, full_matrices=False)
-        k = self.Vc.shape[1]
+        k = self.V_basis.shape[0]
         scale = (S[:k] / math.sqrt(X.shape[0])).clamp_min(1e-12)
         with torch.no_grad():
             self.V_basis.copy_((Vh[:k] / scale[:, None]).to(self.V_basis.dtype))
@@ -336,7 +347,10 @@ class DEQUnmix(UnmixModel):
         V = self.target_shift()
         if V is not None:
             EtY = EtY + torch.einsum("rs,nshw->nrhw", EtE, torch.einsum("rb,nbhw->nrhw", V, Y))
-        feats = self.y_proj(Y) if self.y_proj is not None else None
+        feats = None
+        if self.y_proj is not None:
+            Yf = Y if self.V_basis is None else torch.einsum("kb,nbhw->nkhw", self.V_basis, Y)
+            feats = self.y_proj(Yf)
 
         def f(A: torch.Tensor) -> torch.Tensor:
             return self._update(A, torch.einsum("rs,nshw->nrhw", EtE, A) - EtY, eta, feats)
@@ -750,8 +764,8 @@ class DEQUnmix(UnmixModel):
             A = torch.nan_to_num(A)
         else:
             raise ValueError(f"spectra must be (n_pixels, bands) or (n_tiles, bands, h, w); got {Ya.shape}")
-        if self.Vc is not None and not bool(self.Vc.detach().any()):
-            # untrained V: whitened basis of the training spectra (the labelled pixels)
+        if self.V_basis is not None and not self._subspace_trained():
+            # untrained: whitened basis of the training spectra (the labelled pixels)
             Ys = Y.permute(0, 2, 3, 1)[M] if Y.ndim == 4 else Y
             self.set_spectral_subspace(Ys.detach().cpu().double().numpy())
         groups = self._param_groups(lr, lr_endmembers if lr_endmembers > 0 else 0.0, weight_decay)
