@@ -119,6 +119,28 @@ def test_float64_on_request(scene):
     assert cube.unmix.sunsal(E, dtype="float64").dtype == np.float64
 
 
+def test_float64_solve_of_float32_cube_equals_float64_cube(scene):
+    # a float32 cube is passed to the solver uncast; the answer must equal the solve of the cast cube
+    cube, E, _ = scene
+    assert cube.dtype == np.float32
+    a = cube.unmix.fcls(E, dtype="float64").values
+    b = cube.astype("float64").unmix.fcls(E, dtype="float64").values
+    np.testing.assert_allclose(a, b, atol=1e-12)
+    lazy = cube.chunk({"y": 10, "x": 12}).unmix.fcls(E, dtype="float64").values
+    np.testing.assert_allclose(lazy, b, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_non_finite_pixel_is_nan_on_numpy_and_dask(scene, bad):
+    cube, E, _ = scene
+    c = cube.copy()
+    c[7, 11, 13] = bad
+    for arr in (c, c.chunk({"y": 10, "x": 12})):
+        ab = arr.unmix.sunsal(E, lam=1e-3).values
+        assert np.isnan(ab[:, 11, 13]).all()
+        assert np.isfinite(ab).sum() == ab.size - ab.shape[0]
+
+
 def test_top_level_names():
     for name in ("sunsal", "admm", "deq", "to_cog", "to_zarr", "read_endmembers", "resample_spectra",
                  "load_model", "metrics"):
