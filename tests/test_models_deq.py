@@ -316,3 +316,57 @@ def test_y_subspace_whitened_target_shift(scene, tmp_path) -> None:
     torch.testing.assert_close(back.target_shift(), m.target_shift())
     with pytest.raises(ValueError, match="y_subspace"):
         DEQUnmix.from_endmembers(E, y_linear=True, y_subspace=99)
+
+
+def test_fit_lbfgs_lowers_training_loss_and_guards(scene, tmp_path) -> None:
+    cube, E, truth = scene
+    T = truth.values[[1, 2, 0]] * 0.5 + truth.values * 0.5
+    Yp, Ap = cube.values.reshape(20, -1).T[:100], T.reshape(3, -1).T[:100]
+    m = DEQUnmix.from_endmembers(E, seed=0, hidden=8, kernel_size=1, y_linear=True, precondition=1e-3,
+                                 learn_endmembers=False)
+    h = m.fit(Yp, Ap, optimizer="lbfgs", epochs=15, lr=1.0, ridge=1e-4, weight_decay=1e-5,
+              progress=False)
+    assert h["optimizer"] == "lbfgs" and len(h["loss"]) == h["evals"] > 1
+    # keep-best guard on the training objective; the start (evaluation 0) is eligible
+    assert h["best_objective"] == min(h["objective"]) and h["best_epoch"] > 0
+    assert h["best_loss"] < 0.5 * h["loss"][0]
+    assert m.config["b_tol"] == 1e-4 and m.config["b_max_iter"] == 10  # restored after training
+    with torch.no_grad():
+        err = float((m(torch.as_tensor(Yp, dtype=torch.float32)) - torch.as_tensor(Ap)).pow(2).sum(1).mean())
+    assert err == pytest.approx(h["best_loss"], rel=1e-2, abs=1e-6)
+    back = load_model(m.save(tmp_path / "deq_lbfgs.safetensors"))
+    with torch.no_grad():
+        torch.testing.assert_close(back(torch.as_tensor(Yp[:10])), m(torch.as_tensor(Yp[:10])))
+    with pytest.raises(ValueError, match="optimizer"):
+        m.fit(Yp, Ap, optimizer="sgd", progress=False)
+    with pytest.raises(ValueError, match="ridge"):
+        DEQUnmix.from_endmembers(E, seed=0).fit(Yp, Ap, ridge=1.0, progress=False)
+
+
+def test_fit_lbfgs_subspace_no_cnn(scene) -> None:
+    cube, E, truth = scene
+    T = truth.values[[1, 2, 0]] * 0.5 + truth.values * 0.5
+    Yp, Ap = cube.values.reshape(20, -1).T[:150], T.reshape(3, -1).T[:150]
+    m = DEQUnmix.from_endmembers(E, seed=0, y_linear=True, y_subspace=4, precondition=1e-3,
+                                 use_cnn=False, learn_endmembers=False).double()
+    h = m.fit(Yp, Ap, optimizer="lbfgs", epochs=30, lr=1.0, progress=False)
+    assert h["best_loss"] < 0.7 * h["loss"][0] and m.Vc.detach().abs().max() > 0
+
+
+def test_metric_starts_unchanged_learns_and_roundtrips(scene, tmp_path) -> None:
+    cube, E, truth = scene
+    Y = torch.as_tensor(cube.values)[None]
+    A = torch.rand(1, 3, 24, 28, generator=torch.Generator().manual_seed(0))
+    for pre in (0.0, 1e-3):  # Lambda = 0 at the start: the operator is the one without the option
+        m = DEQUnmix.from_endmembers(E, seed=0, hidden=8, metric=True, y_linear=True, precondition=pre)
+        base = DEQUnmix.from_endmembers(E, seed=0, hidden=8, y_linear=True, precondition=pre)
+        with torch.no_grad():
+            torch.testing.assert_close(m.operator(A, Y), base.operator(A, Y))
+    T = truth.values[[1, 2, 0]] * 0.5 + truth.values * 0.5
+    Yp, Ap = cube.values.reshape(20, -1).T[:100], T.reshape(3, -1).T[:100]
+    h = m.fit(Yp, Ap, epochs=10, batch_size=100, lr=1e-2, seed=0, progress=False)
+    assert h["best_loss"] < h["loss"][0] and float(m.Lam.detach().abs().max()) > 0
+    back = load_model(m.save(tmp_path / "deq_metric.safetensors"))
+    torch.testing.assert_close(back.gram(), m.gram())
+    with torch.no_grad():
+        torch.testing.assert_close(back(torch.as_tensor(Yp[:10])), m(torch.as_tensor(Yp[:10])))

@@ -120,6 +120,13 @@ class DEQUnmix(UnmixModel):
         of PGD's ``1 - lambda_i / ||M||_2^2`` (~0.999 for Jasper's VCA endmembers, Gram condition number
         ~1400): fast solves, hence tiles that agree with the whole scene. At pixels with an abundance at
         0 the fixed point of the untrained operator can differ from FCLS.
+    metric : bool
+        Adds a learned symmetric ``R x R`` matrix ``Lambda`` (zero at the start, so the untrained model
+        is unchanged) to the data term's Gram matrix: the gradient becomes ``(M^T M + Lambda)(A - V Y) -
+        M^T Y``, i.e. a learned Tikhonov term ``1/2 (A - V Y)^T Lambda (A - V Y)``, whose interior fixed
+        point ``(M^T M + Lambda)^-1 M^T Y + V Y`` is a regularised least-squares estimate (``M^T M`` of
+        Jasper's endmembers has condition number ~1700: the plain least-squares part amplifies noise).
+        The step (``eta`` or the preconditioner) uses ``M^T M + Lambda`` too.
     step : float
         ``eta * ||M||_2^2`` (1 = the classical ``1/L`` step of projected gradient descent).
     max_iter, tol : int, float
@@ -158,6 +165,7 @@ class DEQUnmix(UnmixModel):
         y_linear: bool = False,
         y_subspace: int = 0,
         precondition: float = 0.0,
+        metric: bool = False,
         step: float = 1.0,
         max_iter: int = 100,
         tol: float = 1e-4,
@@ -184,7 +192,8 @@ class DEQUnmix(UnmixModel):
             hidden=int(hidden), cnn_layers=int(cnn_layers), kernel_size=int(kernel_size),
             use_cnn=bool(use_cnn),
             y_features=int(y_features), y_linear=bool(y_linear),
-            y_subspace=int(y_subspace), precondition=float(precondition), step=float(step),
+            y_subspace=int(y_subspace), precondition=float(precondition), metric=bool(metric),
+            step=float(step),
             max_iter=int(max_iter), tol=float(tol), anderson_m=int(anderson_m),
             anderson_lam=float(anderson_lam), anderson_beta=float(anderson_beta), backward=backward,
             b_max_iter=int(b_max_iter), b_tol=float(b_tol), learn_endmembers=bool(learn_endmembers),
@@ -208,6 +217,8 @@ class DEQUnmix(UnmixModel):
         else:
             self.V = (nn.Parameter(torch.zeros(self.n_endmembers, self.n_bands)) if y_linear else None)
             self.Vc = None
+        # learned R x R metric of the data term (zero at the start: see ``metric``)
+        self.Lam = nn.Parameter(torch.zeros(self.n_endmembers, self.n_endmembers)) if metric else None
         # the CNN's learned spectral features: from the whitened coordinates when y_subspace is set
         self.y_proj = (nn.Conv2d(k or self.n_bands, int(y_features), 1)
                        if use_cnn and y_features > 0 else None)
@@ -265,11 +276,23 @@ class DEQUnmix(UnmixModel):
         """``(bands, R)`` endmembers, clipped at 0."""
         return self.E.clamp_min(0)
 
+    def gram(self, E: torch.Tensor | None = None) -> torch.Tensor:
+        """The data term's ``(R, R)`` matrix: ``E^T E``, plus the learned symmetric ``Lambda`` of
+        ``metric``."""
+        E = self.endmember_matrix() if E is None else E
+        G = E.T @ E
+        if self.Lam is not None:
+            G = G + 0.5 * (self.Lam + self.Lam.T)
+        return G
+
     def step_size(self, E: torch.Tensor | None = None) -> torch.Tensor:
-        """``eta = step / ||E||_2^2`` (no gradient), a 0-d tensor."""
+        """``eta = step / ||E||_2^2`` (``||E^T E + Lambda||_2`` with ``metric``; no gradient), 0-d."""
         E = self.endmember_matrix() if E is None else E
         with torch.no_grad():
-            L = torch.linalg.matrix_norm(E.detach().double(), ord=2) ** 2
+            if self.Lam is None:
+                L = torch.linalg.matrix_norm(E.detach().double(), ord=2) ** 2
+            else:
+                L = torch.linalg.matrix_norm(self.gram(E.detach()).detach().double(), ord=2)
         return (self.config["step"] / L.clamp_min(1e-30)).to(E.dtype)
 
     def operator(self, A: torch.Tensor, Y: torch.Tensor, E: torch.Tensor | None = None,
@@ -329,8 +352,7 @@ class DEQUnmix(UnmixModel):
         d = self.config["precondition"]
         if d <= 0 or R < 2:
             return eta * torch.eye(R, dtype=E.dtype, device=E.device)
-        Ed = E.double()
-        G = Ed.T @ Ed
+        G = self.gram(E).double()
         lmax = 1.0 / (eta.double() / self.config["step"])  # ||E||_2^2 (no gradient)
         # orthonormal basis of the sum-to-zero subspace
         Q = torch.eye(R, dtype=torch.float64, device=E.device) - 1.0 / R
@@ -342,7 +364,7 @@ class DEQUnmix(UnmixModel):
     def _map(self, Y: torch.Tensor, E: torch.Tensor, eta: torch.Tensor | None = None) -> Any:
         if eta is None:  # a scalar step, or the (R, R) preconditioned one
             eta = self.step_matrix(E) if self.config["precondition"] > 0 else self.step_size(E)
-        EtE = E.T @ E
+        EtE = self.gram(E)
         EtY = torch.einsum("br,nbhw->nrhw", E, Y)
         V = self.target_shift()
         if V is not None:
@@ -709,6 +731,12 @@ class DEQUnmix(UnmixModel):
         train_max_iter: int | None = 10,
         jac_reg: float = 0.0,
         progress: bool | None = None,
+        optimizer: str = "adam",
+        ridge: float = 0.0,
+        solve_tol: float = 1e-6,
+        solve_max_iter: int = 300,
+        b_tol: float = 1e-8,
+        b_max_iter: int = 200,
     ) -> dict[str, Any]:
         """Supervised training on labelled pixels or tiles.
 
@@ -731,13 +759,41 @@ class DEQUnmix(UnmixModel):
         jac_reg : float
             Weight of the Jacobian penalty (as in :meth:`fit_scene`); ``0``: off.
         progress : bool, optional
+        optimizer : {"adam", "lbfgs"}
+            ``"adam"`` (default): AdamW on shuffled batches, ``epochs`` passes. ``"lbfgs"``: full-batch
+            L-BFGS (``torch.optim.LBFGS``, strong-Wolfe line search, history 50, one single ``step``
+            call) for at most ``epochs`` iterations (``1.25 * epochs`` loss evaluations), ``lr`` its step
+            scale (1 is the usual choice). Every evaluation solves the forward problem from FCLS to
+            ``solve_tol`` (at most ``solve_max_iter`` iterations) and the implicit backward to ``b_tol``
+            (at most ``b_max_iter``), so that the loss is a smooth function of the parameters and the
+            gradient accurate enough for a line search; ``weight_decay`` becomes an L2 penalty
+            ``weight_decay * ||theta||^2`` on the network parameters (all but ``V`` / ``Vc`` and the
+            endmembers). ``batch_size``, ``train_max_iter``, ``jac_reg`` and ``seed`` play no part. Keep-
+            best guard: the state with the lowest training objective (data loss + penalties) among the
+            evaluations whose forward solve converged, the start included, is returned; a non-finite loss
+            stops the run there.
+        ridge : float
+            Adds ``ridge * mean_i ||V y_i||^2`` over the training spectra (the mean squared target shift,
+            as U-ADMM-AENet's ridge on ``W - W0``; with ``y_subspace`` close to ``ridge * ||Vc||^2``).
+            ``0``: off. Needs ``y_linear``.
+        solve_tol, solve_max_iter, b_tol, b_max_iter : float, int
+            Forward / backward solve settings of ``optimizer="lbfgs"`` (the Adam path uses the model's).
 
         Returns
         -------
         dict
-            ``loss`` (mean squared abundance error per epoch, summed over endmembers), ``residual`` (worst
-            forward residual per epoch), ``time_s``, ``best_epoch`` (the returned state: lowest epoch loss).
+            ``loss`` (mean squared abundance error per epoch, summed over endmembers; with ``"lbfgs"``, of
+            every loss evaluation), ``residual`` (worst forward residual per epoch / evaluation),
+            ``time_s``, ``best_epoch`` (the returned state: lowest epoch loss; with ``"lbfgs"``, the index
+            of the evaluation, 0 = the start), ``best_loss``; with ``"lbfgs"`` also ``objective`` (loss +
+            penalties per evaluation) and ``optimizer``.
         """
+        if optimizer not in ("adam", "lbfgs"):
+            raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {optimizer!r}")
+        if ridge and self.target_shift() is None:
+            raise ValueError("ridge needs y_linear=True")
+        if not ridge >= 0:
+            raise ValueError(f"ridge must be >= 0, got {ridge}")
         from tqdm.auto import tqdm
 
         from ._train import as_tensor, check_pairs
@@ -772,6 +828,11 @@ class DEQUnmix(UnmixModel):
         groups = [g for g in groups if g["lr"] > 0]
         if not groups:
             raise ValueError("nothing to train")
+        Ys = Y.permute(0, 2, 3, 1)[M] if Y.ndim == 4 else Y  # the labelled spectra (for the ridge)
+        if optimizer == "lbfgs":
+            return self._fit_lbfgs(Y, A, M, Ys, groups, epochs=epochs, lr=lr, weight_decay=weight_decay,
+                                   ridge=ridge, solve_tol=solve_tol, solve_max_iter=solve_max_iter,
+                                   b_tol=b_tol, b_max_iter=b_max_iter, seed=seed)
         opt = torch.optim.AdamW(groups)
         gen = torch.Generator().manual_seed(int(seed)) if seed is not None else torch.Generator()
         if seed is None:
@@ -803,12 +864,16 @@ class DEQUnmix(UnmixModel):
                         err = (pred - A[idx]).pow(2).sum(1)
                     loss = err.mean()
                     opt.zero_grad(set_to_none=True)
+                    if ridge:
+                        loss_r = loss + ridge * self._ridge_penalty(Ys)
+                    else:
+                        loss_r = loss
                     if jac_reg > 0:
                         Yi = Y[idx] if Y.ndim == 4 else Y[idx][:, :, None, None]
                         Ai = pred if pred.ndim == 4 else pred[:, :, None, None]
-                        total = loss + jac_reg * self.jacobian_penalty(Yi, Ai, generator=gen)
+                        total = loss_r + jac_reg * self.jacobian_penalty(Yi, Ai, generator=gen)
                     else:
-                        total = loss
+                        total = loss_r
                     total.backward()
                     opt.step()
                     self._project_endmembers()
@@ -825,6 +890,78 @@ class DEQUnmix(UnmixModel):
             self.train(was_training)
         self.load_state_dict(best_state)
         hist.update(best_epoch=best_epoch, best_loss=best_loss, time_s=time.perf_counter() - t0,
+                    epochs=epochs, seed=seed)
+        self.eval()
+        return hist
+
+    def _ridge_penalty(self, Ys: torch.Tensor) -> torch.Tensor:
+        """``mean_i ||V y_i||^2`` over the spectra ``Ys`` (n, bands)."""
+        V = self.target_shift()
+        return (Ys @ V.T).pow(2).sum(1).mean()
+
+    def _fit_lbfgs(self, Y: torch.Tensor, A: torch.Tensor, M: torch.Tensor, Ys: torch.Tensor,
+                   groups: list[dict], *, epochs: int, lr: float, weight_decay: float, ridge: float,
+                   solve_tol: float, solve_max_iter: int, b_tol: float, b_max_iter: int,
+                   seed: int | None) -> dict[str, Any]:
+        """Full-batch L-BFGS for :meth:`fit` (``optimizer="lbfgs"``; see there)."""
+        params = [p for g in groups for p in g["params"]]
+        shift = {id(p) for p in (self.V, self.Vc) if p is not None}
+        decay = [p for p in params if id(p) not in shift and p is not self.E]
+        A0 = self.init_abundances(Y if Y.ndim == 4 else Y[:, :, None, None])
+        if Y.ndim == 2:
+            A0 = A0[:, :, 0, 0]
+        opt = torch.optim.LBFGS(params, lr=float(lr), max_iter=max(int(epochs), 1),
+                                max_eval=max(int(epochs * 1.25), 1), history_size=50,
+                                line_search_fn="strong_wolfe", tolerance_grad=1e-12,
+                                tolerance_change=1e-14)
+        hist: dict[str, Any] = {"loss": [], "residual": [], "objective": [], "optimizer": "lbfgs"}
+        best = {"state": copy.deepcopy(self.state_dict()), "obj": math.inf, "loss": math.inf, "i": 0}
+        c = self.config
+        saved = (c["b_tol"], c["b_max_iter"])
+        c["b_tol"], c["b_max_iter"] = float(b_tol), int(b_max_iter)
+
+        def evaluate() -> tuple[torch.Tensor, torch.Tensor, bool]:
+            pred = self(Y, A0=A0, max_iter=int(solve_max_iter), tol=float(solve_tol), warn=False)
+            info = self.last_info
+            err = (pred - A).pow(2).sum(1)
+            loss = (err[M] if pred.ndim == 4 else err).mean()
+            obj = loss
+            if ridge:
+                obj = obj + ridge * self._ridge_penalty(Ys)
+            if weight_decay and decay:
+                obj = obj + weight_decay * sum(p.pow(2).sum() for p in decay)
+            ok = info.max_residual <= 10 * float(solve_tol)
+            hist["residual"].append(info.max_residual)
+            return loss, obj, ok
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad(set_to_none=True)
+            loss, obj, ok = evaluate()
+            lv, ov = float(loss.detach()), float(obj.detach())
+            if not (math.isfinite(lv) and math.isfinite(ov)):
+                raise FloatingPointError(f"training loss became {lv} (L-BFGS)")
+            hist["loss"].append(lv)
+            hist["objective"].append(ov)
+            if ov < best["obj"] and (ok or not hist["objective"][:-1]):
+                best.update(state=copy.deepcopy(self.state_dict()), obj=ov, loss=lv,
+                            i=len(hist["loss"]) - 1)
+            obj.backward()
+            return obj
+
+        was_training = self.training
+        self.train()
+        t0 = time.perf_counter()
+        stopped = None
+        try:
+            opt.step(closure)  # one call runs all the iterations (as U-ADMM-AENet's training)
+        except FloatingPointError as exc:  # keep the best state seen so far
+            stopped = str(exc)
+        finally:
+            c["b_tol"], c["b_max_iter"] = saved
+            self.train(was_training)
+        self.load_state_dict(best["state"])
+        hist.update(best_epoch=best["i"], best_loss=best["loss"], best_objective=best["obj"],
+                    evals=len(hist["loss"]), stopped=stopped, time_s=time.perf_counter() - t0,
                     epochs=epochs, seed=seed)
         self.eval()
         return hist
