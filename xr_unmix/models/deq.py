@@ -126,7 +126,9 @@ class DEQUnmix(UnmixModel):
         M^T Y``, i.e. a learned Tikhonov term ``1/2 (A - V Y)^T Lambda (A - V Y)``, whose interior fixed
         point ``(M^T M + Lambda)^-1 M^T Y + V Y`` is a regularised least-squares estimate (``M^T M`` of
         Jasper's endmembers has condition number ~1700: the plain least-squares part amplifies noise).
-        The step (``eta`` or the preconditioner) uses ``M^T M + Lambda`` too.
+        The step (``eta`` or the preconditioner) uses ``M^T M + Lambda`` too. ``Lambda`` is not
+        constrained to keep ``M^T M + Lambda`` positive definite: a trained model whose solves stop
+        converging warns (:class:`~xr_unmix.errors.ConvergenceWarning`) and records it in the attrs.
     step : float
         ``eta * ||M||_2^2`` (1 = the classical ``1/L`` step of projected gradient descent).
     max_iter, tol : int, float
