@@ -177,6 +177,13 @@ def test_train_deq_unsupervised_and_supervised(files):
     ab = open_abundance(tmp / "deq.tif")
     assert ab.sizes == {"endmember": 3, "y": 40, "x": 48}
     assert np.isfinite(ab.values).all()
+    m3 = tmp / "deq_scaled.safetensors"
+    r = CliRunner().invoke(main, ["train", "--endmembers", str(em), "--method", "deq", "--out", str(m3),
+                                  "--scene", str(scene), "--epochs", "1", "--projection", "scaled",
+                                  "--precondition", "1e-3"])
+    assert r.exit_code == 0, r.output
+    cfg = load_model(m3).config
+    assert cfg["projection"] == "scaled" and cfg["precondition"] == 1e-3
 
 
 def test_train_errors(files):
@@ -194,6 +201,10 @@ def test_train_errors(files):
     assert r.exit_code != 0 and "trains on labels" in r.output
     r = train("--endmembers", str(em), "--method", "deq", "--layers", "3")
     assert r.exit_code != 0 and "--layers" in r.output
+    r = train("--endmembers", str(em), "--method", "admm", "--projection", "scaled")
+    assert r.exit_code != 0 and "are for --method deq" in r.output
+    r = train("--endmembers", str(em), "--method", "deq", "--precondition", "-1")
+    assert r.exit_code != 0 and "precondition must be >= 0" in r.output
     small = to_cog(truth.isel(y=slice(0, 10)).rio.write_crs(cube.rio.crs), tmp / "small.tif")
     r = train("--endmembers", str(em), "--method", "admm", "--scene", str(scene), "--labels",
               str(small))

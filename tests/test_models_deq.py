@@ -370,3 +370,96 @@ def test_metric_starts_unchanged_learns_and_roundtrips(scene, tmp_path) -> None:
     torch.testing.assert_close(back.gram(), m.gram())
     with torch.no_grad():
         torch.testing.assert_close(back(torch.as_tensor(Yp[:10])), m(torch.as_tensor(Yp[:10])))
+
+
+def test_scaled_projection_untrained_is_nnls_and_brightness_invariant(scene) -> None:
+    from scipy.optimize import nnls
+
+    cube, E, _ = scene
+    m = DEQUnmix.from_endmembers(E, seed=0, projection="scaled")
+    Et = torch.as_tensor(E.values, dtype=torch.float32)
+    Y = torch.as_tensor(cube.values)[None]
+    Z = torch.rand(1, 3, 24, 28, generator=torch.Generator().manual_seed(0)) * 1.5
+    eta = 1.0 / torch.linalg.matrix_norm(Et.double(), ord=2).float() ** 2
+    grad = torch.einsum("rs,nshw->nrhw", Et.T @ Et, Z) - torch.einsum("br,nbhw->nrhw", Et, Y)
+    with torch.no_grad():  # projected gradient descent onto the non-negative orthant (no sum constraint)
+        torch.testing.assert_close(m.operator(Z, Y), (Z - eta * grad).clamp_min(0), rtol=0, atol=1e-6)
+    # equilibrium = NNLS; output = NNLS normalised to sum one
+    pix = cube.values.reshape(20, -1)[:, :40].astype(np.float64)
+    m64 = DEQUnmix.from_endmembers(E, seed=0, projection="scaled", precondition=1e-3).double()
+    Yp = torch.as_tensor(pix.T.copy())
+    with torch.no_grad():
+        z = m64.equilibrium(Yp, max_iter=500, tol=1e-10, warn=False).numpy()
+        a = m64(Yp, max_iter=500, tol=1e-10, warn=False).numpy()
+    z_ref = np.array([nnls(E.values.astype(np.float64), y)[0] for y in pix.T])
+    # the preconditioned step changes the operator, not an interior fixed point: compare where NNLS is
+    # interior, and the output's constraints everywhere
+    inner = (z_ref > 1e-3).all(1)
+    assert inner.sum() > 10
+    np.testing.assert_allclose(z[inner], z_ref[inner], atol=1e-6)
+    assert a.min() >= 0 and np.allclose(a.sum(1), 1, atol=1e-9)
+    np.testing.assert_allclose(a, z / z.sum(1, keepdims=True), atol=1e-7)
+    # brightness invariance (y -> 1.7 y keeps a), which the simplex model does not have
+    with torch.no_grad():
+        a2 = m64(1.7 * Yp, max_iter=500, tol=1e-10, warn=False).numpy()
+        s1 = DEQUnmix.from_endmembers(E, projection="simplex", precondition=1e-3).double()
+        f1, f2 = s1(Yp, warn=False).numpy(), s1(1.7 * Yp, warn=False).numpy()
+    np.testing.assert_allclose(a2, a, atol=1e-6)
+    assert np.abs(f2 - f1).max() > 1e-2
+    # the full (unconstrained-sum) damped Newton matrix, not the sum-to-zero one
+    K = m64.step_matrix().detach().numpy()
+    G = E.values.T @ E.values
+    L = np.linalg.norm(E.values, 2) ** 2
+    np.testing.assert_allclose(K, np.linalg.inv(G + 1e-3 * L * np.eye(3)), rtol=1e-6)
+    assert np.abs(s1.step_matrix().detach().numpy().sum(0)).max() < 1e-6  # K 1 = 0 for the simplex model
+    with pytest.raises(ValueError, match="projection"):
+        DEQUnmix.from_endmembers(E, projection="sphere")
+
+
+def test_scaled_projection_trains_and_roundtrips(scene, tmp_path) -> None:
+    cube, E, truth = scene
+    # brightness-varying pixels: the scaled model fits their abundances
+    rng = np.random.default_rng(0)
+    Yp = cube.values.reshape(20, -1).T[:200] * rng.uniform(0.7, 1.3, (200, 1)).astype(np.float32)
+    T = truth.values[[1, 2, 0]] * 0.3 + truth.values * 0.7  # labels the plain model does not give
+    Ap = T.reshape(3, -1).T[:200]
+    m = DEQUnmix.from_endmembers(E, seed=0, hidden=8, kernel_size=1, y_linear=True, precondition=1e-3,
+                                 projection="scaled")
+    h = m.fit(Yp, Ap, epochs=15, batch_size=200, lr=3e-3, seed=0, progress=False, train_max_iter=None)
+    assert h["best_loss"] < 0.8 * h["loss"][0]
+    assert h["best_loss"] < h["loss"][0] and np.isfinite(h["loss"]).all()
+    with torch.no_grad():
+        out = m(torch.as_tensor(Yp))
+    assert float(out.min()) >= 0 and torch.allclose(out.sum(1), torch.ones(200), atol=1e-5)
+    back = load_model(m.save(tmp_path / "deq_scaled.safetensors"))
+    assert back.config["projection"] == "scaled"
+    with torch.no_grad():
+        torch.testing.assert_close(back(torch.as_tensor(Yp)), out)
+    # unsupervised: reconstructs M z (the scaled abundances); the guard keeps the objective <= start
+    m2 = DEQUnmix.from_endmembers(E, seed=0, hidden=8, projection="scaled", precondition=1e-3)
+    h2 = m2.fit_scene(cube, epochs=5, seed=0, progress=False)
+    assert h2["best_loss"] <= h2["initial_loss"] and np.isfinite(h2["loss"]).all()
+    ab = cube.unmix.deq(m2)
+    v = ab.values
+    assert ab.dims == ("endmember", "y", "x") and v.min() >= 0 and np.allclose(v.sum(0), 1, atol=1e-5)
+
+
+def test_scaled_implicit_gradient_matches_unrolled() -> None:
+    rng = np.random.default_rng(1)
+    E = rng.uniform(0.1, 1.0, (12, 3))
+    A_true = rng.dirichlet(np.ones(3) * 4, size=(5, 5)).transpose(2, 0, 1)
+    Y = torch.as_tensor(np.einsum("br,ryx->byx", E, A_true) * rng.uniform(0.8, 1.2, (1, 5, 5))
+                        + rng.normal(0, 0.01, (12, 5, 5)))[None]
+    target = torch.rand(1, 3, 5, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+    def grads(backward: str) -> torch.Tensor:
+        m = _perturb(DEQUnmix.from_endmembers(E, seed=0, backward=backward, max_iter=400, tol=1e-12,
+                                              b_max_iter=200, b_tol=1e-12, step=1.5,
+                                              projection="scaled"), 0.01).double()
+        out = m(Y, A0=m.init_abundances(Y), solver="plain" if backward == "unrolled" else "anderson",
+                warn=False)
+        ((out - target) ** 2).sum().backward()
+        return torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])
+
+    cos = float(torch.nn.functional.cosine_similarity(grads("implicit"), grads("unrolled"), dim=0))
+    assert cos > 0.99, cos

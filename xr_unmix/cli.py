@@ -192,6 +192,11 @@ def run(scene: str, endmembers: str | None, method: str, model: str | None, out:
 @click.option("--epochs", type=int, default=None, help="Training epochs (model default if unset).")
 @click.option("--lr", type=float, default=None, help="Learning rate (model default if unset).")
 @click.option("--layers", type=int, default=None, help="admm: unrolled layers (default 2).")
+@click.option("--projection", type=click.Choice(["simplex", "scaled"]), default=None,
+              help="deq: 'simplex' (default, Euclidean projection onto the simplex) or 'scaled' (scaled "
+                   "linear mixing model: non-negative z = s a, abundances z / sum z; brightness-invariant).")
+@click.option("--precondition", type=float, default=None,
+              help="deq: damped Newton step with this damping (e.g. 1e-3; default 0 = projected gradient).")
 @click.option("--resample", is_flag=True, help="Resample the endmembers onto the scene's wavelengths.")
 @click.option("--threads", type=int, default=None,
               help="torch threads (default: 1 for admm, whose mini-batches are too small to split; "
@@ -199,7 +204,8 @@ def run(scene: str, endmembers: str | None, method: str, model: str | None, out:
 @click.option("--seed", type=int, default=0, show_default=True)
 def train(endmembers: str, method: str, out: Path, scene: str | None, labels: str | None,
           n_pixels: int, snr_db: float, epochs: int | None, lr: float | None, layers: int | None,
-          resample: bool, threads: int | None, seed: int) -> None:
+          projection: str | None, precondition: float | None, resample: bool, threads: int | None,
+          seed: int) -> None:
     """Train a U-ADMM-AENet (admm) or DEQ-Unmix (deq) model and save it (safetensors + JSON).
 
     \b
@@ -216,6 +222,8 @@ def train(endmembers: str, method: str, out: Path, scene: str | None, labels: st
         _fail("--labels needs --scene (the spectra the labels belong to)")
     if layers is not None and method != "admm":
         _fail("--layers is for --method admm")
+    if (projection is not None or precondition is not None) and method != "deq":
+        _fail("--projection and --precondition are for --method deq")
     if threads is not None or method == "admm":
         import torch
 
@@ -243,7 +251,15 @@ def train(endmembers: str, method: str, out: Path, scene: str | None, labels: st
     else:
         from .models.deq import DEQUnmix
 
-        model = DEQUnmix.from_endmembers(E, seed=seed)
+        deq_kw: dict[str, Any] = {}
+        if projection is not None:
+            deq_kw["projection"] = projection
+        if precondition is not None:
+            deq_kw["precondition"] = precondition
+        try:
+            model = DEQUnmix.from_endmembers(E, seed=seed, **deq_kw)
+        except ValueError as exc:  # e.g. a negative --precondition
+            _fail(str(exc))
     try:
         if cube is not None and labels:
             Y, A = _labelled(cube, labels, E, tiles=method == "deq")
