@@ -44,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 # DEQ-Unmix settings (command-line overridable); see the module docstring
 PRECONDITION, Y_LINEAR, Y_FEATURES, USE_CNN, LR, WEIGHT_DECAY = 1e-3, 1, 16, 1, 3e-3, 1e-4
 HIDDEN, KERNEL_SIZE, CNN_LAYERS, Y_SUBSPACE = 128, 1, 3, 0
-METRIC, OPTIMIZER, RIDGE, PROJECTION = 0, "adam", 1e-3, "scaled"
+METRIC, OPTIMIZER, RIDGE, PROJECTION, SCHEDULE = 0, "adam", 1e-3, "scaled", "none"
 sys.path.insert(0, str(HERE))
 
 
@@ -87,7 +87,8 @@ def one_seed(seed: int, epochs: int, n_train: int, opts: dict) -> dict:
                                    y_subspace=opts["y_subspace"], metric=opts["metric"],
                                    projection=opts["projection"])
     fit_kw = dict(epochs=epochs, lr=opts["lr"], seed=seed, progress=False, train_max_iter=None,
-                  weight_decay=opts["weight_decay"], optimizer=opts["optimizer"], ridge=opts["ridge"])
+                  weight_decay=opts["weight_decay"], optimizer=opts["optimizer"], ridge=opts["ridge"],
+                  schedule=None if opts["schedule"] == "none" else opts["schedule"])
     if opts["kernel_size"] == 1:  # a pixel-wise operator: train on the labelled spectra alone (cheaper)
         hist = deq.fit(Yp[tr].astype(np.float32), Ap[tr], batch_size=n_train, **fit_kw)
     else:  # spatial: the whole image as one tile, NaN labels except at the training pixels
@@ -122,12 +123,13 @@ def main() -> None:
     ap.add_argument("--optimizer", default=OPTIMIZER, choices=["adam", "lbfgs"])
     ap.add_argument("--ridge", type=float, default=RIDGE)
     ap.add_argument("--projection", default=PROJECTION, choices=["simplex", "scaled"])
+    ap.add_argument("--schedule", default=SCHEDULE, choices=["none", "cosine"])
     a = ap.parse_args()
     opts = dict(precondition=a.precondition, y_linear=bool(a.y_linear), y_features=a.y_features,
                 use_cnn=bool(a.use_cnn), lr=a.lr, weight_decay=a.weight_decay, hidden=a.hidden,
                 kernel_size=a.kernel_size, cnn_layers=a.cnn_layers, y_subspace=a.y_subspace,
                 metric=bool(a.metric), optimizer=a.optimizer, ridge=a.ridge,
-                projection=a.projection)
+                projection=a.projection, schedule=a.schedule)
     t0 = time.perf_counter()
     with ProcessPoolExecutor(a.workers) as ex:
         res = list(ex.map(one_seed, range(a.seed_offset, a.seed_offset + a.seeds), [a.epochs] * a.seeds, [a.n_train] * a.seeds,

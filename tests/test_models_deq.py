@@ -463,3 +463,39 @@ def test_scaled_implicit_gradient_matches_unrolled() -> None:
 
     cos = float(torch.nn.functional.cosine_similarity(grads("implicit"), grads("unrolled"), dim=0))
     assert cos > 0.99, cos
+
+
+def test_fit_cosine_schedule_is_wired_and_validated(scene) -> None:
+    cube, E, truth = scene
+    T = truth.values[[1, 2, 0]] * 0.3 + truth.values * 0.7  # labels the untrained model misses
+    Yp, Ap = cube.values.reshape(20, -1).T[:64], T.reshape(3, -1).T[:64]
+
+    def trained(schedule):
+        m = DEQUnmix.from_endmembers(E, seed=0, hidden=8, kernel_size=1)
+        h = m.fit(Yp, Ap, epochs=6, batch_size=64, lr=3e-3, seed=0, progress=False, schedule=schedule,
+                  train_max_iter=None)
+        return m, h
+
+    m_c, h_c = trained("cosine")
+    m_0, h_0 = trained(None)
+    assert h_c["schedule"] == "cosine" and h_0["schedule"] is None
+    assert h_c["loss"][0] == pytest.approx(h_0["loss"][0])  # same start, same first step (lr = lr)
+    w_c, w_0 = m_c.cnn.convs[-1].weight, m_0.cnn.convs[-1].weight
+    assert h_c["best_epoch"] > 2 and h_0["best_epoch"] > 2
+    assert float((w_c - w_0).detach().abs().max()) > 1e-6  # later steps are smaller: another end state
+    with pytest.raises(ValueError, match="schedule"):
+        m_c.fit(Yp, Ap, epochs=1, progress=False, schedule="step")
+    with pytest.raises(ValueError, match="lbfgs"):
+        m_c.fit(Yp, Ap, epochs=1, progress=False, schedule="cosine", optimizer="lbfgs")
+
+
+def test_fit_full_batch_returns_the_state_of_its_best_loss(scene) -> None:
+    cube, E, truth = scene
+    T = truth.values[[1, 2, 0]] * 0.3 + truth.values * 0.7
+    Yp, Ap = cube.values.reshape(20, -1).T[:64], T.reshape(3, -1).T[:64]
+    m = DEQUnmix.from_endmembers(E, seed=0, hidden=8, kernel_size=1, y_linear=True, precondition=1e-3)
+    h = m.fit(Yp, Ap, epochs=8, batch_size=64, lr=3e-2, seed=0, progress=False, train_max_iter=None)
+    with torch.no_grad():
+        pred = m(torch.as_tensor(Yp), tol=m.config["tol"])
+    loss = float((pred - torch.as_tensor(Ap)).pow(2).sum(1).mean())
+    assert loss == pytest.approx(h["best_loss"], rel=1e-2, abs=1e-6)

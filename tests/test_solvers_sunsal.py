@@ -251,7 +251,9 @@ def test_non_finite_pixels_come_out_nan(dtype: str) -> None:
     x, info = sunsal_solve(Yb, E, dtype=dtype, return_info=True)
     ref = sunsal_solve(Yb[:, ~bad], E, dtype=dtype)
     assert torch.isnan(x[:, bad]).all() and not torch.isnan(x[:, ~bad]).any()
-    assert torch.allclose(x[:, ~bad], ref, atol=1e-6 if dtype == "float32" else 1e-12)
+    # float32: the batch's shape changes the BLAS blocking, hence the roundoff (2.9e-6 measured on one
+    # CPU, < 1e-6 on another); a pixel leaking into its neighbours would move them by far more
+    assert torch.allclose(x[:, ~bad], ref, atol=1e-5 if dtype == "float32" else 1e-12)
     assert info.converged_fraction == 1.0
     allnan = sunsal_solve(np.full((40, 3), np.nan, np.float32), E, dtype=dtype)
     assert allnan.shape == (4, 3) and torch.isnan(allnan).all()

@@ -775,6 +775,7 @@ class DEQUnmix(UnmixModel):
         progress: bool | None = None,
         optimizer: str = "adam",
         ridge: float = 0.0,
+        schedule: str | None = None,
         solve_tol: float = 1e-6,
         solve_max_iter: int = 300,
         b_tol: float = 1e-8,
@@ -818,6 +819,10 @@ class DEQUnmix(UnmixModel):
             Adds ``ridge * mean_i ||V y_i||^2`` over the training spectra (the mean squared target shift,
             as U-ADMM-AENet's ridge on ``W - W0``; with ``y_subspace`` close to ``ridge * ||Vc||^2``).
             ``0``: off. Needs ``y_linear``.
+        schedule : {None, "cosine"}
+            Learning-rate schedule of the Adam path: constant ``lr`` (default), or cosine annealing from
+            ``lr`` to 0 over ``epochs`` (as U-ADMM-AENet's ``fit``): the last epochs take small steps, so
+            the returned state depends less on where a noisy full-lr trajectory happens to stop.
         solve_tol, solve_max_iter, b_tol, b_max_iter : float, int
             Forward / backward solve settings of ``optimizer="lbfgs"`` (the Adam path uses the model's).
 
@@ -826,7 +831,9 @@ class DEQUnmix(UnmixModel):
         dict
             ``loss`` (mean squared abundance error per epoch, summed over endmembers; with ``"lbfgs"``, of
             every loss evaluation), ``residual`` (worst forward residual per epoch / evaluation),
-            ``time_s``, ``best_epoch`` (the returned state: lowest epoch loss; with ``"lbfgs"``, the index
+            ``time_s``, ``best_epoch`` (the returned state: lowest epoch loss -- with one full batch per
+            epoch the state whose loss that is, i.e. before that epoch's step, ``best_epoch=1`` being the
+            start; with mini-batches, the state at the end of that epoch; with ``"lbfgs"``, the index
             of the evaluation, 0 = the start), ``best_loss``; with ``"lbfgs"`` also ``objective`` (loss +
             penalties per evaluation) and ``optimizer``.
         """
@@ -836,6 +843,10 @@ class DEQUnmix(UnmixModel):
             raise ValueError("ridge needs y_linear=True")
         if not ridge >= 0:
             raise ValueError(f"ridge must be >= 0, got {ridge}")
+        if schedule not in (None, "cosine"):
+            raise ValueError(f"schedule must be None or 'cosine', got {schedule!r}")
+        if optimizer == "lbfgs" and schedule is not None:
+            raise ValueError("schedule is not supported with optimizer='lbfgs'")
         from tqdm.auto import tqdm
 
         from ._train import as_tensor, check_pairs
@@ -876,6 +887,8 @@ class DEQUnmix(UnmixModel):
                                    ridge=ridge, solve_tol=solve_tol, solve_max_iter=solve_max_iter,
                                    b_tol=b_tol, b_max_iter=b_max_iter, seed=seed)
         opt = torch.optim.AdamW(groups)
+        sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(int(epochs), 1))
+                 if schedule == "cosine" else None)
         gen = torch.Generator().manual_seed(int(seed)) if seed is not None else torch.Generator()
         if seed is None:
             gen.seed()
@@ -894,6 +907,8 @@ class DEQUnmix(UnmixModel):
             for epoch in bar:
                 perm = torch.randperm(n, generator=gen)
                 tot, cnt, worst = 0.0, 0, 0.0
+                # one full batch: the epoch's loss is that of the state before its step
+                before = copy.deepcopy(self.state_dict()) if n <= batch_size else None
                 for s in range(0, n, batch_size):
                     idx = perm[s:s + batch_size]
                     state = self.equilibrium(Y[idx], A0=A0[idx], max_iter=train_max_iter, warn=False)
@@ -922,18 +937,20 @@ class DEQUnmix(UnmixModel):
                     self._project_endmembers()
                     tot += float(loss.detach()) * err.numel()
                     cnt += err.numel()
+                if sched is not None:
+                    sched.step()
                 hist["loss"].append(tot / max(cnt, 1))
                 hist["residual"].append(worst)
                 if hist["loss"][-1] < best_loss:
                     best_loss, best_epoch = hist["loss"][-1], epoch
-                    best_state = copy.deepcopy(self.state_dict())
+                    best_state = before if before is not None else copy.deepcopy(self.state_dict())
                 bar.set_postfix({"loss": f"{hist['loss'][-1]:.4g}"}, refresh=False)
         finally:
             bar.close()
             self.train(was_training)
         self.load_state_dict(best_state)
         hist.update(best_epoch=best_epoch, best_loss=best_loss, time_s=time.perf_counter() - t0,
-                    epochs=epochs, seed=seed)
+                    epochs=epochs, seed=seed, schedule=schedule)
         self.eval()
         return hist
 
