@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -14,7 +14,7 @@ from . import __version__
 METHODS = ("sunsal", "fcls", "nnls", "ls", "admm", "deq")
 
 
-def _fail(msg: str) -> None:
+def _fail(msg: str) -> NoReturn:
     raise click.ClickException(msg)
 
 

@@ -128,8 +128,9 @@ class DEQUnmix(UnmixModel):
         step is ``K grad`` with ``K`` the inverse of ``M^T M + delta ||M||_2^2 I`` restricted to the
         sum-to-zero subspace (a damped, constrained Newton step: ``K 1 = 0``, so the sum-to-one constraint
         is kept before the projection, and an interior fixed point is still a KKT point of the data
-        term); with ``projection="scaled"`` (no sum constraint on ``z``) ``K`` is the plain inverse. Its linear part contracts by ``delta / (lambda_i / ||M||_2^2 + delta)`` per mode instead
-        of PGD's ``1 - lambda_i / ||M||_2^2`` (~0.999 for Jasper's VCA endmembers, Gram condition number
+        term); with ``projection="scaled"`` (no sum constraint on ``z``) ``K`` is the plain inverse.
+        Its linear part contracts by ``delta / (lambda_i / ||M||_2^2 + delta)`` per mode instead of
+        PGD's ``1 - lambda_i / ||M||_2^2`` (~0.999 for Jasper's VCA endmembers, Gram condition number
         ~1400): fast solves, hence tiles that agree with the whole scene. At pixels with an abundance at
         0 the fixed point of the untrained operator can differ from FCLS.
     metric : bool
@@ -508,8 +509,8 @@ class DEQUnmix(UnmixModel):
                         seed: int = 0) -> float:
         """Power-iteration estimate of the spectral radius of the operator's Jacobian at ``A``.
 
-        ``A`` (a state of :meth:`equilibrium`) defaults to the equilibrium of ``Y`` (``(B, bands, H, W)``). The Jacobian-vector products
-        use the double-backward trick (no forward-mode AD needed). ``< 1`` is a local contraction; the
+        ``A`` (a state of :meth:`equilibrium`) defaults to the equilibrium of ``Y`` (``(B, bands, H,
+        W)``). The Jacobian-vector products use the double-backward trick (no forward-mode AD needed). ``< 1`` is a local contraction; the
         closer to 1, the slower every solve (and the larger the error of a solve stopped early).
         """
         if A is None:
