@@ -66,6 +66,7 @@ import torch
 
 from ..errors import ConvergenceWarning
 from ..tiling import blas_threads
+from ._active_set import active_set_solve
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -74,6 +75,7 @@ _POLISH_EVERY = 3  # iterations between polishing attempts (measured: 2-5 all fi
 _MAX_POLISH_GROUPS = 64  # at most this many distinct supports are polished per check (large R only)
 _POLISH_BATCH = 65536  # pixels per polish call before the first iteration (phase 0)
 _TABLE_MAX_CODES = 4096  # up to this many support codes (base^R): a direct table instead of unique()
+_ACTIVE_SET_BATCH = 8192  # pixels per active-set call (large libraries with ANC)
 
 
 @dataclass(frozen=True)
@@ -465,7 +467,10 @@ def sunsal_solve(
     # E_n^T y_n of the normalized problem, as one product with E / scale^2
     EbT = (En64 / scale).T.to(dtype).contiguous()
     EbT_np = (En64 / scale).T.contiguous().cpu().numpy()
-    polisher = _get_polisher(G64, lam_n, anc, asc, dtype) if (polish and tol > 0) else None
+    # A large library with ANC: a batched active-set solve of every pixel first (exact, a few steps per
+    # non-zero abundance); ADMM, without polishing, only for the pixels it leaves (none so far measured)
+    use_as = polish and tol > 0 and anc and 2 ** R > _TABLE_MAX_CODES
+    polisher = _get_polisher(G64, lam_n, anc, asc, dtype) if (polish and tol > 0 and not use_as) else None
     check = tol > 0 or adaptive_mu
     # residual tolerance, scaled by 1/cond(E^T E): the ADMM residuals bound the abundance error only up
     # to the smallest eigenvalue of E^T E, so an ill-conditioned problem needs smaller residuals.
@@ -477,7 +482,10 @@ def sunsal_solve(
     # in one product over the whole block (batch-by-batch products of column slices cost twice as
     # much), single-threaded inside Dask tasks (OpenBLAS's own threads on top of Dask's doubled the CPU
     # time of this memory-bound product); other inputs through torch, batch by batch.
-    np_dt = {torch.float32: np.float32, torch.float64: np.float64}.get(dtype)
+    # (float64 for the active-set path: with cond(E^T E) ~ 1e7-1e9, a float32 data term alone moved the
+    # exact answer by up to 2e-2; its cost is the product, a small part of the solve there)
+    bdt = torch.float64 if use_as else dtype
+    np_dt = {torch.float32: np.float32, torch.float64: np.float64}.get(bdt)
     if Ynp is not None and Et.device.type == "cpu" and np_dt is not None:
         Eb = EbT_np.astype(np_dt)
         with blas_threads(1 if threading.current_thread() is not threading.main_thread() else None), \
@@ -495,8 +503,8 @@ def sunsal_solve(
         for s0 in range(0, N, batch_pixels):
             src = Yt[:, s0:s0 + batch_pixels] if Ynp is None else torch.as_tensor(
                 np.ascontiguousarray(Ynp[:, s0:s0 + batch_pixels]), device=device)
-            parts_b.append(EbT @ src.to(dtype))
-        b_all = torch.cat(parts_b, 1) if parts_b else torch.empty((R, 0), dtype=dtype, device=Et.device)
+            parts_b.append(EbT.to(bdt) @ src.to(bdt))
+        b_all = torch.cat(parts_b, 1) if parts_b else torch.empty((R, 0), dtype=bdt, device=Et.device)
         finite = torch.isfinite(b_all).all(0)
     # Pixels with a NaN or inf in any band have a non-finite data term. They get the data term of the
     # spectrum E 1/R (for FCLS, its answer 1/R is interior and the first polish certifies it at once) and
@@ -504,7 +512,7 @@ def sunsal_solve(
     bad: torch.Tensor | None = None
     if not bool(finite.all()):
         bad = (~finite).nonzero()[:, 0].to(Et.device)
-        stand_in = (G64 @ torch.full((R, 1), 1.0 / R, dtype=torch.float64, device=Et.device)).to(dtype)
+        stand_in = (G64 @ torch.full((R, 1), 1.0 / R, dtype=torch.float64, device=Et.device)).to(bdt)
         b_all.index_copy_(1, bad, stand_in.expand(R, bad.numel()))
 
     out = torch.empty((R, N), dtype=dtype, device=Et.device)
@@ -631,11 +639,11 @@ def sunsal_solve(
         """ADMM's first ``head`` iterations on a range (start, stop) or an index tensor of pixels."""
         if isinstance(batch, tuple):
             idx = torch.arange(*batch, device=Et.device)
-            b = b_all[:, batch[0]:batch[1]].contiguous()
+            b = b_all[:, batch[0]:batch[1]].to(dtype).contiguous()
             z0 = x0t[:, batch[0]:batch[1]].clone() if x0 is not None else None
         else:
             idx = batch
-            b = b_all.index_select(1, idx)
+            b = b_all.index_select(1, idx).to(dtype)
             z0 = x0t.index_select(1, idx) if x0 is not None else None
         n = idx.numel()
         if z0 is None:
@@ -667,7 +675,25 @@ def sunsal_solve(
         finally:
             torch.set_num_threads(prev)
 
-    if polisher is not None:
+    def phase_as(start: int) -> torch.Tensor:
+        """The active-set solve of pixels start..; returns the indices of those not certified."""
+        stop = min(N, start + _ACTIVE_SET_BATCH)
+        x, ok, steps = active_set_solve(G64, b_all[:, start:stop], lam_n, asc,
+                                        x0=x0t[:, start:stop] if x0 is not None else None)
+        out[:, start:stop] = x.to(dtype)
+        k = int(ok.sum())
+        with lock:
+            stats["n_pol"] += k
+            stats["n_conv"] += k
+            stats["total_it"] += float(steps[ok].sum())
+            stats["max_used"] = max(stats["max_used"], int(steps.max()) if steps.numel() else 0)
+        return (~ok).nonzero()[:, 0] + start
+
+    if use_as:
+        rest = run(phase_as, list(range(0, N, _ACTIVE_SET_BATCH)))
+        todo = torch.cat(rest) if rest else torch.empty(0, dtype=torch.long, device=Et.device)
+        batches = [todo[i:i + batch_pixels] for i in range(0, todo.numel(), batch_pixels)]
+    elif polisher is not None:
         rest = run(phase0, list(range(0, N, max(batch_pixels, _POLISH_BATCH))))
         todo = torch.cat(rest) if rest else torch.empty(0, dtype=torch.long, device=Et.device)
         batches: list = [todo[i:i + batch_pixels] for i in range(0, todo.numel(), batch_pixels)]
