@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import time
-import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from . import _atomic
 from .errors import DimensionError, MissingCRSError
 
 PathLike = str | os.PathLike[str]
@@ -35,10 +34,15 @@ def read_wavelengths(path: PathLike) -> np.ndarray | None:
     """Band centre wavelengths (nm) stored in a raster's metadata, or ``None``.
 
     Recognised, in order: per-band metadata ``wavelength`` (GDAL's ENVI convention, with optional
-    ``wavelength_units``), a dataset tag ``wavelength`` / ``wavelengths`` holding a list, or numeric band
-    descriptions. Micrometre values (all < 30) are converted to nm.
+    ``wavelength_units``), a dataset tag ``wavelength`` / ``wavelengths`` holding a list, or band
+    descriptions that state a unit (``"450 nm"``, ``"0.45 um"``). Bare numeric descriptions are band
+    numbers or names, never wavelengths. Units are read as words (:mod:`xr_unmix._units`):
+    micrometres are converted to nm, ``Index`` means band numbers (no wavelengths), and without a
+    stated unit values all below 30 are micrometres.
     """
     import rasterio
+
+    from ._units import to_nm, wavelength_from_description, wavelength_unit
 
     with rasterio.open(path) as src:
         n = src.count
@@ -48,27 +52,27 @@ def read_wavelengths(path: PathLike) -> np.ndarray | None:
             tags = {k.lower(): v for k, v in src.tags(b).items()}
             if "wavelength" not in tags:
                 break
-            per_band.append(float(tags["wavelength"]))
+            with contextlib.suppress(ValueError):
+                per_band.append(float(tags["wavelength"]))
             units = tags.get("wavelength_units", units)
         wl: list[float] | None = per_band if len(per_band) == n else None
         if wl is None:
             tags = {k.lower(): v for k, v in src.tags().items()}
             for key in ("wavelength", "wavelengths"):
                 if key in tags:
-                    vals = _parse_wavelengths(tags[key])
-                    if len(vals) == n:
-                        wl = vals
-                        units = tags.get("wavelength_units", units)
-                        break
-        if wl is None and all(d for d in src.descriptions):
-            with contextlib.suppress(ValueError, TypeError):
-                wl = [float(d) for d in src.descriptions]
+                    with contextlib.suppress(ValueError):
+                        vals = _parse_wavelengths(tags[key])
+                        if len(vals) == n:
+                            wl = vals
+                            units = tags.get("wavelength_units", units)
+                            break
+        if wl is None:
+            described = [wavelength_from_description(d) for d in src.descriptions]
+            if n and all(v is not None for v in described):
+                wl, units = [float(v) for v in described if v is not None], "nm"
     if wl is None:
         return None
-    arr = np.asarray(wl, dtype=np.float64)
-    if units.lower().startswith(("micro", "um", "µm")) or (not units and np.nanmax(arr) < 30):
-        arr = arr * 1000.0
-    return arr
+    return to_nm(np.asarray(wl, dtype=np.float64), wavelength_unit(units))
 
 
 def auto_chunk(n_bands: int, itemsize: int = 4, *, target_mb: float = 64.0) -> int:
@@ -182,31 +186,9 @@ def gdal_env() -> contextlib.AbstractContextManager[Any]:
     return rasterio.Env(GDAL_CACHEMAX=int(GDAL_CACHE_MB))
 
 
-@contextlib.contextmanager
-def _atomic_target(path: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary sibling path; move it onto ``path`` only if the block succeeds."""
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
-    try:
-        yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            _remove(old)
-        else:
-            os.replace(tmp, path)
-    finally:
-        _remove(tmp)
-
-
 def _remove(p: Path) -> None:
-    if p.is_dir():
-        shutil.rmtree(p, ignore_errors=True)
-    elif p.exists() or p.is_symlink():
-        p.unlink()
+    """Remove a scratch entry of this process (see :mod:`xr_unmix._atomic`)."""
+    _atomic._remove(p)
 
 
 def _as_layers(arr: xr.DataArray) -> tuple[xr.DataArray, list[str]]:
@@ -222,6 +204,28 @@ def _as_layers(arr: xr.DataArray) -> tuple[xr.DataArray, list[str]]:
             f"{lead}{i}" for i in range(arr.sizes[lead])]
         return arr.transpose(lead, "y", "x"), names
     raise DimensionError(f"expected dims (endmember, y, x) or (y, x); got {tuple(arr.dims)}")
+
+
+def _check_grid(arr: xr.DataArray, path: Path) -> None:
+    """Raise unless ``x`` and ``y`` are strictly monotonic and evenly spaced (a GeoTIFF's grid).
+
+    A GeoTIFF stores a regular grid (one transform): shuffled, repeated or unevenly spaced coordinates
+    would put the columns or rows in the wrong place without any sign of it.
+    """
+    for dim in ("y", "x"):
+        if dim not in arr.coords or arr.sizes[dim] < 2:
+            continue
+        c = np.asarray(arr[dim].values, dtype=np.float64)
+        step = np.diff(c)
+        if not (np.all(step > 0) or np.all(step < 0)):
+            kind = "repeated" if np.any(step == 0) else "not monotonic"
+            raise DimensionError(f"{path}: the {dim} coordinates are {kind}, so they do not form the "
+                                 f"regular grid a GeoTIFF stores; sort them (.sortby('{dim}')) and "
+                                 "drop duplicates first, or write Zarr (to_zarr keeps any coordinates)")
+        if np.max(np.abs(step - step.mean())) > 1e-6 * max(abs(step.mean()), 1e-12) + 1e-9:
+            raise DimensionError(f"{path}: the {dim} coordinates are not evenly spaced (steps "
+                                 f"{step.min():g} to {step.max():g}), so they do not form the regular "
+                                 "grid a GeoTIFF stores; reproject (rio.reproject) or write Zarr")
 
 
 def _check_crs(arr: xr.DataArray, require_crs: bool, path: Path) -> None:
@@ -304,7 +308,8 @@ def to_cog(
         # tile-aligned write blocks: multiples of the GeoTIFF block size
         step = max(blocksize, (max(arr.chunks[1]) // blocksize) * blocksize)
         arr = arr.chunk({arr.dims[0]: -1, "y": step, "x": step})
-    with _atomic_target(path, overwrite) as tmp:
+    _check_grid(arr, path)
+    with _atomic.atomic_target(path, overwrite=overwrite, kind="cog") as tmp:
         scratch = tmp.with_name(tmp.name + ".d")
         scratch.mkdir()
         try:
@@ -500,15 +505,33 @@ def to_zarr(
     from zarr.codecs import ZstdCodec
 
     ds[var].encoding["compressors"] = [ZstdCodec(level=int(level))]
-    with _atomic_target(store, overwrite) as tmp, gdal_env(), _progress(progress):
+    with _atomic.atomic_target(store, overwrite=overwrite, kind="zarr") as tmp, gdal_env(), \
+            _progress(progress):
         # consolidated: the documented ``xr.open_zarr(store, decode_coords="all")`` then opens it
         # without xarray's "failed to open with consolidated metadata" warning (zarr's own warning
         # that consolidation is a v3 extension is silenced: readers without it ignore the field)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+            # every chunk is written, all-NaN ones included (zarr skips them by default): a resume
+            # then tells a complete store from one with a chunk missing (see zarr_complete)
             compute_settled(ds.to_zarr(tmp, zarr_format=3, consolidated=True, mode="w-",
-                                       compute=False))
+                                       compute=False, write_empty_chunks=True))
     return store
+
+
+def zarr_complete(store: PathLike) -> bool:
+    """True if every array of the Zarr store holds every one of its chunks.
+
+    :func:`to_zarr` writes all chunks (all-NaN ones too), so a missing chunk means a damaged or
+    partial store, which would otherwise read back as NaN where the chunk was.
+    """
+    import zarr
+
+    try:
+        group = zarr.open_group(os.fspath(store), mode="r")
+        return all(arr.nchunks_initialized == arr.nchunks for _, arr in group.arrays())
+    except Exception:  # noqa: BLE001  (unreadable: not complete)
+        return False
 
 
 def open_abundance(store: PathLike, name: str | None = None, *,
