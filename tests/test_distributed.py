@@ -25,6 +25,7 @@ from xr_unmix.io import open_abundance, to_zarr
 from xr_unmix.testing import make_cube
 
 pytestmark = pytest.mark.slow
+_TRIM_AT_IMPORT = os.environ.get("MALLOC_TRIM_THRESHOLD_")
 
 # helpers defined here travel to the workers by value (the workers need not import this file)
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -217,3 +218,13 @@ def test_cuda_without_gpu_is_a_clear_error() -> None:
         ModelKernel(UADMMNet.from_endmembers(E), "cuda", np.dtype("float32"))))
     with pytest.raises(RuntimeError, match="no CUDA GPU"):
         kernel(cube.values)
+
+
+def test_workers_keep_glibc_malloc_thresholds(client) -> None:
+    # distributed's nanny would set MALLOC_TRIM_THRESHOLD_=65536 (1.4-1.6x the CPU per FCLS run);
+    # dask_scheduler starts its workers without it, and without leaking it into this process
+    values = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+    assert list(values.values()) == [_TRIM_AT_IMPORT] * 2  # None unless the user set it
+    assert os.environ.get("MALLOC_TRIM_THRESHOLD_") == _TRIM_AT_IMPORT
+    gdal = client.run(lambda: os.environ.get("GDAL_CACHEMAX"))
+    assert set(gdal.values()) == {os.environ.get("GDAL_CACHEMAX") or "64"}

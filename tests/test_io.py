@@ -207,3 +207,57 @@ def test_zarr_chunks_are_zstd_at_the_given_level(tmp_path: Path, abundance) -> N
         comp = zarr.open_array(store / "abundance", mode="r").compressors
         assert len(comp) == 1 and type(comp[0]).__name__ == "ZstdCodec" and comp[0].level == level
         np.testing.assert_array_equal(open_abundance(store).values, ab.values)
+
+
+def test_writers_run_with_a_real_gdal_block_cache(tmp_path: Path, abundance,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # rasterio.Env(GDAL_CACHEMAX=64) is a 64-*byte* cache (lazy to_cog 35x its compute()): the value
+    # in force while the tiles are computed and while the COG copy runs must be 64 MiB
+    import rasterio.env
+    import rasterio.shutil
+
+    from xr_unmix import io as xio
+
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+    seen: dict[str, list] = {"compute": [], "copy": []}
+
+    def record(block: np.ndarray) -> np.ndarray:
+        if block.size:  # not dask's probe for the output type
+            seen["compute"].append(rasterio.env.get_gdal_config("GDAL_CACHEMAX"))
+        return block
+
+    real_copy = rasterio.shutil.copy
+
+    def copy(*args, **kwargs):
+        seen["copy"].append((rasterio.env.get_gdal_config("GDAL_CACHEMAX"),
+                             rasterio.env.get_gdal_config("GDAL_NUM_THREADS")))
+        return real_copy(*args, **kwargs)
+
+    monkeypatch.setattr(rasterio.shutil, "copy", copy)
+    ab, _ = abundance
+    to_cog(ab.copy(data=ab.data.map_blocks(record, dtype=ab.dtype)), tmp_path / "a.tif",
+           blocksize=16)
+    to_zarr(ab.copy(data=ab.data.map_blocks(record, dtype=ab.dtype)), tmp_path / "a.zarr")
+    assert xio.gdal_cache_bytes() == 64 * 2**20
+    assert seen["compute"] and set(seen["compute"]) == {64 * 2**20}
+    assert seen["copy"] == [(64 * 2**20, "ALL_CPUS")]
+    # a GDAL_CACHEMAX environment variable (GDAL reads "64" there as MB) is left to GDAL
+    monkeypatch.setenv("GDAL_CACHEMAX", "32")
+    assert "GDAL_CACHEMAX" not in xio.gdal_options()
+
+
+def test_cog_writer_passes_only_options_gdal_knows(tmp_path: Path, caplog) -> None:
+    # GDAL ignores a creation option it does not know, with a CPLE_NotSupported warning only
+    import logging
+
+    cube, E, _ = make_cube(200, 300, seed=1)
+    ab = xr_unmix.fcls(cube.chunk({"y": 128, "x": 128}), E)
+    with caplog.at_level(logging.WARNING, logger="rasterio"):
+        for codec in ("DEFLATE", "ZSTD", "LZW", "NONE"):
+            to_cog(ab, tmp_path / f"{codec}.tif", compress=codec, blocksize=128)
+    complaints = [r.getMessage() for r in caplog.records if "CPLE_" in r.getMessage()]
+    assert complaints == []
+    with rasterio.open(tmp_path / "ZSTD.tif") as src:
+        ims = src.tags(ns="IMAGE_STRUCTURE")
+        assert (ims["COMPRESSION"], ims["PREDICTOR"], ims["LAYOUT"]) == ("ZSTD", "3", "COG")
+        assert src.overviews(1) == [2, 4]  # halved until one 128 px block holds it

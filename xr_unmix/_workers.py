@@ -355,9 +355,9 @@ class ModelKernel:
             b, h, w = Y.shape
             n = self.batch_size
             if n and getattr(model, "pixelwise", False) and h * w > n:
-                flat = Y.reshape(b, h * w).T
-                out = torch.cat([model(flat[i:i + n]) for i in range(0, h * w, n)]).T
-                out = out.reshape(-1, h, w)
+                flat = Y.reshape(b, 1, h * w)  # column slices keep the (bands, pixels) layout
+                out = torch.cat([model.unmix_image(flat[:, :, i:i + n])
+                                 for i in range(0, h * w, n)], dim=2).reshape(-1, h, w)
             else:
                 out = model.unmix_image(Y)
         return out.detach().cpu().numpy().astype(self.dtype, copy=False)

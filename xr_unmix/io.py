@@ -172,18 +172,36 @@ def _nothing_to_mask(path: PathLike) -> bool:
 GDAL_CACHE_MB = 64
 
 
-def gdal_env() -> contextlib.AbstractContextManager[Any]:
+def gdal_cache_bytes() -> int:
+    """GDAL's block cache size, in **bytes**, for a ``rasterio.Env``.
+
+    ``rasterio.Env(GDAL_CACHEMAX=n)`` calls ``GDALSetCacheMax64(n)``, which takes bytes (an integer
+    such as 64 is a 64-byte cache, which turns GDAL's block cache off: a lazy ``to_cog`` then ran 35x
+    slower than its ``compute()``). The ``GDAL_CACHEMAX`` environment variable, by contrast, is read by
+    GDAL as MB when below 100000, ``"64MB"`` or ``"5%"``: :func:`gdal_env` leaves that to GDAL.
+    """
+    return int(GDAL_CACHE_MB) * 2**20
+
+
+def gdal_options(**extra: Any) -> dict[str, Any]:
+    """The GDAL configuration options xr_unmix's writers run under (see :func:`gdal_env`)."""
+    opts: dict[str, Any] = {} if os.environ.get("GDAL_CACHEMAX") else {
+        "GDAL_CACHEMAX": gdal_cache_bytes()}
+    opts.update(extra)
+    return opts
+
+
+def gdal_env(**extra: Any) -> contextlib.AbstractContextManager[Any]:
     """A ``rasterio.Env`` that bounds GDAL's block cache to :data:`GDAL_CACHE_MB` for the streaming.
 
     The setting is process-wide while the context is open, so it also covers the reads that Dask's
     threads make; ``distributed`` workers get it through their environment (see
-    :func:`xr_unmix.cluster.dask_scheduler`). A ``GDAL_CACHEMAX`` environment variable wins.
+    :func:`xr_unmix.cluster.dask_scheduler`). A ``GDAL_CACHEMAX`` environment variable wins. ``extra``
+    are further GDAL configuration options (``GDAL_NUM_THREADS="ALL_CPUS"``).
     """
     import rasterio
 
-    if os.environ.get("GDAL_CACHEMAX"):
-        return contextlib.nullcontext()
-    return rasterio.Env(GDAL_CACHEMAX=int(GDAL_CACHE_MB))
+    return rasterio.Env(**gdal_options(**extra))
 
 
 def _remove(p: Path) -> None:
@@ -325,7 +343,7 @@ def to_cog(
                     lock=True if arr.chunks is not None else None, compute=False)
                 if pending is not None:
                     compute_settled(pending)
-            with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS", GDAL_CACHEMAX=int(GDAL_CACHE_MB)):
+            with gdal_env(GDAL_NUM_THREADS="ALL_CPUS"):
                 # overviews built inside the (uncompressed) scratch file, which the COG driver then copies
                 # with the rest: 0.25 s of CPU for 2048² x 5 instead of ~0.6 s when the COG driver makes
                 # them itself (through a temporary file). Same levels as the driver: halve until the

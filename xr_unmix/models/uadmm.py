@@ -500,6 +500,30 @@ class UADMMNet(_UnrolledNet):
         return (x, z, d) if return_all else z
 
 
+    def unmix_image(self, Y: torch.Tensor) -> torch.Tensor:
+        """Abundances ``(R, H, W)`` of a finite image ``(bands, H, W)``: :meth:`forward`, computed in the
+        contiguous ``(R, pixels)`` layout.
+
+        The ``(pixels, bands)`` view that the base class hands to :meth:`forward` is a transpose, and a
+        matrix product with it took 65 ms instead of 4.5 ms on a contiguous copy (512² x 200); here
+        every layer's ``W_k y`` comes from one product of the stacked ``W`` with the image as it lies.
+        """
+        b, h, w = Y.shape
+        self.check_bands(b)
+        R, L = self.n_endmembers, self._n_sets
+        WY = (self.W.reshape(L * R, b) @ Y.reshape(b, h * w)).view(L, R, h * w)
+        z = Y.new_zeros(R, h * w)
+        d = torch.zeros_like(z)
+        for k in range(self.layers):
+            i = self._layer(k)
+            x = torch.addmm(WY[i], self.B[i], z + d)
+            v = x - d
+            # _soft_nonneg(v, theta) for a non-negative output: max(v - max(theta, 0), 0), same values
+            z = (v - self.theta[i].clamp_min(0)).clamp_min_(0)
+            d = d - self.eta[i] * (x - z)
+        return self.normalize(z.T).T.reshape(R, h, w)
+
+
 @register_model
 class MNNAE(_UnrolledNet):
     """MNN-AE: ``layers`` unrolled (LISTA-style) ISTA iterations, the seed paper's "MNN-AE-2" baseline.

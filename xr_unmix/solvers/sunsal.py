@@ -170,7 +170,10 @@ class _Polisher:
         n_codes = self.base ** R
         self.table: torch.Tensor | None = None
         if n_codes <= _TABLE_MAX_CODES:
-            self.table = torch.zeros((self.n_par, n_codes), dtype=dtype, device=dev)
+            # a normal tensor even when first built under torch.inference_mode (DEQ's FCLS start): the
+            # polisher is shared between calls, and an inference tensor cannot be updated outside it
+            with torch.inference_mode(False):
+                self.table = torch.zeros((self.n_par, n_codes), dtype=dtype, device=dev)
             self.filled = torch.zeros(n_codes, dtype=torch.bool)
             self.powf = (self.base ** torch.arange(R, device=dev)).to(dtype).unsqueeze(0)  # (1, R)
             self.lock = threading.Lock()
@@ -650,9 +653,17 @@ def sunsal_solve(
         # batches in parallel, one torch thread each (torch.set_num_threads is process-wide: restored after)
         prev = torch.get_num_threads()
         torch.set_num_threads(1)
+        # inference and grad mode are thread-local: the pool's threads run in the caller's (the arrays
+        # made under torch.inference_mode can only be updated inside it)
+        inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+
+        def in_mode(item):  # type: ignore[no-untyped-def]
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                return fn(item)
+
         try:
             with ThreadPoolExecutor(workers) as pool:
-                return list(pool.map(fn, items))
+                return list(pool.map(in_mode, items))
         finally:
             torch.set_num_threads(prev)
 
