@@ -216,7 +216,9 @@ def test_cuda_without_gpu_is_a_clear_error() -> None:
     cube, E, _ = make_cube(8, 8)
     kernel = cloudpickle.loads(cloudpickle.dumps(
         ModelKernel(UADMMNet.from_endmembers(E), "cuda", np.dtype("float32"))))
-    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+    from xr_unmix.errors import DeviceError
+
+    with pytest.raises(DeviceError, match="no CUDA GPU"):
         kernel(cube.values)
 
 
