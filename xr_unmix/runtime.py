@@ -164,8 +164,9 @@ def compute_settled(obj: Any, *, settle_timeout: float = 60.0) -> Any:
     those would go on writing chunks into a temporary output that the caller is about to delete. On
     the local threaded scheduler the graph runs on a private thread pool that is shut down (waiting for
     running tasks, cancelling queued ones) before the error propagates; under ``distributed`` the
-    futures are cancelled and the scheduler polled until none of the graph's tasks is processing (at
-    most ``settle_timeout`` seconds). Other schedulers compute as usual.
+    futures are cancelled and the workers polled until none of them still executes one of the graph's
+    tasks (a cancelled task's thread runs to its end; at most ``settle_timeout`` seconds). Other
+    schedulers compute as usual.
     """
     client = active_client()
     sched = get_scheduler(collections=[obj])
@@ -179,8 +180,10 @@ def compute_settled(obj: Any, *, settle_timeout: float = 60.0) -> Any:
             deadline = time.monotonic() + settle_timeout
             while time.monotonic() < deadline:
                 try:
-                    busy = [k for keys in client.processing().values() for k in keys
-                            if _key_name(k) in names]
+                    # a cancelled task leaves the scheduler's ``processing`` at once, but its worker
+                    # thread runs on to the end: ask the workers what they still execute
+                    running = client.run(_executing_keys)
+                    busy = [k for keys in running.values() for k in keys if _key_name(k) in names]
                 except Exception:  # noqa: BLE001  (scheduler gone: nothing more will run)
                     break
                 if not busy:
@@ -203,6 +206,11 @@ def _layer_names(obj: Any) -> set[str]:
     names = set(getattr(graph, "layers", {}) or {})
     names.update(_key_name(k) for k in graph)
     return names
+
+
+def _executing_keys(dask_worker: Any) -> list[Any]:
+    """The keys a ``distributed`` worker is executing now (cancelled ones included); run by ``client.run``."""
+    return [ts.key for ts in list(dask_worker.state.executing)]
 
 
 def _key_name(key: Any) -> str:
