@@ -308,15 +308,21 @@ def finish(
 
     Coordinates ``y``/``x`` (and any coordinate that depends only on them) come from the cube,
     ``endmember`` from ``names``; the CRS and transform are written through rioxarray when the cube has
-    them. Attrs are built from scratch (the cube's ``long_name``, ``scale_factor`` etc. do not leak in).
+    them. Attrs are built from scratch (the cube's ``long_name``, ``scale_factor`` etc. do not leak in):
+    CF ``long_name``/``units``, the method's ``attrs`` and the input record of
+    :func:`xr_unmix.metadata.input_record` (source file, bands and wavelengths used).
     """
     facts = facts or cube_facts(cube)
     coords: dict[str, Any] = {ENDMEMBER: np.array([str(n) for n in names], dtype=object)}
     for k, c in cube.coords.items():
         if set(c.dims) <= {Y, X} and k != "spatial_ref":
             coords[k] = c.variable
+    from .metadata import cf_result_attrs, input_record
+
     out = xr.DataArray(data, dims=(ENDMEMBER, Y, X), coords=coords, name=name,
-                       attrs={k: _attr_value(v) for k, v in attrs.items()})
+                       attrs={**cf_result_attrs(name),
+                              **{k: _attr_value(v) for k, v in attrs.items()},
+                              **input_record(cube)})
     rio = _rio(cube)
     if facts.crs is not None:
         out = out.rio.write_crs(facts.crs)

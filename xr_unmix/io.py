@@ -18,6 +18,7 @@ import numpy as np
 import xarray as xr
 
 from . import _atomic
+from ._writers import as_layers as _as_layers  # noqa: F401  (kept for callers)
 from .errors import DimensionError, MissingCRSError
 from .runtime import (  # noqa: F401  (GDAL options and compute_settled: public names kept here)
     GDAL_CACHE_MB,
@@ -177,21 +178,6 @@ def _remove(p: Path) -> None:
     _atomic._remove(p)
 
 
-def _as_layers(arr: xr.DataArray) -> tuple[xr.DataArray, list[str]]:
-    """Return ``arr`` as ``(layer, y, x)`` and the layer names."""
-    if not isinstance(arr, xr.DataArray):
-        raise TypeError(f"expected an xarray.DataArray, got {type(arr).__name__}")
-    if arr.ndim == 2 and set(arr.dims) == {"y", "x"}:
-        name = str(arr.name or "layer")
-        return arr.expand_dims(layer=[name]).transpose("layer", "y", "x"), [name]
-    if arr.ndim == 3 and {"y", "x"} <= set(arr.dims):
-        lead = next(d for d in arr.dims if d not in ("y", "x"))
-        names = [str(v) for v in arr[lead].values] if lead in arr.coords else [
-            f"{lead}{i}" for i in range(arr.sizes[lead])]
-        return arr.transpose(lead, "y", "x"), names
-    raise DimensionError(f"expected dims (endmember, y, x) or (y, x); got {tuple(arr.dims)}")
-
-
 def _check_grid(arr: xr.DataArray, path: Path) -> None:
     """Raise unless ``x`` and ``y`` are strictly monotonic and evenly spaced (a GeoTIFF's grid).
 
@@ -212,15 +198,6 @@ def _check_grid(arr: xr.DataArray, path: Path) -> None:
             raise DimensionError(f"{path}: the {dim} coordinates are not evenly spaced (steps "
                                  f"{step.min():g} to {step.max():g}), so they do not form the regular "
                                  "grid a GeoTIFF stores; reproject (rio.reproject) or write Zarr")
-
-
-def _check_crs(arr: xr.DataArray, require_crs: bool, path: Path) -> None:
-    import rioxarray  # noqa: F401
-
-    if arr.rio.crs is None:
-        if require_crs:
-            raise MissingCRSError(f"{path}: the data has no CRS (write one with .rio.write_crs)")
-        warnings.warn(f"{path}: writing without a CRS (the input had none)", UserWarning, stacklevel=3)
 
 
 # -- COG -------------------------------------------------------------------------------------------
@@ -245,10 +222,19 @@ def to_cog(
     lock under ``distributed``) that GDAL's COG driver then copies, compressing and adding overviews;
     both live beside ``path`` under temporary names until the final rename.
 
+    GDAL metadata: per-band units (``1``, abundance fractions) and tags (endmember name, class when
+    the result has a ``class`` coordinate); dataset tags with the provenance record of
+    :func:`xr_unmix.metadata.product_attrs` (method and parameters, input file, input bands and
+    wavelengths, endmembers, software version, date). A south-up input (``y`` increasing) is written
+    north-up. ``path`` must end in ``.tif`` or ``.tiff`` (:class:`~xr_unmix.errors.ParameterError`
+    otherwise, e.g. for ``x.zarr``). To write a COG and a Zarr store from one computation, use
+    :func:`xr_unmix.write`.
+
     Parameters
     ----------
     abundance : DataArray (endmember, y, x) or (y, x)
     path : str or path
+        Ends in ``.tif`` or ``.tiff``.
     compress : str
         GDAL compression (``DEFLATE``, ``ZSTD``, ``LZW``, ``NONE``).
     level : int, optional
@@ -269,97 +255,15 @@ def to_cog(
     -------
     Path of the written file.
     """
-    import rasterio
-    import rasterio.shutil
-    import rioxarray  # noqa: F401
+    from . import _writers
 
-    path = Path(path)
-    codec = compress.upper()
-    extra: dict[str, Any] = {"predictor": 3} if codec in ("DEFLATE", "ZSTD", "LZW") else {}
-    if codec in ("DEFLATE", "ZSTD"):
-        extra["level"] = 1 if level is None else int(level)
-    elif level is not None:
-        raise ValueError(f"level applies to DEFLATE and ZSTD, not {compress}")
-    arr, names = _as_layers(abundance)
-    _check_crs(arr, require_crs, path)
-    arr = arr.astype(np.float32)
-    attrs = {k: v for k, v in arr.attrs.items()
-             if k not in ("_FillValue", "long_name", "scale_factor", "add_offset", "units")
-             and isinstance(v, str | int | float)}
-    arr = arr.copy()
-    arr.attrs = {**attrs, "long_name": tuple(names)}
-    arr.encoding = {}
-    arr = arr.rio.write_nodata(np.nan, encoded=False)
-    if arr.chunks is not None:
-        # tile-aligned write blocks: multiples of the GeoTIFF block size
-        step = max(blocksize, (max(arr.chunks[1]) // blocksize) * blocksize)
-        arr = arr.chunk({arr.dims[0]: -1, "y": step, "x": step})
-    _check_grid(arr, path)
-    with _atomic.atomic_target(path, overwrite=overwrite, kind="cog") as tmp:
-        scratch = tmp.with_name(tmp.name + ".d")
-        scratch.mkdir()
-        try:
-            gtiff = scratch / "stream.tif"
-            with gdal_env(), _progress(progress and arr.chunks is not None):
-                # the scratch GTiff is read once by the COG copy: uncompressed is 5x faster to write
-                # under the lock; past 4 GiB, fast ZSTD keeps the scratch file small
-                scratch_opts = ({"compress": "NONE"} if arr.nbytes <= 4 * 2**30 else
-                                {"compress": "ZSTD", "zstd_level": 1})
-                pending = arr.rio.to_raster(
-                    gtiff, driver="GTiff", tiled=True, blockxsize=blocksize, blockysize=blocksize,
-                    BIGTIFF="IF_SAFER", **scratch_opts,
-                    lock=True if arr.chunks is not None else None, compute=False)
-                if pending is not None:
-                    compute_settled(pending)
-            with gdal_env(GDAL_NUM_THREADS="ALL_CPUS"):
-                # overviews built inside the (uncompressed) scratch file, which the COG driver then copies
-                # with the rest: 0.25 s of CPU for 2048² x 5 instead of ~0.6 s when the COG driver makes
-                # them itself (through a temporary file). Same levels as the driver: halve until the
-                # image fits in one block.
-                from rasterio.enums import Resampling
-
-                factors = _overview_factors(arr.sizes["x"], arr.sizes["y"], blocksize)
-                method = Resampling.__members__.get(overview_resampling.lower())
-                if factors and method is not None:  # else the COG driver makes them
-                    with rasterio.open(gtiff, "r+") as ds:
-                        ds.build_overviews(factors, method)
-                rasterio.shutil.copy(gtiff, tmp, driver="COG", compress=compress,
-                                     blocksize=blocksize, overview_resampling=overview_resampling,
-                                     BIGTIFF="IF_SAFER", **extra)
-        finally:
-            _remove(scratch)
-    return path
-
-
-def _overview_factors(width: int, height: int, blocksize: int) -> list[int]:
-    """Overview decimation factors the COG driver would make: 2, 4, ... until the image fits a block."""
-    factors: list[int] = []
-    f = 1
-    while -(-max(width, height) // f) > blocksize:
-        f *= 2
-        factors.append(f)
-    return factors
-
-
-def _progress(enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    if not enabled:
-        return contextlib.nullcontext()
-    try:
-        from distributed import get_client
-
-        get_client()
-        return contextlib.nullcontext()  # ProgressBar is silent under distributed
-    except (ImportError, ValueError):
-        from dask.diagnostics import ProgressBar
-
-        return ProgressBar()
+    job = _writers.cog_job(abundance, path, compress=compress, level=level, blocksize=blocksize,
+                           overview_resampling=overview_resampling, overwrite=overwrite,
+                           require_crs=require_crs)
+    return _writers.run([job], progress=progress and abundance.chunks is not None)[0]
 
 
 # -- Zarr ------------------------------------------------------------------------------------------
-
-def _regular_chunks(chunks: Sequence[int]) -> bool:
-    return all(c == chunks[0] for c in chunks[:-1]) and chunks[-1] <= chunks[0]
-
 
 def to_zarr(
     abundance: xr.DataArray,
@@ -371,11 +275,19 @@ def to_zarr(
     overwrite: bool = False,
     require_crs: bool = False,
     progress: bool = False,
+    zarr_format: int = 3,
 ) -> Path:
-    """Write ``(endmember, y, x)`` (or a ``(y, x)`` layer) to a Zarr v3 store.
+    """Write ``(endmember, y, x)`` (or a ``(y, x)`` layer) to a Zarr store (v3, or v2 for GDAL).
 
-    The CRS travels as a CF ``spatial_ref`` variable (``grid_mapping``); read it back with
-    ``xr.open_zarr(store, decode_coords="all")`` (or :func:`open_abundance`) and ``.rio.crs``.
+    The CRS travels as a CF ``spatial_ref`` variable named by the variable's ``grid_mapping``
+    attribute, and ``x``/``y`` carry CF ``units``/``standard_name`` (rioxarray's
+    ``write_grid_mapping`` and ``write_coordinate_system``); read it back with
+    ``xr.open_zarr(store, decode_coords="all")`` (or :func:`open_abundance`) and ``.rio.crs``. The
+    variable's attributes hold the provenance record (see :func:`to_cog`).
+
+    Which readers open which format: xarray/zarr-python read both; GDAL 3.10 (the rasterio wheel's)
+    reads only ``zarr_format=2`` (``rasterio.open('ZARR:"ab.zarr":/abundance')``); its Zarr v3 support
+    predates the v3 ``bytes`` codec ("Unsupported codec: bytes"); GDAL >= 3.11 reads v3.
     Endmember names are stored as variable-length UTF-8 strings. A dask-backed input is written chunk
     by chunk (Zarr chunks = the result's chunks, made regular if needed).
 
@@ -383,7 +295,8 @@ def to_zarr(
     ----------
     abundance : DataArray (endmember, y, x) or (y, x)
     store : str or path
-        A local directory path (written to a temporary sibling, renamed on success).
+        A local directory path ending in ``.zarr`` (written to a temporary sibling, renamed on
+        success).
     name : str, optional
         Variable name (default the DataArray's name, else ``"abundance"``).
     chunks : int, optional
@@ -394,54 +307,18 @@ def to_zarr(
         (0.28 vs 0.83 s).
     overwrite, require_crs, progress
         As in :func:`to_cog`.
+    zarr_format : {3, 2}
+        Zarr v3 (default), or v2 for GDAL < 3.11 (Zstandard through numcodecs in both).
 
     Returns
     -------
     Path of the store.
     """
-    import rioxarray  # noqa: F401
+    from . import _writers
 
-    store = Path(store)
-    arr = abundance
-    if not isinstance(arr, xr.DataArray):
-        raise TypeError(f"expected an xarray.DataArray, got {type(arr).__name__}")
-    _as_layers(arr)  # validates dims
-    _check_crs(arr, require_crs, store)
-    var = name or (str(arr.name) if arr.name is not None else "abundance")
-    arr = arr.copy()
-    arr.attrs.pop("_FillValue", None)
-    arr.encoding = {}
-    if chunks is not None:
-        arr = arr.chunk({"y": chunks, "x": chunks})
-    elif arr.chunks is None:
-        arr = arr.chunk({"y": 512, "x": 512})
-    else:
-        ydim, xdim = arr.get_axis_num("y"), arr.get_axis_num("x")
-        cy, cx = arr.chunks[ydim], arr.chunks[xdim]
-        if not (_regular_chunks(cy) and _regular_chunks(cx)):
-            arr = arr.chunk({"y": max(cy), "x": max(cx)})
-    for d in arr.dims:
-        if d not in ("y", "x"):
-            arr = arr.chunk({d: -1})
-            if d in arr.coords and arr[d].dtype.kind in "UO":
-                arr = arr.assign_coords({d: np.array([str(v) for v in arr[d].values], dtype=object)})
-    ds = arr.to_dataset(name=var)
-    ds[var].encoding["_FillValue"] = np.float32(np.nan) if arr.dtype == np.float32 else np.nan
-    from zarr.codecs import ZstdCodec
-
-    ds[var].encoding["compressors"] = [ZstdCodec(level=int(level))]
-    with _atomic.atomic_target(store, overwrite=overwrite, kind="zarr") as tmp, gdal_env(), \
-            _progress(progress):
-        # consolidated: the documented ``xr.open_zarr(store, decode_coords="all")`` then opens it
-        # without xarray's "failed to open with consolidated metadata" warning (zarr's own warning
-        # that consolidation is a v3 extension is silenced: readers without it ignore the field)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-            # every chunk is written, all-NaN ones included (zarr skips them by default): a resume
-            # then tells a complete store from one with a chunk missing (see zarr_complete)
-            compute_settled(ds.to_zarr(tmp, zarr_format=3, consolidated=True, mode="w-",
-                                       compute=False, write_empty_chunks=True))
-    return store
+    job = _writers.zarr_job(abundance, store, name=name, chunks=chunks, level=level,
+                            zarr_format=zarr_format, overwrite=overwrite, require_crs=require_crs)
+    return _writers.run([job], progress=progress)[0]
 
 
 def zarr_complete(store: PathLike) -> bool:
