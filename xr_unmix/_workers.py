@@ -221,7 +221,9 @@ def _check_device(device: str) -> str:
         if not torch.cuda.is_available():
             where = _on_distributed_worker()
             host = f" on worker {where.address}" if where is not None else ""
-            raise RuntimeError(f"device={device!r} but torch sees no CUDA GPU{host}; "
+            from .errors import DeviceError
+
+            raise DeviceError(f"device={device!r} but torch sees no CUDA GPU{host}; "
                                "run on GPU workers or use device='cpu'")
     return str(device)
 
