@@ -16,6 +16,7 @@ import xarray as xr
 from ._cube import as_endmembers, check_dims, check_units, check_wavelengths, finish, prepare_cube
 from ._workers import ModelKernel
 from .errors import InputTypeError, ParameterError
+from .runtime import torch_threads
 from .tiling import map_tiles
 
 ModelLike = Any  # an xr_unmix model instance, or a path to a saved one
@@ -43,7 +44,6 @@ class _SunsalKernel:
         self.params = params
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
-        from ._workers import torch_threads
         from .solvers.sunsal import sunsal_solve
 
         b, h, w = block.shape

@@ -28,6 +28,7 @@ from typing import Any
 
 from . import _atomic, pipeline
 from .errors import MissingInputError, OutputError, ParameterError
+from .runtime import dask_scheduler, describe_scheduler
 
 PathLike = str | os.PathLike[str]
 
@@ -277,8 +278,6 @@ def run_batch(
         The output folder or the report's folder is not writable.
     """
     from tqdm.auto import tqdm
-
-    from .cluster import dask_scheduler, describe_scheduler
 
     fmts = [str(f).lower().lstrip(".") for f in formats]
     fmts = ["tif" if f in ("tiff", "cog") else f for f in fmts]

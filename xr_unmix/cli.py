@@ -17,6 +17,7 @@ import click
 
 from . import __version__, pipeline
 from .errors import BandMismatchError, OutputExistsError, XrUnmixError
+from .runtime import dask_scheduler, set_torch_threads
 
 METHODS = tuple(pipeline.METHODS)
 
@@ -124,7 +125,6 @@ def run(scene: str, endmembers: str | None, method: str, model: str | None, out:
       xr-unmix run scene.tif --endmembers vca:4 --seed 0 --method sunsal --out ab.zarr
       xr-unmix run scene.tif --method deq --model deq.safetensors --out ab.tif --quality
     """
-    from .cluster import dask_scheduler
 
     chunk_px = _parse_chunk(chunk)
     # every check that needs no computation, before a cluster starts or a tile is read
@@ -192,11 +192,9 @@ def train(endmembers: str, method: str, out: Path, scene: str | None, labels: st
     if (projection is not None or precondition is not None) and method != "deq":
         _usage("--projection and --precondition are for --method deq")
     if threads is not None or method == "admm":
-        import torch
-
         # 64 x bands mini-batches: a second thread costs more in synchronisation than it gains
         # (measured: 5 epochs on 10k labelled pixels, 5.9 s with 1 thread, 38 s with 2 on a busy host)
-        torch.set_num_threads(max(1, threads or 1))
+        set_torch_threads(threads)
     cube = pipeline.open_scene(scene, chunk=None) if scene else None
     if cube is not None:
         E = pipeline.load_endmembers(endmembers, cube, resample=resample, seed=seed)

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,13 @@ import xarray as xr
 
 from . import _atomic
 from .errors import DimensionError, MissingCRSError
+from .runtime import (  # noqa: F401  (GDAL options and compute_settled: public names kept here)
+    GDAL_CACHE_MB,
+    compute_settled,
+    gdal_cache_bytes,
+    gdal_env,
+    gdal_options,
+)
 
 PathLike = str | os.PathLike[str]
 
@@ -165,44 +171,6 @@ def _nothing_to_mask(path: PathLike) -> bool:
 
 
 # -- writing helpers -------------------------------------------------------------------------------
-
-#: GDAL block cache (MB) while xr_unmix streams a scene, unless ``GDAL_CACHEMAX`` is set in the
-#: environment. GDAL's default (5 % of RAM) lets the cache of a hyperspectral read grow past 1 GB
-#: (200 bands x 256² px is 52 MB per chunk), which only costs memory when chunks are read once.
-GDAL_CACHE_MB = 64
-
-
-def gdal_cache_bytes() -> int:
-    """GDAL's block cache size, in **bytes**, for a ``rasterio.Env``.
-
-    ``rasterio.Env(GDAL_CACHEMAX=n)`` calls ``GDALSetCacheMax64(n)``, which takes bytes (an integer
-    such as 64 is a 64-byte cache, which turns GDAL's block cache off: a lazy ``to_cog`` then ran 35x
-    slower than its ``compute()``). The ``GDAL_CACHEMAX`` environment variable, by contrast, is read by
-    GDAL as MB when below 100000, ``"64MB"`` or ``"5%"``: :func:`gdal_env` leaves that to GDAL.
-    """
-    return int(GDAL_CACHE_MB) * 2**20
-
-
-def gdal_options(**extra: Any) -> dict[str, Any]:
-    """The GDAL configuration options xr_unmix's writers run under (see :func:`gdal_env`)."""
-    opts: dict[str, Any] = {} if os.environ.get("GDAL_CACHEMAX") else {
-        "GDAL_CACHEMAX": gdal_cache_bytes()}
-    opts.update(extra)
-    return opts
-
-
-def gdal_env(**extra: Any) -> contextlib.AbstractContextManager[Any]:
-    """A ``rasterio.Env`` that bounds GDAL's block cache to :data:`GDAL_CACHE_MB` for the streaming.
-
-    The setting is process-wide while the context is open, so it also covers the reads that Dask's
-    threads make; ``distributed`` workers get it through their environment (see
-    :func:`xr_unmix.cluster.dask_scheduler`). A ``GDAL_CACHEMAX`` environment variable wins. ``extra``
-    are further GDAL configuration options (``GDAL_NUM_THREADS="ALL_CPUS"``).
-    """
-    import rasterio
-
-    return rasterio.Env(**gdal_options(**extra))
-
 
 def _remove(p: Path) -> None:
     """Remove a scratch entry of this process (see :mod:`xr_unmix._atomic`)."""
@@ -371,67 +339,6 @@ def _overview_factors(width: int, height: int, blocksize: int) -> list[int]:
         f *= 2
         factors.append(f)
     return factors
-
-
-def compute_settled(obj: Any, *, settle_timeout: float = 60.0) -> Any:
-    """Compute a Dask collection; if it fails, return only once none of its tasks is still running.
-
-    Dask raises on the first failed task while other tasks of the same graph may still be running, and
-    those would go on writing chunks into a temporary output that the caller is about to delete. On
-    the local threaded scheduler the graph runs on a private thread pool that is shut down (waiting for
-    running tasks, cancelling queued ones) before the error propagates; under ``distributed`` the
-    futures are cancelled and the scheduler polled until none of the graph's tasks is processing (at
-    most ``settle_timeout`` seconds). Other schedulers compute as usual.
-    """
-    import dask
-    import dask.threaded
-    from dask.base import get_scheduler
-
-    from .cluster import active_client
-
-    client = active_client()
-    sched = get_scheduler(collections=[obj])
-    if client is not None and sched == client.get:
-        fut = client.compute(obj)
-        try:
-            return fut.result()
-        except BaseException:
-            names = _layer_names(obj)
-            fut.cancel()
-            deadline = time.monotonic() + settle_timeout
-            while time.monotonic() < deadline:
-                try:
-                    busy = [k for keys in client.processing().values() for k in keys
-                            if _key_name(k) in names]
-                except Exception:  # noqa: BLE001  (scheduler gone: nothing more will run)
-                    break
-                if not busy:
-                    break
-                time.sleep(0.1)
-            raise
-    if sched is dask.threaded.get:
-        from concurrent.futures import ThreadPoolExecutor
-
-        n = dask.config.get("num_workers", None) or os.cpu_count() or 1
-        pool = ThreadPoolExecutor(int(n), thread_name_prefix="xr_unmix-write")
-        try:
-            with dask.config.set(pool=pool):
-                return dask.compute(obj)[0]
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-    return dask.compute(obj)[0]
-
-
-def _layer_names(obj: Any) -> set[str]:
-    graph = obj.__dask_graph__()
-    names = set(getattr(graph, "layers", {}) or {})
-    names.update(_key_name(k) for k in graph)
-    return names
-
-
-def _key_name(key: Any) -> str:
-    k = key[0] if isinstance(key, tuple) else key
-    return str(k)
 
 
 def _progress(enabled: bool) -> contextlib.AbstractContextManager[Any]:

@@ -19,13 +19,13 @@ import xarray as xr
 
 from .errors import (
     BandMismatchError,
-    DeviceError,
     InputError,
     InputTypeError,
     MissingInputError,
     ParameterError,
     XrUnmixError,
 )
+from .runtime import check_cuda
 
 PathLike = str | os.PathLike[str]
 
@@ -105,11 +105,7 @@ def check_device(device: str) -> None:
         return
     if not (d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit())):
         raise ParameterError(f"device {device!r}: use 'cpu', 'cuda' or 'cuda:N'").about("device")
-    import torch
-
-    if not torch.cuda.is_available():
-        raise DeviceError(f"device {device!r} was requested but torch sees no CUDA GPU on this "
-                          "machine; use device 'cpu'").about("device")
+    check_cuda(d)
 
 
 def check_request(method: str, *, endmembers: str | None = None, model: PathLike | None = None,
