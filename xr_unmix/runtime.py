@@ -36,7 +36,7 @@ import dask.threaded
 import numpy as np
 from dask.base import get_scheduler
 
-from .errors import DeviceError
+from .errors import DeviceError, ParameterError
 
 # -- scheduler -------------------------------------------------------------------------------------
 
@@ -103,19 +103,18 @@ def dask_scheduler(address: str | None = None, workers: int | None = None, *,
     ``address`` nor ``workers`` is given -- or ``None`` for Dask's default local threads.
     """
     if address and workers:
-        raise ValueError("give either a scheduler address or a number of workers, not both")
+        raise ParameterError("give either a scheduler address or a number of workers, not both")
     if workers is not None and int(workers) < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise ParameterError(f"workers must be >= 1, got {workers}").about("workers")
     if not address and not workers:
         yield active_client()
         return
     from distributed import Client, LocalCluster
 
     if address:
-        try:
-            client = Client(address, timeout="20s")
-        except OSError as exc:
-            raise OSError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
+        from ._connect import connect_client
+
+        client = connect_client(address)  # SchedulerError within ~20 s, handshake included
         with client:
             yield client
         return
