@@ -40,7 +40,6 @@ MODULE_ALLOW: dict[str, str] = {
     "xr_unmix/models/deq.py": "DEQUnmix is being split into models/ parts (issue 16)",
     "xr_unmix/models/uadmm.py": "training moves to the shared models/_train module (issue 14/16)",
     "xr_unmix/solvers/sunsal.py": "being split into solvers/sunsal/ (issue 14, sunsal part)",
-    "xr_unmix/io.py": "reading, COG, Zarr in one module; split into io/ pending (issue 14)",
     "xr_unmix/batch.py": "run_batch and its resume/report logic; 417 lines, close to the limit",
     "xr_unmix/runtime.py": "five small policies (scheduler, settled compute, GDAL, threads, device)"
                            " kept in one module on purpose; each is short",

@@ -77,6 +77,28 @@ def check_crs(arr: xr.DataArray, require_crs: bool, path: Path, stacklevel: int 
                       stacklevel=stacklevel)
 
 
+def check_grid(arr: xr.DataArray, path: Path) -> None:
+    """Raise unless ``x`` and ``y`` are strictly monotonic and evenly spaced (a GeoTIFF's grid).
+
+    A GeoTIFF stores a regular grid (one transform): shuffled, repeated or unevenly spaced coordinates
+    would put the columns or rows in the wrong place without any sign of it.
+    """
+    for dim in ("y", "x"):
+        if dim not in arr.coords or arr.sizes[dim] < 2:
+            continue
+        c = np.asarray(arr[dim].values, dtype=np.float64)
+        step = np.diff(c)
+        if not (np.all(step > 0) or np.all(step < 0)):
+            kind = "repeated" if np.any(step == 0) else "not monotonic"
+            raise DimensionError(f"{path}: the {dim} coordinates are {kind}, so they do not form the "
+                                 f"regular grid a GeoTIFF stores; sort them (.sortby('{dim}')) and "
+                                 "drop duplicates first, or write Zarr (to_zarr keeps any coordinates)")
+        if np.max(np.abs(step - step.mean())) > 1e-6 * max(abs(step.mean()), 1e-12) + 1e-9:
+            raise DimensionError(f"{path}: the {dim} coordinates are not evenly spaced (steps "
+                                 f"{step.min():g} to {step.max():g}), so they do not form the regular "
+                                 "grid a GeoTIFF stores; reproject (rio.reproject) or write Zarr")
+
+
 def north_up(arr: xr.DataArray) -> xr.DataArray:
     """``arr`` flipped to north-up when its grid is south-up (``y`` increasing, no rotation).
 
@@ -202,9 +224,7 @@ def cog_job(abundance: xr.DataArray, path: PathLike, *, compress: str = "DEFLATE
         # tile-aligned write blocks: multiples of the GeoTIFF block size
         step = max(blocksize, (max(arr.chunks[1]) // blocksize) * blocksize)
         arr = arr.chunk({arr.dims[0]: -1, "y": step, "x": step})
-    from .io import _check_grid
-
-    _check_grid(arr, path)
+    check_grid(arr, path)
     tagged = arr.copy()
     tagged.attrs = keep
     job = Job(path, "cog", overwrite, stage=lambda tmp: None)

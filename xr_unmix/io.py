@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ import xarray as xr
 
 from . import _atomic
 from ._writers import as_layers as _as_layers  # noqa: F401  (kept for callers)
-from .errors import DimensionError, MissingCRSError
+from ._writers import check_grid as _check_grid  # noqa: F401
 from .runtime import (  # noqa: F401  (GDAL options and compute_settled: public names kept here)
     GDAL_CACHE_MB,
     compute_settled,
@@ -176,28 +174,6 @@ def _nothing_to_mask(path: PathLike) -> bool:
 def _remove(p: Path) -> None:
     """Remove a scratch entry of this process (see :mod:`xr_unmix._atomic`)."""
     _atomic._remove(p)
-
-
-def _check_grid(arr: xr.DataArray, path: Path) -> None:
-    """Raise unless ``x`` and ``y`` are strictly monotonic and evenly spaced (a GeoTIFF's grid).
-
-    A GeoTIFF stores a regular grid (one transform): shuffled, repeated or unevenly spaced coordinates
-    would put the columns or rows in the wrong place without any sign of it.
-    """
-    for dim in ("y", "x"):
-        if dim not in arr.coords or arr.sizes[dim] < 2:
-            continue
-        c = np.asarray(arr[dim].values, dtype=np.float64)
-        step = np.diff(c)
-        if not (np.all(step > 0) or np.all(step < 0)):
-            kind = "repeated" if np.any(step == 0) else "not monotonic"
-            raise DimensionError(f"{path}: the {dim} coordinates are {kind}, so they do not form the "
-                                 f"regular grid a GeoTIFF stores; sort them (.sortby('{dim}')) and "
-                                 "drop duplicates first, or write Zarr (to_zarr keeps any coordinates)")
-        if np.max(np.abs(step - step.mean())) > 1e-6 * max(abs(step.mean()), 1e-12) + 1e-9:
-            raise DimensionError(f"{path}: the {dim} coordinates are not evenly spaced (steps "
-                                 f"{step.min():g} to {step.max():g}), so they do not form the regular "
-                                 "grid a GeoTIFF stores; reproject (rio.reproject) or write Zarr")
 
 
 # -- COG -------------------------------------------------------------------------------------------
