@@ -94,3 +94,52 @@ def test_suffix_mismatch_refused(result, tmp_path, fn, name):
     with pytest.raises(ParameterError, match="path ending in"):
         fn(result, tmp_path / name)
     assert not (tmp_path / name).exists()
+
+
+def _counted_result(calls):
+    """A lazy (endmember, y, x) result whose every block evaluation is counted."""
+    import dask.array as da
+
+    def block(b):
+        if b.size:  # not dask's meta probe
+            calls.append(1)
+        return np.clip(b[:2] / b[:2].sum(axis=0, keepdims=True), 0, 1)
+
+    rng = np.random.default_rng(2)
+    cube = xr.DataArray(rng.random((4, 32, 32)).astype("float32") + 0.1, dims=("band", "y", "x"),
+                        coords={"y": np.arange(32.0)[::-1], "x": np.arange(32.0)})
+    cube = cube.rio.write_crs("EPSG:32633").chunk({"band": -1, "y": 16, "x": 16})
+    data = da.map_blocks(block, cube.data, chunks=((2,), (16, 16), (16, 16)), dtype=np.float32)
+    ab = xr.DataArray(data, dims=("endmember", "y", "x"),
+                      coords={"endmember": ["a", "b"], "y": cube.y, "x": cube.x}, name="abundance")
+    return cube, ab.rio.write_crs("EPSG:32633")
+
+
+def test_write_one_pass(tmp_path):
+    calls: list[int] = []
+    cube, ab = _counted_result(calls)
+    E = np.ones((4, 2))
+    paths = xr_unmix.write(ab, cog=tmp_path / "ab.tif", zarr=tmp_path / "ab.zarr", quality=cube,
+                           endmembers=E)
+    assert len(calls) == 4  # 4 blocks, each computed once for COG + Zarr + both RMSE layers
+    # (the COG and the RMSE layers are made from the written Zarr store)
+    assert [p.name for p in paths] == ["ab.tif", "ab.zarr", "ab_rmse.tif", "ab_rmse.zarr"]
+    tif = xr_unmix.open_abundance(paths[0])
+    zar = xr_unmix.open_abundance(paths[1])
+    np.testing.assert_array_equal(tif.values, zar.values)
+    rm = xr_unmix.open_abundance(paths[3]).values
+    expect = xr_unmix.metrics.reconstruction_error(cube, E, ab.compute()).values
+    np.testing.assert_allclose(rm, expect, rtol=1e-6)
+    calls.clear()
+    xr_unmix.to_cog(ab, tmp_path / "b.tif")
+    xr_unmix.to_zarr(ab, tmp_path / "b.zarr")
+    assert len(calls) == 8  # the two-call way computes twice: what write() avoids
+
+
+def test_write_needs_paths_and_endmembers(tmp_path):
+    _, ab = _counted_result([])
+    with pytest.raises(ParameterError, match="cog= and/or zarr="):
+        xr_unmix.write(ab)
+    with pytest.raises(ParameterError, match="endmembers="):
+        xr_unmix.write(ab, cog=tmp_path / "a.tif", quality=ab)
+    assert not list(tmp_path.iterdir())
