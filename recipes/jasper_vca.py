@@ -174,7 +174,7 @@ def _measure(mode: str) -> None:
     if mode == "numpy":
         cube = cube.compute()
     if mode == "dask-streaming":
-        ex._CACHE_BYTES = 0  # force one pass per endmember (what a scene beyond the cache does)
+        ex._vca._CACHE_BYTES = 0  # force one pass per endmember (what a scene beyond the cache does)
     with dask.config.set(scheduler="threads", num_workers=2), _PeakRSS() as rss:
         t = time.perf_counter()
         E = ex.extract_endmembers(cube, 5, seed=0)

@@ -168,7 +168,7 @@ def test_bad_parameters_fail_before_any_scene(scenes) -> None:
     with pytest.raises(ValueError, match="formats"):
         run_batch([str(scenes["dir"] / "a.tif")], out_dir=out, endmembers=str(scenes["em"]),
                   formats=["png"])
-    with pytest.raises(ValueError, match="needs model"):
+    with pytest.raises(ValueError, match="needs a trained model"):
         run_batch([str(scenes["dir"] / "a.tif")], out_dir=out, method="admm")
     assert not out.exists() or not any(out.iterdir())
 
@@ -193,8 +193,8 @@ def test_cli_batch_exit_codes(scenes, tmp_path: Path) -> None:
 def test_cli_batch_rejects_bad_parameters(scenes, tmp_path: Path) -> None:
     r = CliRunner().invoke(main, ["batch", str(scenes["dir"] / "a.tif"), "--out-dir",
                                   str(tmp_path / "o")])
-    assert r.exit_code == 1 and "needs endmembers" in r.output
+    assert r.exit_code == 2 and "--endmembers: method 'fcls' needs endmembers" in r.output
     r = CliRunner().invoke(main, ["batch", str(scenes["dir"] / "a.tif"), "--endmembers",
                                   str(scenes["em"]), "--out-dir", str(tmp_path / "o"),
                                   "--format", "png"])
-    assert r.exit_code == 1 and "formats" in r.output
+    assert r.exit_code == 2 and "formats must be among" in r.output

@@ -216,7 +216,9 @@ def test_cuda_without_gpu_is_a_clear_error() -> None:
     cube, E, _ = make_cube(8, 8)
     kernel = cloudpickle.loads(cloudpickle.dumps(
         ModelKernel(UADMMNet.from_endmembers(E), "cuda", np.dtype("float32"))))
-    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+    from xr_unmix.errors import DeviceError
+
+    with pytest.raises(DeviceError, match="no CUDA GPU"):
         kernel(cube.values)
 
 
@@ -228,3 +230,36 @@ def test_workers_keep_glibc_malloc_thresholds(client) -> None:
     assert os.environ.get("MALLOC_TRIM_THRESHOLD_") == _TRIM_AT_IMPORT
     gdal = client.run(lambda: os.environ.get("GDAL_CACHEMAX"))
     assert set(gdal.values()) == {os.environ.get("GDAL_CACHEMAX") or "64"}
+
+
+def _slow_write(path: str, i: int) -> int:
+    import time as _time
+
+    _time.sleep(1.0)
+    with open(path, "a") as f:
+        f.write(f"{i}\n")
+    return i
+
+
+def _fail_fast() -> int:
+    raise RuntimeError("task failed on purpose")
+
+
+def test_compute_settled_waits_for_running_tasks_when_one_fails(client, tmp_path) -> None:
+    # one task fails at once while a slow one is running on the other worker: compute_settled must
+    # return (raise) only after the slow task stopped, so nothing writes after the caller cleans up
+    import time
+
+    from dask import delayed
+
+    from xr_unmix.runtime import compute_settled
+
+    log = tmp_path / "writes.txt"
+    log.touch()
+    slow = [delayed(_slow_write, pure=False)(str(log), i) for i in range(2)]
+    graph = delayed(lambda *xs: xs)(*slow, delayed(_fail_fast, pure=False)())
+    with pytest.raises(RuntimeError, match="on purpose"):
+        compute_settled(graph, settle_timeout=20)
+    settled = log.read_text()
+    time.sleep(1.5)  # longer than a slow task: anything still running would write now
+    assert log.read_text() == settled

@@ -236,7 +236,7 @@ def test_streaming_search_equals_cached_search(monkeypatch, snr_db):
     cube, _ = _scene(snr_db=snr_db, seed=4, H=30, W=30)
     lazy = cube.chunk({"y": 10, "x": 15})
     cached = extract_endmembers(lazy, 4, seed=2)
-    monkeypatch.setattr(ex, "_CACHE_BYTES", 0)
+    monkeypatch.setattr(ex._vca, "_CACHE_BYTES", 0)
     streamed = extract_endmembers(lazy, 4, seed=2)
     streamed_np = extract_endmembers(cube, 4, seed=2)
     for other in (streamed, streamed_np):

@@ -261,3 +261,34 @@ def test_cog_writer_passes_only_options_gdal_knows(tmp_path: Path, caplog) -> No
         ims = src.tags(ns="IMAGE_STRUCTURE")
         assert (ims["COMPRESSION"], ims["PREDICTOR"], ims["LAYOUT"]) == ("ZSTD", "3", "COG")
         assert src.overviews(1) == [2, 4]  # halved until one 128 px block holds it
+
+
+def _tif_with_tags(path: Path, n: int = 4, **tags: str) -> Path:
+    cube, _, _ = make_cube(8, 8)
+    cube = cube.isel(band=slice(0, n)).drop_vars([c for c in cube.coords if c not in ("y", "x", "spatial_ref")])
+    cube = cube.assign_coords(band=np.arange(1, n + 1))
+    cube.rio.to_raster(path)
+    with rasterio.open(path, "r+") as dst:
+        dst.update_tags(**tags)
+        for b in range(1, n + 1):
+            dst.set_band_description(b, f"Band {b}")
+    return path
+
+
+@pytest.mark.parametrize(("tag", "units", "expected"), [
+    ("{450, 550, 650, 750}", None, [450.0, 550.0, 650.0, 750.0]),      # ENVI-style list, nm
+    ("0.45,0.55,0.65,0.75", None, [450.0, 550.0, 650.0, 750.0]),       # bare values < 30: micrometres
+    ("0.45 0.55 0.65 0.75", "Micrometers", [450.0, 550.0, 650.0, 750.0]),
+    ("1 2 3 4", "Index", None),                                        # band numbers, not wavelengths
+])
+def test_wavelengths_from_dataset_tags(tmp_path: Path, tag: str, units: str | None, expected) -> None:
+    from xr_unmix.io import read_wavelengths
+
+    tags = {"wavelength": tag} | ({"wavelength_units": units} if units else {})
+    path = _tif_with_tags(tmp_path / "w.tif", **tags)
+    got = read_wavelengths(path)
+    if expected is None:
+        assert got is None
+    else:
+        np.testing.assert_allclose(got, expected)
+        np.testing.assert_allclose(open_cube(path).wavelength.values, expected)

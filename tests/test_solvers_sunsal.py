@@ -200,7 +200,9 @@ def test_bad_input() -> None:
     with pytest.raises(ValueError, match="x0"):
         sunsal_solve(Y, E, x0=np.zeros((2, 5)))
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="no CUDA GPU"):
+        from xr_unmix.errors import DeviceError
+
+        with pytest.raises(DeviceError, match="no CUDA GPU"):
             sunsal_solve(Y, E, device="cuda")
 
 

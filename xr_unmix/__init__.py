@@ -30,6 +30,7 @@ _LAZY = {
     "simulate": "simulate",
     "to_cog": "io",
     "to_zarr": "io",
+    "write": "outputs",
     "open_cube": "io",
     "open_abundance": "io",
     "read_endmembers": "endmembers",

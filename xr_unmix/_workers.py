@@ -2,14 +2,8 @@
 
 Threads
 -------
-Dask's threaded scheduler runs one task per core, and each torch op would by default also use every
-core: N x N threads oversubscribe. Inside a Dask task we therefore give torch
-``max(1, cores // dask_threads)`` intra-op threads, decided once per process
-(``torch.set_num_threads`` is process-global). On a ``distributed`` worker the nanny sets
-``OMP_NUM_THREADS=1`` for every worker process, and several worker processes usually share a host, so
-there torch gets ``OMP_NUM_THREADS`` threads (1 unless the cluster was configured otherwise): the
-cluster's ``n_workers x threads_per_worker`` then is the number of busy cores. The environment variable
-``XR_UNMIX_TORCH_THREADS`` overrides both rules.
+Inside a task torch runs under the package's one thread policy, :func:`xr_unmix.runtime.torch_threads`
+(``torch_thread_count`` and ``torch_threads`` stay importable from here).
 
 Models on workers
 -----------------
@@ -25,7 +19,6 @@ every worker with ``client.run(model_cache_info)``).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import importlib
@@ -34,13 +27,11 @@ import json
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-_lock = threading.Lock()
-_configured = False
+from .runtime import check_cuda, on_distributed_worker, torch_thread_count, torch_threads  # noqa: F401
 
 #: models built in this process, by (content hash, device); bounded (least recently used dropped)
 _MODEL_CACHE: OrderedDict[tuple[str, str], Any] = OrderedDict()
@@ -51,65 +42,6 @@ _builds = 0  #: how many models this process built from a payload (cache misses)
 #: payloads up to this size (bytes) travel inside each task; larger ones, when a ``distributed.Client``
 #: is active as the kernel is made, are broadcast to every worker once and tasks carry only their key
 INLINE_MAX_BYTES = 4 * 2**20
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover  (not Linux)
-        return os.cpu_count() or 1
-
-
-def _on_distributed_worker() -> Any:
-    try:
-        from distributed import get_worker
-
-        return get_worker()
-    except (ImportError, ValueError):
-        return None
-
-
-def _dask_threads() -> int:
-    worker = _on_distributed_worker()
-    if worker is not None:
-        with contextlib.suppress(AttributeError):
-            return max(1, int(worker.state.nthreads))
-    import dask
-
-    n = dask.config.get("num_workers", None)
-    return int(n) if n else _cores()
-
-
-def torch_thread_count() -> int:
-    """The number of intra-op threads torch should use in this process for Dask work.
-
-    ``XR_UNMIX_TORCH_THREADS`` if set; on a ``distributed`` worker, ``OMP_NUM_THREADS`` if set (the nanny
-    sets it to 1) else ``cores // worker threads``; on local threads ``cores // dask threads``. At least 1.
-    """
-    env = os.environ.get("XR_UNMIX_TORCH_THREADS")
-    if env:
-        return max(1, int(env))
-    if _on_distributed_worker() is not None and os.environ.get("OMP_NUM_THREADS"):
-        return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    return max(1, _cores() // _dask_threads())
-
-
-@contextlib.contextmanager
-def torch_threads() -> Iterator[None]:
-    """Context for torch work inside a Dask task: sets the thread policy once per process."""
-    global _configured
-    if not _configured:
-        with _lock:
-            if not _configured:
-                import torch
-
-                inside = threading.current_thread() is not threading.main_thread()
-                if inside or _on_distributed_worker() is not None:
-                    torch.set_num_threads(torch_thread_count())
-                    # only now: work on the main thread (a numpy cube) leaves the user's setting
-                    # alone, and must not stop the first Dask task from configuring the process
-                    _configured = True
-    yield
 
 
 # -- models on workers -----------------------------------------------------------------------------
@@ -215,14 +147,7 @@ def clear_model_cache() -> None:
 
 
 def _check_device(device: str) -> str:
-    if str(device).startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            where = _on_distributed_worker()
-            host = f" on worker {where.address}" if where is not None else ""
-            raise RuntimeError(f"device={device!r} but torch sees no CUDA GPU{host}; "
-                               "run on GPU workers or use device='cpu'")
+    check_cuda(device)
     return str(device)
 
 

@@ -13,8 +13,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ._cube import as_endmembers, check_units, finish, prepare_cube
+from ._cube import as_endmembers, check_dims, check_units, check_wavelengths, finish, prepare_cube
 from ._workers import ModelKernel
+from .errors import InputTypeError, ParameterError
+from .runtime import torch_threads
 from .tiling import map_tiles
 
 ModelLike = Any  # an xr_unmix model instance, or a path to a saved one
@@ -23,7 +25,7 @@ ModelLike = Any  # an xr_unmix model instance, or a path to a saved one
 def _np_dtype(dtype: Any) -> np.dtype:
     name = str(dtype).replace("torch.", "")
     if name not in ("float32", "float64"):
-        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+        raise ParameterError(f"dtype must be float32 or float64, got {dtype!r}")
     return np.dtype(name)
 
 
@@ -42,7 +44,6 @@ class _SunsalKernel:
         self.params = params
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
-        from ._workers import torch_threads
         from .solvers.sunsal import sunsal_solve
 
         b, h, w = block.shape
@@ -88,6 +89,8 @@ def sunsal(
     DataArray (endmember, y, x)
         Abundances; NaN where the input pixel was invalid; lazy if the cube is dask-backed.
     """
+    check_dims(cube)
+    _check_solver_params(lam, max_iter, tol)
     np_dtype = _np_dtype(dtype)
     # A float32/float64 cube is passed through as it is: sunsal_solve converts each batch to the
     # compute dtype itself, so no full-size cast of the cube (400 MiB for a 512x512x200 float32 cube
@@ -95,6 +98,7 @@ def sunsal(
     in_dtype = np.dtype(cube.dtype)
     data, facts = prepare_cube(cube, in_dtype if in_dtype in (np.float32, np.float64) else np_dtype)
     E = as_endmembers(endmembers, facts.n_bands)
+    check_wavelengths(facts.wavelengths, E)
     check_units(cube, E.values)
     params = dict(lam=float(lam), anc=bool(anc), asc=bool(asc), max_iter=int(max_iter), tol=float(tol),
                   mu=mu, adaptive_mu=bool(adaptive_mu), device=device, dtype=np_dtype.name)
@@ -102,6 +106,21 @@ def sunsal(
     out = map_tiles(data, kernel, E.sizes["endmember"], halo=0, dtype=np_dtype)
     attrs = {"method": "sunsal", **{k: v for k, v in params.items() if k not in ("device",)}}
     return finish(out, cube, list(E.endmember.values), attrs, facts=facts)
+
+
+def _check_solver_params(lam: float, max_iter: int, tol: float) -> None:
+    """Refuse a negative or non-finite ``lam`` (and a senseless ``max_iter``/``tol``) before any
+    work is scheduled."""
+    try:
+        lam_f, it, tol_f = float(lam), int(max_iter), float(tol)
+    except (TypeError, ValueError) as exc:
+        raise ParameterError(f"lam, max_iter and tol must be numbers: {exc}") from exc
+    if not (np.isfinite(lam_f) and lam_f >= 0):
+        raise ParameterError(f"lam must be a finite number >= 0 (the l1 weight), got {lam}")
+    if it < 1:
+        raise ParameterError(f"max_iter must be >= 1, got {max_iter}")
+    if not (np.isfinite(tol_f) and tol_f >= 0):
+        raise ParameterError(f"tol must be a finite number >= 0, got {tol}")
 
 
 def fcls(cube: xr.DataArray, endmembers: Any, **kwargs: Any) -> xr.DataArray:
@@ -133,9 +152,10 @@ def _resolve_model(model: ModelLike, expected: type | None) -> Any:
     if isinstance(model, str | os.PathLike):
         model = load_model(model)
     if not isinstance(model, UnmixModel):
-        raise TypeError(f"expected an xr_unmix model or a path to one, got {type(model).__name__}")
+        raise InputTypeError(f"expected an xr_unmix model or a path to one, got "
+                             f"{type(model).__name__}")
     if expected is not None and not isinstance(model, expected):
-        raise TypeError(f"expected a {expected.__name__}, got a {type(model).__name__}")
+        raise InputTypeError(f"expected a {expected.__name__} model, got a {type(model).__name__}")
     return model
 
 
@@ -178,17 +198,18 @@ def apply_model(
     m = _resolve_model(model, expected)
     data, facts = prepare_cube(cube, np.float32)
     m.check_bands(facts.n_bands)
+    check_wavelengths(facts.wavelengths, m.endmembers, "the model's endmembers")
     check_units(cube, m.endmembers.values)
     if batch_size is not None:
         if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ParameterError(f"batch_size must be >= 1, got {batch_size}")
         if not getattr(m, "pixelwise", False):
-            raise ValueError(f"batch_size is for pixel-wise models; {type(m).__name__} sees "
+            raise ParameterError(f"batch_size is for pixel-wise models; {type(m).__name__} sees "
                              "neighbourhoods (set the tile size through the cube's chunks)")
     m.eval()
     h = m.halo if halo is None else int(halo)
     if h < 0:
-        raise ValueError(f"halo must be >= 0, got {h}")
+        raise ParameterError(f"halo must be >= 0, got {h}")
     eager = not hasattr(data, "dask")
     track = eager and hasattr(m, "solve_stats") and hasattr(m, "reset_solve_stats")
     if track:

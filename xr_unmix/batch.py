@@ -26,6 +26,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import _atomic, pipeline
+from .errors import MissingInputError, OutputError, ParameterError
+from .runtime import dask_scheduler, describe_scheduler
+
 PathLike = str | os.PathLike[str]
 
 FORMATS = ("tif", "zarr")
@@ -134,7 +138,12 @@ def _scene_fingerprint(scene: Path) -> dict[str, Any]:
 # -- completeness ----------------------------------------------------------------------------------
 
 def output_readable(path: Path, n_layers: int | None = None) -> bool:
-    """True if ``path`` (a ``.tif`` or ``.zarr`` written by xr_unmix) opens and has ``n_layers`` layers."""
+    """True if ``path`` (a ``.tif`` or ``.zarr`` written by xr_unmix) opens and has ``n_layers`` layers.
+
+    A GeoTIFF must read its last tile (a truncated file fails there); a Zarr store must hold every
+    chunk of every array (:func:`xr_unmix.io.zarr_complete`): a deleted chunk would otherwise read as
+    NaN, a map that looks complete.
+    """
     try:
         if path.suffix == ".tif":
             import rasterio
@@ -144,10 +153,10 @@ def output_readable(path: Path, n_layers: int | None = None) -> bool:
                 if ok:  # touch the last tile: a truncated file fails here
                     src.read(src.count, window=((src.height - 1, src.height), (src.width - 1, src.width)))
                 return bool(ok)
-        from .io import open_abundance
+        from .io import open_abundance, zarr_complete
 
         da = open_abundance(path)
-        return n_layers is None or int(da.shape[0]) == n_layers
+        return (n_layers is None or int(da.shape[0]) == n_layers) and zarr_complete(path)
     except Exception:  # noqa: BLE001  (unreadable for whatever reason: not complete)
         return False
 
@@ -164,9 +173,7 @@ def _is_complete(sidecar: Path, fingerprint: dict[str, Any], outputs: dict[str, 
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    _atomic.write_json(path, obj)
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -264,36 +271,36 @@ def run_batch(
 
     Raises
     ------
-    ValueError
-        Bad parameters (unknown format or method, a method without the endmembers/model it needs):
-        checked before any scene runs.
+    ParameterError, MissingInputError, DeviceError
+        Bad parameters (unknown format or method, a method without the endmembers/model it needs, a
+        negative ``lam``, ``cuda`` without a GPU): checked before any scene runs.
+    OutputError
+        The output folder or the report's folder is not writable.
     """
     from tqdm.auto import tqdm
-
-    from .cluster import dask_scheduler, describe_scheduler
 
     fmts = [str(f).lower().lstrip(".") for f in formats]
     fmts = ["tif" if f in ("tiff", "cog") else f for f in fmts]
     bad = [f for f in fmts if f not in FORMATS]
     if bad or not fmts:
-        raise ValueError(f"formats must be among {FORMATS}; got {list(formats)}")
+        raise ParameterError(f"formats must be among {FORMATS}; got {list(formats)}")
     fmts = list(dict.fromkeys(fmts))
-    methods = ("sunsal", "fcls", "nnls", "ls", "admm", "deq")
-    if method not in methods:
-        raise ValueError(f"unknown method {method!r}; use one of {methods}")
-    if method in ("admm", "deq"):
-        if not model:
-            raise ValueError(f"method {method!r} needs model= (a trained model file)")
-        if not Path(model).is_file():
-            raise FileNotFoundError(f"no model file at {model}")
-    elif not endmembers:
-        raise ValueError(f"method {method!r} needs endmembers= (a CSV/ENVI file or vca:N)")
-    elif not str(endmembers).lower().startswith("vca:") and not Path(endmembers).is_file():
-        raise FileNotFoundError(f"no endmember file at {endmembers}")
+    if chunk != "auto":
+        chunk = pipeline.parse_chunk(chunk)
+    pipeline.check_request(method, endmembers=endmembers, model=model, lam=lam, device=device,
+                           local=scheduler is None)
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output folder {out}: {exc.strerror or exc}") from exc
     rpath = Path(report_path) if report_path is not None else out / REPORT_NAME
+    for d, what in ((out, "output folder"), (rpath.parent, "report's folder")):
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise OutputError(f"cannot write to the {what} {d}: it is not writable (or missing)")
+    if rpath.is_dir():
+        raise OutputError(f"the report path {rpath} is a directory; give a file name")
     paths, unmatched = expand_scenes(scenes)
     stems = output_stems(paths)
     params = {"method": method, "endmembers": endmembers, "model": model, "formats": fmts,
@@ -341,12 +348,13 @@ def run_batch(
                 t0 = time.perf_counter()
                 try:
                     entry.update(_run_scene(scene, outputs, out / f"{stem}{_SIDECAR}", params,
-                                            result_params, overwrite=overwrite))
+                                            result_params, overwrite=overwrite,
+                                            local=scheduler is None))
                 except KeyboardInterrupt:
                     entry.update(status="interrupted", error="interrupted by the user")
                     raise
                 except Exception as exc:  # noqa: BLE001  (a failed scene must not stop the batch)
-                    msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+                    msg = " ".join(str(exc).split()) or type(exc).__name__
                     entry.update(status="failed", error=f"{type(exc).__name__}: {msg}",
                                  traceback=traceback.format_exc(limit=6))
                     bar.write(f"FAILED {scene}: {entry['error']}", file=sys.stderr)
@@ -368,13 +376,15 @@ def run_batch(
 
 
 def _run_scene(scene: Path, outputs: dict[str, Path], sidecar: Path, params: dict[str, Any],
-               result_params: dict[str, Any], *, overwrite: bool) -> dict[str, Any]:
+               result_params: dict[str, Any], *, overwrite: bool,
+               local: bool = True) -> dict[str, Any]:
     """Unmix one scene into its outputs unless they are complete; returns the entry's updates."""
-    from .cli import unmix_scene
     from .io import open_abundance, to_cog, to_zarr
 
     if not scene.is_file():
-        raise FileNotFoundError(f"no such scene file: {scene}")
+        raise MissingInputError(f"no such scene file: {scene}")
+    for p in (*outputs.values(), sidecar):
+        _atomic.clean_stale(p)  # scratch of a killed run
     fingerprint = {"scene": _scene_fingerprint(scene), **result_params,
                    "formats": sorted(outputs)}
     if not overwrite and _is_complete(sidecar, fingerprint, outputs):
@@ -382,9 +392,10 @@ def _run_scene(scene: Path, outputs: dict[str, Path], sidecar: Path, params: dic
         return {"status": "skipped", "pixels": meta.get("pixels"),
                 "error": None, "note": "outputs complete (resume)"}
     _remove_path(sidecar)  # stale: another run's parameters, or incomplete outputs
-    ab = unmix_scene(scene, method=params["method"], endmembers=params["endmembers"],
-                     model=params["model"], lam=params["lam"], device=params["device"],
-                     chunk=params["chunk"], resample=params["resample"], seed=params["seed"])
+    ab = pipeline.unmix_scene(scene, method=params["method"], endmembers=params["endmembers"],
+                              model=params["model"], lam=params["lam"], device=params["device"],
+                              chunk=params["chunk"], resample=params["resample"],
+                              seed=params["seed"], local=local)
     pixels = int(ab.sizes["y"] * ab.sizes["x"])
     names = [str(v) for v in ab.endmember.values]
     # existing outputs of an incomplete or outdated run are replaced (only once the new one is whole)

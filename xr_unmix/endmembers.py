@@ -12,6 +12,8 @@ import numpy as np
 import xarray as xr
 
 from ._cube import as_endmembers
+from ._units import to_nm, wavelength_unit
+from .errors import InputError
 
 PathLike = str | os.PathLike[str]
 
@@ -55,16 +57,18 @@ def read_endmembers(path: PathLike) -> xr.DataArray:
     raise ValueError(f"{path}: unknown endmember file type {suffix!r}; use .csv or an ENVI .sli/.hdr")
 
 
-def _to_nm(wl: np.ndarray, units: str = "") -> np.ndarray:
-    u = units.lower()
-    if u.startswith(("micro", "um", "µm")) or (not u and np.nanmax(wl) < 30):
-        return wl * 1000.0
-    return wl
+def _to_nm(wl: np.ndarray, units: str = "") -> np.ndarray | None:
+    """nm from values in ``units`` read as words (:mod:`xr_unmix._units`); ``None`` for band numbers."""
+    return to_nm(wl, wavelength_unit(units))
 
 
 def _read_csv(path: Path) -> xr.DataArray:
-    with open(path, newline="") as f:
-        rows = [r for r in csv.reader(f) if r and not r[0].lstrip().startswith("#")]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [r for r in csv.reader(f) if r and not r[0].lstrip().startswith("#")]
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                         f"{exc.start}); save the CSV as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from exc
     if len(rows) < 3 or len(rows[0]) < 2:
         raise ValueError(f"{path}: expected a header row, a wavelength column and at least one "
                          "endmember column")
@@ -75,8 +79,9 @@ def _read_csv(path: Path) -> xr.DataArray:
         raise ValueError(f"{path}: non-numeric value in the data rows ({exc})") from exc
     if data.shape[1] != len(header):
         raise ValueError(f"{path}: {len(header)} header columns but {data.shape[1]} data columns")
-    units = "micrometers" if "um" in header[0].lower() or "micro" in header[0].lower() else ""
-    return _spectra_da(data[:, 1:], header[1:], _to_nm(data[:, 0], units), str(path))
+    # the first column's header states its unit as a word: "wavelength_um", "Wavelength (nm)";
+    # "band" / "band_number" / "index" mean band numbers (no wavelength coordinate)
+    return _spectra_da(data[:, 1:], header[1:], _to_nm(data[:, 0], header[0]), str(path))
 
 
 def _parse_envi_header(text: str) -> dict[str, str]:
@@ -126,7 +131,7 @@ def _read_envi(path: Path) -> xr.DataArray:
     if "wavelength" in h:
         wl = _to_nm(np.array([float(v) for v in _envi_list(h["wavelength"])]),
                     h.get("wavelength units", ""))
-        if wl.size != n_bands:
+        if wl is not None and wl.size != n_bands:
             raise ValueError(f"{hdr}: {wl.size} wavelengths for {n_bands} bands")
     return _spectra_da(values, names, wl, str(path))
 

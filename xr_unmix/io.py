@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import time
-import uuid
-import warnings
-from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from .errors import DimensionError, MissingCRSError
+from . import _atomic
+from ._writers import as_layers as _as_layers  # noqa: F401  (kept for callers)
+from ._writers import check_grid as _check_grid  # noqa: F401
+from .runtime import (  # noqa: F401  (GDAL options and compute_settled: public names kept here)
+    GDAL_CACHE_MB,
+    compute_settled,
+    gdal_cache_bytes,
+    gdal_env,
+    gdal_options,
+)
 
 PathLike = str | os.PathLike[str]
 
@@ -35,10 +38,15 @@ def read_wavelengths(path: PathLike) -> np.ndarray | None:
     """Band centre wavelengths (nm) stored in a raster's metadata, or ``None``.
 
     Recognised, in order: per-band metadata ``wavelength`` (GDAL's ENVI convention, with optional
-    ``wavelength_units``), a dataset tag ``wavelength`` / ``wavelengths`` holding a list, or numeric band
-    descriptions. Micrometre values (all < 30) are converted to nm.
+    ``wavelength_units``), a dataset tag ``wavelength`` / ``wavelengths`` holding a list, or band
+    descriptions that state a unit (``"450 nm"``, ``"0.45 um"``). Bare numeric descriptions are band
+    numbers or names, never wavelengths. Units are read as words (:mod:`xr_unmix._units`):
+    micrometres are converted to nm, ``Index`` means band numbers (no wavelengths), and without a
+    stated unit values all below 30 are micrometres.
     """
     import rasterio
+
+    from ._units import to_nm, wavelength_from_description, wavelength_unit
 
     with rasterio.open(path) as src:
         n = src.count
@@ -48,27 +56,27 @@ def read_wavelengths(path: PathLike) -> np.ndarray | None:
             tags = {k.lower(): v for k, v in src.tags(b).items()}
             if "wavelength" not in tags:
                 break
-            per_band.append(float(tags["wavelength"]))
+            with contextlib.suppress(ValueError):
+                per_band.append(float(tags["wavelength"]))
             units = tags.get("wavelength_units", units)
         wl: list[float] | None = per_band if len(per_band) == n else None
         if wl is None:
             tags = {k.lower(): v for k, v in src.tags().items()}
             for key in ("wavelength", "wavelengths"):
                 if key in tags:
-                    vals = _parse_wavelengths(tags[key])
-                    if len(vals) == n:
-                        wl = vals
-                        units = tags.get("wavelength_units", units)
-                        break
-        if wl is None and all(d for d in src.descriptions):
-            with contextlib.suppress(ValueError, TypeError):
-                wl = [float(d) for d in src.descriptions]
+                    with contextlib.suppress(ValueError):
+                        vals = _parse_wavelengths(tags[key])
+                        if len(vals) == n:
+                            wl = vals
+                            units = tags.get("wavelength_units", units)
+                            break
+        if wl is None:
+            described = [wavelength_from_description(d) for d in src.descriptions]
+            if n and all(v is not None for v in described):
+                wl, units = [float(v) for v in described if v is not None], "nm"
     if wl is None:
         return None
-    arr = np.asarray(wl, dtype=np.float64)
-    if units.lower().startswith(("micro", "um", "µm")) or (not units and np.nanmax(arr) < 30):
-        arr = arr * 1000.0
-    return arr
+    return to_nm(np.asarray(wl, dtype=np.float64), wavelength_unit(units))
 
 
 def auto_chunk(n_bands: int, itemsize: int = 4, *, target_mb: float = 64.0) -> int:
@@ -162,93 +170,9 @@ def _nothing_to_mask(path: PathLike) -> bool:
 
 # -- writing helpers -------------------------------------------------------------------------------
 
-#: GDAL block cache (MB) while xr_unmix streams a scene, unless ``GDAL_CACHEMAX`` is set in the
-#: environment. GDAL's default (5 % of RAM) lets the cache of a hyperspectral read grow past 1 GB
-#: (200 bands x 256² px is 52 MB per chunk), which only costs memory when chunks are read once.
-GDAL_CACHE_MB = 64
-
-
-def gdal_cache_bytes() -> int:
-    """GDAL's block cache size, in **bytes**, for a ``rasterio.Env``.
-
-    ``rasterio.Env(GDAL_CACHEMAX=n)`` calls ``GDALSetCacheMax64(n)``, which takes bytes (an integer
-    such as 64 is a 64-byte cache, which turns GDAL's block cache off: a lazy ``to_cog`` then ran 35x
-    slower than its ``compute()``). The ``GDAL_CACHEMAX`` environment variable, by contrast, is read by
-    GDAL as MB when below 100000, ``"64MB"`` or ``"5%"``: :func:`gdal_env` leaves that to GDAL.
-    """
-    return int(GDAL_CACHE_MB) * 2**20
-
-
-def gdal_options(**extra: Any) -> dict[str, Any]:
-    """The GDAL configuration options xr_unmix's writers run under (see :func:`gdal_env`)."""
-    opts: dict[str, Any] = {} if os.environ.get("GDAL_CACHEMAX") else {
-        "GDAL_CACHEMAX": gdal_cache_bytes()}
-    opts.update(extra)
-    return opts
-
-
-def gdal_env(**extra: Any) -> contextlib.AbstractContextManager[Any]:
-    """A ``rasterio.Env`` that bounds GDAL's block cache to :data:`GDAL_CACHE_MB` for the streaming.
-
-    The setting is process-wide while the context is open, so it also covers the reads that Dask's
-    threads make; ``distributed`` workers get it through their environment (see
-    :func:`xr_unmix.cluster.dask_scheduler`). A ``GDAL_CACHEMAX`` environment variable wins. ``extra``
-    are further GDAL configuration options (``GDAL_NUM_THREADS="ALL_CPUS"``).
-    """
-    import rasterio
-
-    return rasterio.Env(**gdal_options(**extra))
-
-
-@contextlib.contextmanager
-def _atomic_target(path: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary sibling path; move it onto ``path`` only if the block succeeds."""
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
-    try:
-        yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            _remove(old)
-        else:
-            os.replace(tmp, path)
-    finally:
-        _remove(tmp)
-
-
 def _remove(p: Path) -> None:
-    if p.is_dir():
-        shutil.rmtree(p, ignore_errors=True)
-    elif p.exists() or p.is_symlink():
-        p.unlink()
-
-
-def _as_layers(arr: xr.DataArray) -> tuple[xr.DataArray, list[str]]:
-    """Return ``arr`` as ``(layer, y, x)`` and the layer names."""
-    if not isinstance(arr, xr.DataArray):
-        raise TypeError(f"expected an xarray.DataArray, got {type(arr).__name__}")
-    if arr.ndim == 2 and set(arr.dims) == {"y", "x"}:
-        name = str(arr.name or "layer")
-        return arr.expand_dims(layer=[name]).transpose("layer", "y", "x"), [name]
-    if arr.ndim == 3 and {"y", "x"} <= set(arr.dims):
-        lead = next(d for d in arr.dims if d not in ("y", "x"))
-        names = [str(v) for v in arr[lead].values] if lead in arr.coords else [
-            f"{lead}{i}" for i in range(arr.sizes[lead])]
-        return arr.transpose(lead, "y", "x"), names
-    raise DimensionError(f"expected dims (endmember, y, x) or (y, x); got {tuple(arr.dims)}")
-
-
-def _check_crs(arr: xr.DataArray, require_crs: bool, path: Path) -> None:
-    import rioxarray  # noqa: F401
-
-    if arr.rio.crs is None:
-        if require_crs:
-            raise MissingCRSError(f"{path}: the data has no CRS (write one with .rio.write_crs)")
-        warnings.warn(f"{path}: writing without a CRS (the input had none)", UserWarning, stacklevel=3)
+    """Remove a scratch entry of this process (see :mod:`xr_unmix._atomic`)."""
+    _atomic._remove(p)
 
 
 # -- COG -------------------------------------------------------------------------------------------
@@ -273,10 +197,19 @@ def to_cog(
     lock under ``distributed``) that GDAL's COG driver then copies, compressing and adding overviews;
     both live beside ``path`` under temporary names until the final rename.
 
+    GDAL metadata: per-band units (``1``, abundance fractions) and tags (endmember name, class when
+    the result has a ``class`` coordinate); dataset tags with the provenance record of
+    :func:`xr_unmix.metadata.product_attrs` (method and parameters, input file, input bands and
+    wavelengths, endmembers, software version, date). A south-up input (``y`` increasing) is written
+    north-up. ``path`` must end in ``.tif`` or ``.tiff`` (:class:`~xr_unmix.errors.ParameterError`
+    otherwise, e.g. for ``x.zarr``). To write a COG and a Zarr store from one computation, use
+    :func:`xr_unmix.write`.
+
     Parameters
     ----------
     abundance : DataArray (endmember, y, x) or (y, x)
     path : str or path
+        Ends in ``.tif`` or ``.tiff``.
     compress : str
         GDAL compression (``DEFLATE``, ``ZSTD``, ``LZW``, ``NONE``).
     level : int, optional
@@ -297,157 +230,15 @@ def to_cog(
     -------
     Path of the written file.
     """
-    import rasterio
-    import rasterio.shutil
-    import rioxarray  # noqa: F401
+    from . import _writers
 
-    path = Path(path)
-    codec = compress.upper()
-    extra: dict[str, Any] = {"predictor": 3} if codec in ("DEFLATE", "ZSTD", "LZW") else {}
-    if codec in ("DEFLATE", "ZSTD"):
-        extra["level"] = 1 if level is None else int(level)
-    elif level is not None:
-        raise ValueError(f"level applies to DEFLATE and ZSTD, not {compress}")
-    arr, names = _as_layers(abundance)
-    _check_crs(arr, require_crs, path)
-    arr = arr.astype(np.float32)
-    attrs = {k: v for k, v in arr.attrs.items()
-             if k not in ("_FillValue", "long_name", "scale_factor", "add_offset", "units")
-             and isinstance(v, str | int | float)}
-    arr = arr.copy()
-    arr.attrs = {**attrs, "long_name": tuple(names)}
-    arr.encoding = {}
-    arr = arr.rio.write_nodata(np.nan, encoded=False)
-    if arr.chunks is not None:
-        # tile-aligned write blocks: multiples of the GeoTIFF block size
-        step = max(blocksize, (max(arr.chunks[1]) // blocksize) * blocksize)
-        arr = arr.chunk({arr.dims[0]: -1, "y": step, "x": step})
-    with _atomic_target(path, overwrite) as tmp:
-        scratch = tmp.with_name(tmp.name + ".d")
-        scratch.mkdir()
-        try:
-            gtiff = scratch / "stream.tif"
-            with gdal_env(), _progress(progress and arr.chunks is not None):
-                # the scratch GTiff is read once by the COG copy: uncompressed is 5x faster to write
-                # under the lock; past 4 GiB, fast ZSTD keeps the scratch file small
-                scratch_opts = ({"compress": "NONE"} if arr.nbytes <= 4 * 2**30 else
-                                {"compress": "ZSTD", "zstd_level": 1})
-                pending = arr.rio.to_raster(
-                    gtiff, driver="GTiff", tiled=True, blockxsize=blocksize, blockysize=blocksize,
-                    BIGTIFF="IF_SAFER", **scratch_opts,
-                    lock=True if arr.chunks is not None else None, compute=False)
-                if pending is not None:
-                    compute_settled(pending)
-            with gdal_env(GDAL_NUM_THREADS="ALL_CPUS"):
-                # overviews built inside the (uncompressed) scratch file, which the COG driver then copies
-                # with the rest: 0.25 s of CPU for 2048² x 5 instead of ~0.6 s when the COG driver makes
-                # them itself (through a temporary file). Same levels as the driver: halve until the
-                # image fits in one block.
-                from rasterio.enums import Resampling
-
-                factors = _overview_factors(arr.sizes["x"], arr.sizes["y"], blocksize)
-                method = Resampling.__members__.get(overview_resampling.lower())
-                if factors and method is not None:  # else the COG driver makes them
-                    with rasterio.open(gtiff, "r+") as ds:
-                        ds.build_overviews(factors, method)
-                rasterio.shutil.copy(gtiff, tmp, driver="COG", compress=compress,
-                                     blocksize=blocksize, overview_resampling=overview_resampling,
-                                     BIGTIFF="IF_SAFER", **extra)
-        finally:
-            _remove(scratch)
-    return path
-
-
-def _overview_factors(width: int, height: int, blocksize: int) -> list[int]:
-    """Overview decimation factors the COG driver would make: 2, 4, ... until the image fits a block."""
-    factors: list[int] = []
-    f = 1
-    while -(-max(width, height) // f) > blocksize:
-        f *= 2
-        factors.append(f)
-    return factors
-
-
-def compute_settled(obj: Any, *, settle_timeout: float = 60.0) -> Any:
-    """Compute a Dask collection; if it fails, return only once none of its tasks is still running.
-
-    Dask raises on the first failed task while other tasks of the same graph may still be running, and
-    those would go on writing chunks into a temporary output that the caller is about to delete. On
-    the local threaded scheduler the graph runs on a private thread pool that is shut down (waiting for
-    running tasks, cancelling queued ones) before the error propagates; under ``distributed`` the
-    futures are cancelled and the scheduler polled until none of the graph's tasks is processing (at
-    most ``settle_timeout`` seconds). Other schedulers compute as usual.
-    """
-    import dask
-    import dask.threaded
-    from dask.base import get_scheduler
-
-    from .cluster import active_client
-
-    client = active_client()
-    sched = get_scheduler(collections=[obj])
-    if client is not None and sched == client.get:
-        fut = client.compute(obj)
-        try:
-            return fut.result()
-        except BaseException:
-            names = _layer_names(obj)
-            fut.cancel()
-            deadline = time.monotonic() + settle_timeout
-            while time.monotonic() < deadline:
-                try:
-                    busy = [k for keys in client.processing().values() for k in keys
-                            if _key_name(k) in names]
-                except Exception:  # noqa: BLE001  (scheduler gone: nothing more will run)
-                    break
-                if not busy:
-                    break
-                time.sleep(0.1)
-            raise
-    if sched is dask.threaded.get:
-        from concurrent.futures import ThreadPoolExecutor
-
-        n = dask.config.get("num_workers", None) or os.cpu_count() or 1
-        pool = ThreadPoolExecutor(int(n), thread_name_prefix="xr_unmix-write")
-        try:
-            with dask.config.set(pool=pool):
-                return dask.compute(obj)[0]
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-    return dask.compute(obj)[0]
-
-
-def _layer_names(obj: Any) -> set[str]:
-    graph = obj.__dask_graph__()
-    names = set(getattr(graph, "layers", {}) or {})
-    names.update(_key_name(k) for k in graph)
-    return names
-
-
-def _key_name(key: Any) -> str:
-    k = key[0] if isinstance(key, tuple) else key
-    return str(k)
-
-
-def _progress(enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    if not enabled:
-        return contextlib.nullcontext()
-    try:
-        from distributed import get_client
-
-        get_client()
-        return contextlib.nullcontext()  # ProgressBar is silent under distributed
-    except (ImportError, ValueError):
-        from dask.diagnostics import ProgressBar
-
-        return ProgressBar()
+    job = _writers.cog_job(abundance, path, compress=compress, level=level, blocksize=blocksize,
+                           overview_resampling=overview_resampling, overwrite=overwrite,
+                           require_crs=require_crs)
+    return _writers.run([job], progress=progress and abundance.chunks is not None)[0]
 
 
 # -- Zarr ------------------------------------------------------------------------------------------
-
-def _regular_chunks(chunks: Sequence[int]) -> bool:
-    return all(c == chunks[0] for c in chunks[:-1]) and chunks[-1] <= chunks[0]
-
 
 def to_zarr(
     abundance: xr.DataArray,
@@ -459,11 +250,19 @@ def to_zarr(
     overwrite: bool = False,
     require_crs: bool = False,
     progress: bool = False,
+    zarr_format: int = 3,
 ) -> Path:
-    """Write ``(endmember, y, x)`` (or a ``(y, x)`` layer) to a Zarr v3 store.
+    """Write ``(endmember, y, x)`` (or a ``(y, x)`` layer) to a Zarr store (v3, or v2 for GDAL).
 
-    The CRS travels as a CF ``spatial_ref`` variable (``grid_mapping``); read it back with
-    ``xr.open_zarr(store, decode_coords="all")`` (or :func:`open_abundance`) and ``.rio.crs``.
+    The CRS travels as a CF ``spatial_ref`` variable named by the variable's ``grid_mapping``
+    attribute, and ``x``/``y`` carry CF ``units``/``standard_name`` (rioxarray's
+    ``write_grid_mapping`` and ``write_coordinate_system``); read it back with
+    ``xr.open_zarr(store, decode_coords="all")`` (or :func:`open_abundance`) and ``.rio.crs``. The
+    variable's attributes hold the provenance record (see :func:`to_cog`).
+
+    Which readers open which format: xarray/zarr-python read both; GDAL 3.10 (the rasterio wheel's)
+    reads only ``zarr_format=2`` (``rasterio.open('ZARR:"ab.zarr":/abundance')``); its Zarr v3 support
+    predates the v3 ``bytes`` codec ("Unsupported codec: bytes"); GDAL >= 3.11 reads v3.
     Endmember names are stored as variable-length UTF-8 strings. A dask-backed input is written chunk
     by chunk (Zarr chunks = the result's chunks, made regular if needed).
 
@@ -471,7 +270,8 @@ def to_zarr(
     ----------
     abundance : DataArray (endmember, y, x) or (y, x)
     store : str or path
-        A local directory path (written to a temporary sibling, renamed on success).
+        A local directory path ending in ``.zarr`` (written to a temporary sibling, renamed on
+        success).
     name : str, optional
         Variable name (default the DataArray's name, else ``"abundance"``).
     chunks : int, optional
@@ -482,51 +282,33 @@ def to_zarr(
         (0.28 vs 0.83 s).
     overwrite, require_crs, progress
         As in :func:`to_cog`.
+    zarr_format : {3, 2}
+        Zarr v3 (default), or v2 for GDAL < 3.11 (Zstandard through numcodecs in both).
 
     Returns
     -------
     Path of the store.
     """
-    import rioxarray  # noqa: F401
+    from . import _writers
 
-    store = Path(store)
-    arr = abundance
-    if not isinstance(arr, xr.DataArray):
-        raise TypeError(f"expected an xarray.DataArray, got {type(arr).__name__}")
-    _as_layers(arr)  # validates dims
-    _check_crs(arr, require_crs, store)
-    var = name or (str(arr.name) if arr.name is not None else "abundance")
-    arr = arr.copy()
-    arr.attrs.pop("_FillValue", None)
-    arr.encoding = {}
-    if chunks is not None:
-        arr = arr.chunk({"y": chunks, "x": chunks})
-    elif arr.chunks is None:
-        arr = arr.chunk({"y": 512, "x": 512})
-    else:
-        ydim, xdim = arr.get_axis_num("y"), arr.get_axis_num("x")
-        cy, cx = arr.chunks[ydim], arr.chunks[xdim]
-        if not (_regular_chunks(cy) and _regular_chunks(cx)):
-            arr = arr.chunk({"y": max(cy), "x": max(cx)})
-    for d in arr.dims:
-        if d not in ("y", "x"):
-            arr = arr.chunk({d: -1})
-            if d in arr.coords and arr[d].dtype.kind in "UO":
-                arr = arr.assign_coords({d: np.array([str(v) for v in arr[d].values], dtype=object)})
-    ds = arr.to_dataset(name=var)
-    ds[var].encoding["_FillValue"] = np.float32(np.nan) if arr.dtype == np.float32 else np.nan
-    from zarr.codecs import ZstdCodec
+    job = _writers.zarr_job(abundance, store, name=name, chunks=chunks, level=level,
+                            zarr_format=zarr_format, overwrite=overwrite, require_crs=require_crs)
+    return _writers.run([job], progress=progress)[0]
 
-    ds[var].encoding["compressors"] = [ZstdCodec(level=int(level))]
-    with _atomic_target(store, overwrite) as tmp, gdal_env(), _progress(progress):
-        # consolidated: the documented ``xr.open_zarr(store, decode_coords="all")`` then opens it
-        # without xarray's "failed to open with consolidated metadata" warning (zarr's own warning
-        # that consolidation is a v3 extension is silenced: readers without it ignore the field)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-            compute_settled(ds.to_zarr(tmp, zarr_format=3, consolidated=True, mode="w-",
-                                       compute=False))
-    return store
+
+def zarr_complete(store: PathLike) -> bool:
+    """True if every array of the Zarr store holds every one of its chunks.
+
+    :func:`to_zarr` writes all chunks (all-NaN ones too), so a missing chunk means a damaged or
+    partial store, which would otherwise read back as NaN where the chunk was.
+    """
+    import zarr
+
+    try:
+        group = zarr.open_group(os.fspath(store), mode="r")
+        return all(arr.nchunks_initialized == arr.nchunks for _, arr in group.arrays())
+    except Exception:  # noqa: BLE001  (unreadable: not complete)
+        return False
 
 
 def open_abundance(store: PathLike, name: str | None = None, *,

@@ -21,60 +21,14 @@ Two ways of stitching the overlapping tiles back:
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from .runtime import blas_threads, task_blas_threads  # noqa: F401  (blas_threads: kept importable here)
+
 Kernel = Callable[[np.ndarray], np.ndarray]
-
-_BLAS_LOCAL: object = None  # numpy's OpenBLAS ``openblas_set_num_threads_local``, once looked up
-
-
-def _blas_local_fn() -> object:
-    global _BLAS_LOCAL
-    if _BLAS_LOCAL is None:
-        fn: object = False
-        try:
-            import ctypes
-            import glob
-            import os
-
-            libdir = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
-            for lib in sorted(glob.glob(os.path.join(libdir, "lib*openblas*.so*"))):
-                try:
-                    f = ctypes.CDLL(lib).openblas_set_num_threads_local
-                except (OSError, AttributeError):
-                    continue
-                f.restype, f.argtypes = ctypes.c_int, [ctypes.c_int]
-                fn = f
-                break
-        except Exception:  # noqa: BLE001  (an optimisation only)
-            fn = False
-        _BLAS_LOCAL = fn
-    return _BLAS_LOCAL
-
-
-@contextmanager
-def blas_threads(n: int | None) -> Iterator[None]:
-    """numpy's BLAS on ``n`` threads for the calling thread only, inside the block.
-
-    Uses OpenBLAS's thread-local ``openblas_set_num_threads_local`` (OpenBLAS >= 0.3.27, as bundled with
-    numpy 2); a no-op where numpy's BLAS lacks it, or with ``n=None``. Inside Dask tasks the scheduler
-    already keeps the cores busy: OpenBLAS's own threads on top of it only spin (measured: a 5 x 200 by
-    200 x 65536 float32 product cost 14 ms of CPU with numpy's default 2 threads, 6.6 ms with 1).
-    """
-    fn = _blas_local_fn() if n else False
-    if not fn:
-        yield
-        return
-    prev = fn(int(n))  # type: ignore[operator]
-    try:
-        yield
-    finally:
-        fn(prev)  # type: ignore[operator]
 
 
 def invalid_pixels(block: np.ndarray) -> np.ndarray | None:
@@ -93,7 +47,7 @@ def invalid_pixels(block: np.ndarray) -> np.ndarray | None:
         return None
     with np.errstate(over="ignore", invalid="ignore"):
         if flat.dtype.itemsize >= 4:
-            with blas_threads(1 if threading.current_thread() is not threading.main_thread() else None):
+            with task_blas_threads():
                 s = np.ones(b, dtype=flat.dtype) @ flat
         else:
             s = flat.sum(axis=0, dtype=np.float32)

@@ -45,7 +45,7 @@ Implementation notes
 - The data term ``E^T y`` is formed once for the whole block. A numpy float input goes through numpy's
   BLAS (its float32 -> float64 conversion is several times faster than torch's; one product over the
   block costs half of per-batch products over column slices), single-threaded inside Dask tasks
-  (:func:`xr_unmix.tiling.blas_threads`); everything else is torch.
+  (:func:`xr_unmix.runtime.blas_threads`); everything else is torch.
 - **Invalid pixels**: a pixel with NaN or inf in any band has a non-finite data term; it is solved as a
   stand-in (the data term of ``E 1/R``, certified at once) and returned as NaN in every row. So a block
   with nodata can be passed as it is (see ``handles_nan`` in :func:`xr_unmix.tiling.masked_kernel`).
@@ -65,7 +65,7 @@ import numpy as np
 import torch
 
 from ..errors import ConvergenceWarning
-from ..tiling import blas_threads
+from ..runtime import batch_workers, check_cuda, single_torch_thread, task_blas_threads
 from ._active_set import active_set_solve
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -103,18 +103,6 @@ def _get_polisher(G64: torch.Tensor, lam: float, anc: bool, asc: bool, dtype: to
                 _POLISHERS.pop(next(iter(_POLISHERS)))
             pol = _POLISHERS[key] = _Polisher(G64, lam, anc, asc, dtype)
     return pol
-
-
-def _cpu_workers(device: torch.device, n_batches: int) -> int:
-    """Threads for the batch phase: torch's intra-op thread count, on CPU, from the main thread only.
-
-    Pixel batches are independent, so running them on separate threads with one torch thread each uses
-    the cores better than intra-op threading of small element-wise kernels. Inside Dask tasks (not the
-    main thread) the scheduler already runs blocks in parallel: one worker.
-    """
-    if device.type != "cpu" or n_batches < 2 or threading.current_thread() is not threading.main_thread():
-        return 1
-    return max(1, min(torch.get_num_threads(), n_batches))
 
 
 def _as_tensor(a: ArrayLike, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
@@ -418,9 +406,7 @@ def sunsal_solve(
     if dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype must be a floating dtype, got {dtype}")
     device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was requested but torch sees no CUDA GPU on this machine; "
-                         "use device='cpu'")
+    check_cuda(device)
     Et = _as_tensor(E, dtype, device)
     Ynp: np.ndarray | None = None
     if isinstance(Y, torch.Tensor):
@@ -488,8 +474,7 @@ def sunsal_solve(
     np_dt = {torch.float32: np.float32, torch.float64: np.float64}.get(bdt)
     if Ynp is not None and Et.device.type == "cpu" and np_dt is not None:
         Eb = EbT_np.astype(np_dt)
-        with blas_threads(1 if threading.current_thread() is not threading.main_thread() else None), \
-                np.errstate(over="ignore", invalid="ignore"):
+        with task_blas_threads(), np.errstate(over="ignore", invalid="ignore"):
             if Ynp.dtype == np_dt:
                 b_np = Eb @ Ynp
             else:  # convert batch by batch: no full-size copy of Y
@@ -655,12 +640,10 @@ def sunsal_solve(
         return st if st["idx"].numel() else None
 
     def run(fn, items: list) -> list:  # type: ignore[type-arg]
-        workers = _cpu_workers(Et.device, len(items))
+        workers = batch_workers(Et.device, len(items))
         if workers <= 1:
             return [fn(it_) for it_ in items]
-        # batches in parallel, one torch thread each (torch.set_num_threads is process-wide: restored after)
-        prev = torch.get_num_threads()
-        torch.set_num_threads(1)
+        # batches in parallel, one torch thread each (runtime's thread policy)
         # inference and grad mode are thread-local: the pool's threads run in the caller's (the arrays
         # made under torch.inference_mode can only be updated inside it)
         inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
@@ -669,11 +652,8 @@ def sunsal_solve(
             with torch.inference_mode(inference), torch.set_grad_enabled(grad):
                 return fn(item)
 
-        try:
-            with ThreadPoolExecutor(workers) as pool:
-                return list(pool.map(in_mode, items))
-        finally:
-            torch.set_num_threads(prev)
+        with single_torch_thread(), ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(in_mode, items))
 
     def phase_as(start: int) -> torch.Tensor:
         """The active-set solve of pixels start..; returns the indices of those not certified."""
