@@ -143,3 +143,13 @@ def test_write_needs_paths_and_endmembers(tmp_path):
     with pytest.raises(ParameterError, match="endmembers="):
         xr_unmix.write(ab, cog=tmp_path / "a.tif", quality=ab)
     assert not list(tmp_path.iterdir())
+
+
+def test_dir_lists_lazy_names_and_library_loads():
+    import subprocess
+    import sys
+
+    code = ("import xr_unmix; d = dir(xr_unmix); "
+            "assert {'to_cog', 'to_zarr', 'write', 'open_cube', 'read_endmembers'} <= set(d), d; "
+            "assert hasattr(xr_unmix.library, '__name__')")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -40,7 +40,7 @@ _LAZY = {
     "estimate_n_endmembers": "extraction",
 }
 _SUBMODULES = {"metrics", "solvers", "models", "tiling", "datasets", "io", "extraction", "testing",
-               "endmembers", "simulate", "batch"}
+               "endmembers", "simulate", "batch", "library", "metadata", "pipeline", "cli"}
 
 __all__ = [
     "BandMismatchError", "ConvergenceWarning", "DimensionError", "MissingCRSError", "ModelFileError",
@@ -55,3 +55,9 @@ def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'xr_unmix' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The eager names plus the lazily loaded ones (so that ``dir(xr_unmix)`` and tab completion
+    list ``to_cog``, ``write``, ``open_cube``, ... before their first use)."""
+    return sorted(set(globals()) | set(_LAZY) | _SUBMODULES)
