@@ -30,7 +30,7 @@ _LAZY = {
     "simulate": "simulate",
     "to_cog": "io",
     "to_zarr": "io",
-    "write": "outputs",
+    "write": "io",
     "open_cube": "io",
     "open_abundance": "io",
     "read_endmembers": "endmembers",

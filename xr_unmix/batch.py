@@ -26,7 +26,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import _atomic, pipeline
+from . import pipeline
+from .io import atomic as _atomic
 from .errors import MissingInputError, OutputError, ParameterError
 from .runtime import dask_scheduler, describe_scheduler
 

@@ -380,7 +380,7 @@ def labelled_training_data(cube: xr.DataArray, labels: PathLike, E: xr.DataArray
 
 def check_output(out: PathLike, *, overwrite: bool) -> None:
     """Refuse, before any work, an output path that the writer would refuse at the end."""
-    from . import _atomic
+    from .io import atomic as _atomic
     from .errors import OutputExistsError
 
     p = Path(out)

@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import OutputError, OutputExistsError, XrUnmixError
+from ..errors import OutputError, OutputExistsError, XrUnmixError
 
 Kind = Literal["cog", "zarr", "file"]
 PathLike = str | os.PathLike[str]
@@ -255,11 +255,10 @@ def atomic_target(path: PathLike, *, overwrite: bool = False, kind: Kind = "file
 
 def write_bytes(path: PathLike, data: bytes, *, overwrite: bool = True, kind: Kind = "file") -> Path:
     """Write ``data`` to ``path`` atomically (scratch file, fsync, rename); see :func:`atomic_target`."""
-    with atomic_target(path, overwrite=overwrite, kind=kind) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+    with atomic_target(path, overwrite=overwrite, kind=kind) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     return Path(path)
 
 

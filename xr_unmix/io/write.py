@@ -7,9 +7,11 @@ from typing import Any
 
 import xarray as xr
 
-from ._writers import COG_SUFFIXES, Job, PathLike, check_suffix, cog_job, run, zarr_job
-from .errors import ParameterError
-from .io import open_abundance
+from ..errors import ParameterError
+from ._jobs import COG_SUFFIXES, Job, PathLike, check_suffix, run
+from .cog import cog_job
+from .read import open_abundance
+from .zarr import zarr_job
 
 
 def write(abundance: xr.DataArray, *, cog: PathLike | None = None, zarr: PathLike | None = None,
@@ -66,7 +68,7 @@ def write(abundance: xr.DataArray, *, cog: PathLike | None = None, zarr: PathLik
     if zarr_p is not None and cog_p is not None:
         jobs.append(cog_job(written, cog_p, **kw))
     if quality is not None:
-        from .metrics import reconstruction_error
+        from ..metrics import reconstruction_error
 
         err = reconstruction_error(quality, endmembers, written).rio.write_crs(
             written.rio.crs) if written.rio.crs is not None else reconstruction_error(
