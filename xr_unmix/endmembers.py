@@ -66,11 +66,12 @@ def read_endmembers(path: PathLike, *, scale: float | None = None,
           ``spectra names``, wavelengths from ``wavelength`` (``wavelength units`` honoured),
           ``reflectance scale factor`` applied.
     scale : float, optional
-        Multiply the values by this (``1e-4`` for reflectance x 10000, ``1`` to keep them as they are).
-        Default: detected. Values at most 1.5 are reflectance (0-1); a maximum in (100, 15000] is read
-        as reflectance x 10000 and scaled by 1e-4, with a :class:`UserWarning`; any other maximum
-        (e.g. 1.5-100: percent or x 10000?) is an :class:`~xr_unmix.errors.InputError` asking for
-        ``scale``. The factor applied is recorded in ``attrs["scale_applied"]``.
+        Multiply the values by this (``1e-4`` for reflectance x 10000, ``1`` to keep them as they are);
+        recorded in ``attrs["scale_applied"]``. Default: for a row-wise class library, detected --
+        a maximum of at most 2 is reflectance (0-1), one in (100, 15000] is reflectance x 10000 and
+        scaled by 1e-4 with a :class:`UserWarning`, any other (2-100: percent or x 10000?) is an
+        :class:`~xr_unmix.errors.InputError` asking for ``scale``. Column-wise CSV and ENVI values
+        are kept as stored (ENVI's ``reflectance scale factor`` applied), as before.
     classes : sequence of str (one per spectrum) or mapping name -> class, optional
         Classes for a file that has none (column-wise CSV, ENVI), or to override the file's.
     class_column : str, optional
@@ -101,6 +102,8 @@ def read_endmembers(path: PathLike, *, scale: float | None = None,
                          ".sli/.hdr")
     if classes is not None:
         E = _assign_classes(E, classes, path)
+    if scale is None and not E.attrs.pop("detect_scale", False):
+        return E  # column-wise CSV, ENVI: values as stored (ENVI's scale factor applied)
     return _apply_scale(E, scale, path)
 
 
@@ -121,11 +124,9 @@ def _assign_classes(E: xr.DataArray, classes: Sequence[str] | Mapping[str, str],
 
 def _apply_scale(E: xr.DataArray, scale: float | None, path: Path) -> xr.DataArray:
     """Scale to reflectance (0-1): the given ``scale``, or one detected from the maximum."""
-    if scale is None and E.attrs.get("scale_applied") is not None:
-        return E  # the file stated its scale (ENVI ``reflectance scale factor``)
     if scale is None:
         top = float(np.nanmax(E.values)) if E.size else 0.0
-        if top <= 1.5:
+        if top <= 2.0:
             scale = 1.0
         elif 100.0 < top <= 15000.0:
             scale = 1e-4
@@ -236,6 +237,7 @@ def _read_rowwise(path: Path, header: list[str], rows: list[list[str]],
     E = _spectra_da(data.T, names, wl, str(path), library=True)
     extra = {header[i]: ("endmember", np.array([r[i].strip() for r in rows], dtype=object))
              for i in meta if i != name_col and header[i] and low[i] not in ("band", "wavelength")}
+    E.attrs["detect_scale"] = True
     return E.assign_coords({**extra, "class": ("endmember", np.array(cls, dtype=object))})
 
 
