@@ -45,9 +45,9 @@ from xr_unmix.errors import (
     InputError,
     InputTypeError,
     ModelFileError,
-    ParameterError,
     OutputError,
     OutputExistsError,
+    ParameterError,
     SchedulerError,
     WavelengthMismatchError,
 )
@@ -303,7 +303,7 @@ def _tamper(path: Path, out: Path, *, tensors=None, config=None) -> Path:
 def test_nan_weights_refused_by_load_model(tmp_path: Path, scene) -> None:
     import torch
 
-    cube, E, _ = scene
+    _, E, _ = scene
     saved = xr_unmix.UADMMNet.from_endmembers(E).save(tmp_path / "m.safetensors")
     name = next(k for k in xr_unmix.UADMMNet.from_endmembers(E).state_dict() if k.startswith("W"))
     bad = _tamper(saved, tmp_path / "nan.safetensors",
@@ -435,8 +435,9 @@ def test_closed_port(files) -> None:
 
 @pytest.mark.parametrize("config, words", [
     ({"hidden": 6000, "cnn_layers": 4},
-     r"its DEQUnmix config does not fit its tensors \(a damaged or tampered file\): cnn.convs.0.weight "
-     r"is \[16, 6, 3, 3\] in the file but \[6000, 6, 3, 3\] by its config.*hidden=6000"),
+     (r"its DEQUnmix config does not fit its tensors \(a damaged or tampered file\): "
+      r"cnn.convs.0.weight is \[16, 6, 3, 3\] in the file but \[6000, 6, 3, 3\] by its config"
+      r".*hidden=6000")),
     ({"max_iter": 10**9, "tol": 0.0},
      r"invalid DEQUnmix config \(max_iter and b_max_iter must be in \[1, 10000\], got 1000000000"),
 ])
