@@ -317,6 +317,20 @@ def test_nan_weights_refused_by_load_model(tmp_path: Path, scene) -> None:
     assert torch.isnan(out[0]).all() and torch.allclose(out[1], torch.full((3,), 1 / 3))
 
 
+@pytest.mark.parametrize("lam", [1e4, 1e6])
+def test_float32_sunsal_keeps_constraints_at_large_lam(scene, lam: float) -> None:
+    cube, E, _ = scene
+    a = cube.unmix.sunsal(E, lam=lam).values  # ANC + ASC: lam changes nothing on the simplex
+    assert a.dtype == np.float32 and float(a.min()) >= 0.0
+    assert float(np.abs(a.sum(0) - 1).max()) <= 1e-5
+    np.testing.assert_allclose(a, cube.unmix.fcls(E).values, atol=1e-6)
+    asc = cube.unmix.sunsal(E, lam=lam, anc=False).values  # ASC only: solved in float64
+    assert asc.dtype == np.float32 and float(np.abs(asc.sum(0) - 1).max()) <= 1e-5
+    np.testing.assert_allclose(asc, cube.unmix.sunsal(E, lam=lam, anc=False, dtype="float64").values,
+                               atol=1e-5)
+    assert float(asc.min()) >= -1e-5  # large lam: next to the simplex (was -0.054 at 1e6)
+
+
 def test_resume_rechecks_a_zarr_with_a_deleted_chunk(files) -> None:
     from xr_unmix.batch import run_batch
 
