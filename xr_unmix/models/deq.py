@@ -56,6 +56,15 @@ DEFAULT_HALO = 16
 MAX_ITER = 10_000
 
 
+def _check_iterations(max_iter: int, tol: float, b_max_iter: int, b_tol: float) -> None:
+    """Refuse solver settings without a bound on the work (``max_iter=1e9``) or with no meaning."""
+    if not (1 <= max_iter <= MAX_ITER and 1 <= b_max_iter <= MAX_ITER):
+        raise ValueError(f"max_iter and b_max_iter must be in [1, {MAX_ITER}], got {max_iter} and "
+                         f"{b_max_iter}")
+    if not (math.isfinite(tol) and tol >= 0 and math.isfinite(b_tol) and b_tol >= 0):
+        raise ValueError(f"tol and b_tol must be finite and >= 0, got {tol} and {b_tol}")
+
+
 class _CNN(nn.Module):
     """``layers`` 3x3 convolutions ``2R -> hidden -> ... -> R`` (replicate padding), last one zero."""
 
@@ -208,11 +217,7 @@ class DEQUnmix(UnmixModel):
             raise ValueError(f"projection must be 'simplex' or 'scaled', got {projection!r}")
         if not precondition >= 0:
             raise ValueError(f"precondition must be >= 0, got {precondition}")
-        if not (1 <= max_iter <= MAX_ITER and 1 <= b_max_iter <= MAX_ITER):
-            raise ValueError(f"max_iter and b_max_iter must be in [1, {MAX_ITER}], got {max_iter} and "
-                             f"{b_max_iter}")
-        if not (math.isfinite(tol) and tol >= 0 and math.isfinite(b_tol) and b_tol >= 0):
-            raise ValueError(f"tol and b_tol must be finite and >= 0, got {tol} and {b_tol}")
+        _check_iterations(max_iter, tol, b_max_iter, b_tol)
         self.config = dict(
             hidden=int(hidden), cnn_layers=int(cnn_layers), kernel_size=int(kernel_size),
             use_cnn=bool(use_cnn),
