@@ -105,7 +105,15 @@ def sunsal(
     kernel = _SunsalKernel(E.values.astype(np_dtype), params)
     out = map_tiles(data, kernel, E.sizes["endmember"], halo=0, dtype=np_dtype)
     attrs = {"method": "sunsal", **{k: v for k, v in params.items() if k not in ("device",)}}
-    return finish(out, cube, list(E.endmember.values), attrs, facts=facts)
+    return with_endmember_coords(finish(out, cube, list(E.endmember.values), attrs, facts=facts), E)
+
+
+def with_endmember_coords(result: xr.DataArray, endmembers: xr.DataArray) -> xr.DataArray:
+    """``result`` with the endmembers' coordinates along ``endmember`` (``class``, ``material``, ...),
+    so that ``result.groupby("class").sum()`` gives class fractions."""
+    extra = {k: ("endmember", np.asarray(c.values)) for k, c in endmembers.coords.items()
+             if c.dims == ("endmember",) and k != "endmember"}
+    return result.assign_coords(extra) if extra else result
 
 
 def _check_solver_params(lam: float, max_iter: int, tol: float) -> None:
