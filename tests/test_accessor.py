@@ -11,12 +11,13 @@ import xarray as xr
 
 import xr_unmix
 from xr_unmix.accessor import METHODS, UnmixAccessor
+from xr_unmix.bundles import bundles
 from xr_unmix.extraction import estimate_n_endmembers, extract_endmembers
 
 KNOWN = {"sunsal": xr_unmix.sunsal, "fcls": xr_unmix.fcls, "nnls": xr_unmix.nnls,
          "ls": xr_unmix.ls, "admm": xr_unmix.admm, "deq": xr_unmix.deq,
          "apply_model": xr_unmix.apply_model, "endmembers": extract_endmembers,
-         "n_endmembers": estimate_n_endmembers}
+         "n_endmembers": estimate_n_endmembers, "bundles": bundles}
 
 
 def test_methods_listed():

@@ -80,6 +80,7 @@ class UnmixAccessor:
     apply_model = _method(api.apply_model)
     endmembers = _Lazy("extraction", "extract_endmembers")
     n_endmembers = _Lazy("extraction", "estimate_n_endmembers")
+    bundles = _Lazy("bundles", "bundles")
 
 
 #: the accessor's methods, by name (docs/api.md lists each; tests/test_docs.py checks it)
