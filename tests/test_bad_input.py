@@ -126,14 +126,36 @@ def test_another_writer_creates_the_target_mid_write(tmp_path: Path, ab, fmt: st
     assert leftovers(tmp_path) == []
 
 
-def test_two_cli_runs_on_one_target(files) -> None:
+def test_two_cli_runs_on_one_target(files, monkeypatch) -> None:
     tmp, scene, em = files
     out = tmp / "ab.tif"
+    # one after the other: the second refuses before computing anything
     assert cli("run", scene, "--endmembers", em, "--out", out).exit_code == 0
     before = out.read_bytes()
-    r = cli("run", scene, "--endmembers", em, "--out", out)
-    assert_one_line(r, r"ab\.tif exists; add --overwrite to replace it")
+    assert_one_line(cli("run", scene, "--endmembers", em, "--out", out),
+                    r"ab\.tif exists; add --overwrite to replace it")
     assert out.read_bytes() == before
+    # at the same time: run B (another process) starts and finishes while run A computes; A must not
+    # replace B's file
+    both = tmp / "both.tif"
+    unmix, second = pipeline.unmix_scene, []
+
+    def run_b() -> None:
+        second.append(subprocess.run(
+            [sys.executable, "-m", "xr_unmix.cli", "run", str(scene), "--endmembers", str(em),
+             "--method", "nnls", "--out", str(both)], env={**os.environ, "PYTHONPATH": str(REPO)},
+            capture_output=True, text=True, timeout=120, check=False))
+
+    def a_with_b_meanwhile(*args, **kwargs):
+        ab, E = unmix(*args, **kwargs)
+        return (_in_task(ab, run_b), E) if not second else (ab, E)
+
+    monkeypatch.setattr(pipeline, "unmix_scene", a_with_b_meanwhile)
+    r = cli("run", scene, "--endmembers", em, "--out", both)
+    assert second and second[0].returncode == 0, second[0].stderr[-2000:] if second else "B did not run"
+    assert_one_line(r, r"both\.tif was created by another writer while this one ran; it was left as it is")
+    assert open_abundance(both).attrs["method"] == "nnls"  # B's map, untouched
+    assert leftovers(tmp) == []
 
 
 @pytest.mark.parametrize("name, make, writer", [
