@@ -33,6 +33,8 @@ _LAZY = {
     "write": "io",
     "open_cube": "io",
     "open_abundance": "io",
+    "conform_cube": "_dims",
+    "DEFAULT_IGNORE_REGIONS": "io.bands",
     "read_endmembers": "endmembers",
     "resample_spectra": "endmembers",
     "vca": "extraction",

@@ -9,12 +9,15 @@ from typing import Any
 import xarray as xr
 
 from . import api
+from ._dims import conform_cube
 
 
 def _wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def method(self: UnmixAccessor, *args: Any, **kwargs: Any) -> Any:
-        return fn(self._obj, *args, **kwargs)
+        dims = kwargs.pop("dims", None)
+        obj = self._obj if dims is None else conform_cube(self._obj, dims)
+        return fn(obj, *args, **kwargs)
 
     return method
 
@@ -36,7 +39,10 @@ def _lazy(module: str, name: str) -> Callable[..., Any]:
 class UnmixAccessor:
     """``cube.unmix``: unmixing of a ``(band, y, x)`` hyperspectral cube.
 
-    Every method returns a new DataArray; the cube is never modified.
+    Every method returns a new DataArray; the cube is never modified. Every method also takes
+    ``dims=`` for a cube whose dims are named otherwise, e.g.
+    ``cube.unmix.fcls(E, dims={"band": "wavelength", "y": "lat", "x": "lon"})`` (see
+    :func:`xr_unmix.conform_cube`; the result has dims ``(endmember, y, x)``).
     """
 
     def __init__(self, obj: xr.DataArray) -> None:
