@@ -126,19 +126,19 @@ def test_incomplete_outputs_are_redone(scenes) -> None:
 
 
 def _interrupting(real):
-    """A to_cog that is interrupted (KeyboardInterrupt) in the middle of scene b's write."""
+    """An xr_unmix.io.write that is interrupted (KeyboardInterrupt) in the middle of scene b's write."""
 
     def stop(block, block_info=None):
         if block_info[None]["chunk-location"][1:] == (0, 1):
             raise KeyboardInterrupt
         return block
 
-    def to_cog(ab, path, **kw):
-        if Path(path).stem == "b":
+    def write(ab, **kw):
+        if Path(kw.get("cog") or kw["zarr"]).stem == "b":
             ab = ab.copy(data=ab.data.map_blocks(stop, dtype=ab.dtype))
-        return real(ab, path, **kw)
+        return real(ab, **kw)
 
-    return to_cog
+    return write
 
 
 def test_interrupted_batch_resumes(scenes, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -148,7 +148,7 @@ def test_interrupted_batch_resumes(scenes, monkeypatch: pytest.MonkeyPatch) -> N
     names = [str(d / f"{n}.tif") for n in "abc"]
     import xr_unmix.io
 
-    monkeypatch.setattr(xr_unmix.io, "to_cog", _interrupting(xr_unmix.io.to_cog))
+    monkeypatch.setattr(xr_unmix.io, "write", _interrupting(xr_unmix.io.write))
     with pytest.raises(KeyboardInterrupt):
         run_batch(names, **kw)
     monkeypatch.undo()

@@ -36,6 +36,7 @@ def probe_scheduler(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
     if "://" in address and not address.startswith("tcp://"):
         return
     addr = address if "://" in address else f"tcp://{address}"
+    _tcp_reachable(address, addr, timeout)
 
     async def handshake() -> None:
         from distributed.comm import connect
@@ -61,6 +62,28 @@ def probe_scheduler(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
         raise SchedulerError(f"no Dask scheduler answered at {address} within {timeout:g} s "
                              f"({why}); check the address and that the scheduler is running"
                              ).about("scheduler")
+
+
+def _tcp_reachable(address: str, addr: str, timeout: float) -> None:
+    """Fail at once where nothing listens (distributed's ``connect`` retries a refused connection
+    until its timeout)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    try:
+        u = urlsplit(addr)
+        host, port = u.hostname, u.port
+    except ValueError:
+        host = port = None
+    if not host or port is None:
+        raise SchedulerError(f"{address} is not a scheduler address (host:port, e.g. "
+                             "tcp://10.0.0.5:8786)").about("scheduler")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise SchedulerError(f"no Dask scheduler answered at {address} ({why}); check the address "
+                             "and that the scheduler is running").about("scheduler") from None
 
 
 def connect_client(address: str, timeout: float = CONNECT_TIMEOUT) -> Any:

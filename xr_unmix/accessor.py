@@ -1,8 +1,17 @@
-"""The ``unmix`` accessor on :class:`xarray.DataArray`: thin forwards to the free functions."""
+"""The ``unmix`` accessor on :class:`xarray.DataArray`: thin forwards to the free functions.
+
+Each method carries the signature and the docstring of the function it forwards to (so that
+``help(cube.unmix.sunsal)`` and ``inspect.signature`` show the real parameters, less the cube, which
+is the DataArray the accessor hangs on). Functions outside :mod:`xr_unmix.api` (extraction) are
+imported when the method is first looked up, so that ``import xr_unmix`` stays light.
+"""
 
 from __future__ import annotations
 
 import functools
+import importlib
+import inspect
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -12,48 +21,71 @@ from . import api
 from ._dims import conform_cube
 
 
-def _wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+def _method(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn(cube, *args, **kw)`` as a method ``self.fn(*args, **kw)`` with ``fn``'s name, docstring and
+    signature (the first parameter, the cube, becomes ``self``)."""
+
     @functools.wraps(fn)
     def method(self: UnmixAccessor, *args: Any, **kwargs: Any) -> Any:
         dims = kwargs.pop("dims", None)
         obj = self._obj if dims is None else conform_cube(self._obj, dims)
         return fn(obj, *args, **kwargs)
 
+    sig = inspect.signature(fn)
+    params = list(sig.parameters.values())
+    self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    method.__signature__ = sig.replace(parameters=[self_param, *params[1:]])  # type: ignore[attr-defined]
+    del method.__wrapped__  # inspect must use __signature__ (self, ...), not fn's (cube, ...)
     return method
 
 
-def _lazy(module: str, name: str) -> Callable[..., Any]:
-    """Forward to ``xr_unmix.<module>.<name>`` imported on first call (keeps ``import xr_unmix`` light)."""
+class _Lazy:
+    """A method forwarding to ``xr_unmix.<module>.<name>``, imported on first attribute lookup."""
 
-    def fn(obj: xr.DataArray, *args: Any, **kwargs: Any) -> Any:
-        import importlib
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+        self._fn: Callable[..., Any] | None = None
 
-        return getattr(importlib.import_module(f"xr_unmix.{module}"), name)(obj, *args, **kwargs)
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.attr = name
 
-    fn.__name__ = name
-    fn.__doc__ = f"See :func:`xr_unmix.{module}.{name}`."
-    return fn
+    def resolve(self) -> Callable[..., Any]:
+        if self._fn is None:
+            fn = getattr(importlib.import_module(f"xr_unmix.{self.module}"), self.name)
+            self._fn = _method(fn)
+            self._fn.__name__ = self.attr
+            self._fn.__qualname__ = f"UnmixAccessor.{self.attr}"
+        return self._fn
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        fn = self.resolve()
+        return fn if obj is None else types.MethodType(fn, obj)
 
 
 @xr.register_dataarray_accessor("unmix")
 class UnmixAccessor:
     """``cube.unmix``: unmixing of a ``(band, y, x)`` hyperspectral cube.
 
-    Every method returns a new DataArray; the cube is never modified. Every method also takes
-    ``dims=`` for a cube whose dims are named otherwise, e.g.
-    ``cube.unmix.fcls(E, dims={"band": "wavelength", "y": "lat", "x": "lon"})`` (see
-    :func:`xr_unmix.conform_cube`; the result has dims ``(endmember, y, x)``).
+    ``cube.unmix.f(...)`` is ``xr_unmix.f(cube, ...)``. Every method returns a new DataArray; the cube
+    is never modified. Every method also takes ``dims=`` for a cube whose dims are named otherwise,
+    e.g. ``cube.unmix.fcls(E, dims={"band": "wavelength", "y": "lat", "x": "lon"})``: the cube goes
+    through :func:`xr_unmix.conform_cube` first (the result has dims ``(endmember, y, x)``).
     """
 
     def __init__(self, obj: xr.DataArray) -> None:
         self._obj = obj
 
-    sunsal = _wrap(api.sunsal)
-    fcls = _wrap(api.fcls)
-    nnls = _wrap(api.nnls)
-    ls = _wrap(api.ls)
-    admm = _wrap(api.admm)
-    deq = _wrap(api.deq)
-    apply_model = _wrap(api.apply_model)
-    endmembers = _wrap(_lazy("extraction", "extract_endmembers"))
-    n_endmembers = _wrap(_lazy("extraction", "estimate_n_endmembers"))
+    sunsal = _method(api.sunsal)
+    fcls = _method(api.fcls)
+    nnls = _method(api.nnls)
+    ls = _method(api.ls)
+    admm = _method(api.admm)
+    deq = _method(api.deq)
+    apply_model = _method(api.apply_model)
+    endmembers = _Lazy("extraction", "extract_endmembers")
+    n_endmembers = _Lazy("extraction", "estimate_n_endmembers")
+
+
+#: the accessor's methods, by name (docs/api.md lists each; tests/test_docs.py checks it)
+METHODS = ("sunsal", "fcls", "nnls", "ls", "admm", "deq", "apply_model", "endmembers",
+           "n_endmembers")

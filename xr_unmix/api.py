@@ -105,7 +105,15 @@ def sunsal(
     kernel = _SunsalKernel(E.values.astype(np_dtype), params)
     out = map_tiles(data, kernel, E.sizes["endmember"], halo=0, dtype=np_dtype)
     attrs = {"method": "sunsal", **{k: v for k, v in params.items() if k not in ("device",)}}
-    return finish(out, cube, list(E.endmember.values), attrs, facts=facts)
+    return with_endmember_coords(finish(out, cube, list(E.endmember.values), attrs, facts=facts), E)
+
+
+def with_endmember_coords(result: xr.DataArray, endmembers: xr.DataArray) -> xr.DataArray:
+    """``result`` with the endmembers' coordinates along ``endmember`` (``class``, ``material``, ...),
+    so that ``result.groupby("class").sum()`` gives class fractions."""
+    extra = {k: ("endmember", np.asarray(c.values)) for k, c in endmembers.coords.items()
+             if c.dims == ("endmember",) and k != "endmember"}
+    return result.assign_coords(extra) if extra else result
 
 
 def _check_solver_params(lam: float, max_iter: int, tol: float) -> None:
@@ -123,23 +131,80 @@ def _check_solver_params(lam: float, max_iter: int, tol: float) -> None:
         raise ParameterError(f"tol must be a finite number >= 0, got {tol}")
 
 
-def fcls(cube: xr.DataArray, endmembers: Any, **kwargs: Any) -> xr.DataArray:
-    """Fully constrained least squares: :func:`sunsal` with ``lam=0, anc=True, asc=True``."""
-    out = sunsal(cube, endmembers, lam=0.0, anc=True, asc=True, **kwargs)
+def fcls(cube: xr.DataArray, endmembers: Any, *, max_iter: int = 1000, tol: float = 1e-4,
+         mu: float | None = None, adaptive_mu: bool = True, device: str = "cpu",
+         dtype: str = "float32") -> xr.DataArray:
+    """Fully constrained least squares (abundances >= 0, summing to one): :func:`sunsal` with ``lam=0, anc=True, asc=True``.
+
+    Parameters
+    ----------
+    cube : DataArray (band, y, x), any dim order, numpy- or dask-backed
+        Reflectance; NaN or nodata in any band marks a pixel invalid.
+    endmembers : DataArray (band, endmember) or array (bands, R)
+        Same band count as the cube.
+    max_iter, tol, mu, adaptive_mu, device, dtype
+        As in :func:`sunsal`.
+
+    Returns
+    -------
+    DataArray (endmember, y, x)
+        Abundances (``attrs["method"] == "fcls"``); NaN where the input pixel was invalid; lazy if
+        the cube is dask-backed.
+    """
+    out = sunsal(cube, endmembers, lam=0.0, anc=True, asc=True, max_iter=max_iter, tol=tol, mu=mu,
+                 adaptive_mu=adaptive_mu, device=device, dtype=dtype)
     out.attrs["method"] = "fcls"
     return out
 
 
-def nnls(cube: xr.DataArray, endmembers: Any, **kwargs: Any) -> xr.DataArray:
-    """Non-negative least squares: :func:`sunsal` with ``lam=0, anc=True, asc=False``."""
-    out = sunsal(cube, endmembers, lam=0.0, anc=True, asc=False, **kwargs)
+def nnls(cube: xr.DataArray, endmembers: Any, *, max_iter: int = 1000, tol: float = 1e-4,
+         mu: float | None = None, adaptive_mu: bool = True, device: str = "cpu",
+         dtype: str = "float32") -> xr.DataArray:
+    """Non-negative least squares (abundances >= 0): :func:`sunsal` with ``lam=0, anc=True, asc=False``.
+
+    Parameters
+    ----------
+    cube : DataArray (band, y, x), any dim order, numpy- or dask-backed
+        Reflectance; NaN or nodata in any band marks a pixel invalid.
+    endmembers : DataArray (band, endmember) or array (bands, R)
+        Same band count as the cube.
+    max_iter, tol, mu, adaptive_mu, device, dtype
+        As in :func:`sunsal`.
+
+    Returns
+    -------
+    DataArray (endmember, y, x)
+        Abundances (``attrs["method"] == "nnls"``); NaN where the input pixel was invalid; lazy if
+        the cube is dask-backed.
+    """
+    out = sunsal(cube, endmembers, lam=0.0, anc=True, asc=False, max_iter=max_iter, tol=tol, mu=mu,
+                 adaptive_mu=adaptive_mu, device=device, dtype=dtype)
     out.attrs["method"] = "nnls"
     return out
 
 
-def ls(cube: xr.DataArray, endmembers: Any, **kwargs: Any) -> xr.DataArray:
-    """Unconstrained least squares: :func:`sunsal` with ``lam=0, anc=False, asc=False``."""
-    out = sunsal(cube, endmembers, lam=0.0, anc=False, asc=False, **kwargs)
+def ls(cube: xr.DataArray, endmembers: Any, *, max_iter: int = 1000, tol: float = 1e-4,
+       mu: float | None = None, adaptive_mu: bool = True, device: str = "cpu",
+       dtype: str = "float32") -> xr.DataArray:
+    """Unconstrained least squares: :func:`sunsal` with ``lam=0, anc=False, asc=False``.
+
+    Parameters
+    ----------
+    cube : DataArray (band, y, x), any dim order, numpy- or dask-backed
+        Reflectance; NaN or nodata in any band marks a pixel invalid.
+    endmembers : DataArray (band, endmember) or array (bands, R)
+        Same band count as the cube.
+    max_iter, tol, mu, adaptive_mu, device, dtype
+        As in :func:`sunsal`.
+
+    Returns
+    -------
+    DataArray (endmember, y, x)
+        Abundances (``attrs["method"] == "ls"``); NaN where the input pixel was invalid; lazy if
+        the cube is dask-backed.
+    """
+    out = sunsal(cube, endmembers, lam=0.0, anc=False, asc=False, max_iter=max_iter, tol=tol, mu=mu,
+                 adaptive_mu=adaptive_mu, device=device, dtype=dtype)
     out.attrs["method"] = "ls"
     return out
 

@@ -239,9 +239,9 @@ def run_batch(
         CSV / ENVI file, or ``vca:N`` (extracted per scene). Needed by every method but admm/deq.
     model : str, optional
         Trained model file (admm, deq). Shipped once per worker process, not per tile.
-    formats : sequence of {"tif", "zarr"}
-        Outputs per scene (COG and/or Zarr v3). With both, the scene is unmixed once into the Zarr
-        store and the COG is copied from it.
+    formats : sequence of {"tif", "zarr", "both"}
+        Outputs per scene (COG and/or Zarr v3; ``"both"`` is ``("tif", "zarr")``). The scene is
+        unmixed once whatever the formats (:func:`xr_unmix.io.write`).
     scheduler, workers
         A running Dask scheduler's address, or a number of worker processes for a LocalCluster started
         for the batch; neither: the active ``distributed.Client`` if any, else local threads.
@@ -261,7 +261,7 @@ def run_batch(
         Where to write the JSON report (default ``OUT_DIR/xr_unmix_batch_report.json``). It is rewritten
         after every scene, so an interrupted batch leaves the state it reached.
     progress : bool, optional
-        Show a progress bar over the batch's pixels (``None``: only on a terminal).
+        Show a progress bar over the batch's scenes (``None``: only on a terminal).
 
     Returns
     -------
@@ -280,8 +280,9 @@ def run_batch(
     """
     from tqdm.auto import tqdm
 
-    fmts = [str(f).lower().lstrip(".") for f in formats]
-    fmts = ["tif" if f in ("tiff", "cog") else f for f in fmts]
+    fmts = [str(f).lower().lstrip(".") for f in ([formats] if isinstance(formats, str) else formats)]
+    fmts = [g for f in fmts for g in (FORMATS if f == "both" else ["tif" if f in ("tiff", "cog")
+                                                                    else f])]
     bad = [f for f in fmts if f not in FORMATS]
     if bad or not fmts:
         raise ParameterError(f"formats must be among {FORMATS}; got {list(formats)}")
@@ -380,7 +381,7 @@ def _run_scene(scene: Path, outputs: dict[str, Path], sidecar: Path, params: dic
                result_params: dict[str, Any], *, overwrite: bool,
                local: bool = True) -> dict[str, Any]:
     """Unmix one scene into its outputs unless they are complete; returns the entry's updates."""
-    from .io import open_abundance, to_cog, to_zarr
+    from .io import write
 
     if not scene.is_file():
         raise MissingInputError(f"no such scene file: {scene}")
@@ -400,12 +401,7 @@ def _run_scene(scene: Path, outputs: dict[str, Path], sidecar: Path, params: dic
     pixels = int(ab.sizes["y"] * ab.sizes["x"])
     names = [str(v) for v in ab.endmember.values]
     # existing outputs of an incomplete or outdated run are replaced (only once the new one is whole)
-    if "zarr" in outputs:
-        to_zarr(ab, outputs["zarr"], overwrite=True)
-        if "tif" in outputs:  # unmix once: the COG is copied from the finished store
-            to_cog(open_abundance(outputs["zarr"]), outputs["tif"], overwrite=True)
-    else:
-        to_cog(ab, outputs["tif"], overwrite=True)
+    write(ab, cog=outputs.get("tif"), zarr=outputs.get("zarr"), overwrite=True)  # unmixed once
     _write_json(sidecar, {"fingerprint": fingerprint, "n_endmembers": len(names),
                           "endmembers": names, "pixels": pixels, "written": _now(),
                           "outputs": {f: str(p) for f, p in outputs.items()}})

@@ -97,7 +97,8 @@ def main() -> None:
 @click.argument("scene", type=click.Path(exists=True, dir_okay=False))
 @click.option("--endmembers", "endmembers", help="CSV / ENVI .sli file, or vca:N to extract N.")
 @click.option("--method", type=click.Choice(METHODS), default="fcls", show_default=True)
-@click.option("--model", type=click.Path(exists=True, dir_okay=False), help="Trained model (admm, deq).")
+@click.option("--model", type=click.Path(exists=True, dir_okay=False),
+              help="Trained model file (.safetensors, from `xr-unmix train`) for --method admm or deq.")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path),
               help="Output .tif (COG) or .zarr.")
 @click.option("--lam", type=float, default=0.0, show_default=True, help="SUnSAL l1 weight (>= 0).")
@@ -109,7 +110,8 @@ def main() -> None:
               help="Spatial tile size (px), or auto: tiles of ~64 MB of input (256 px at 200 bands).")
 @click.option("--batch-size", "batch_size", type=click.IntRange(min=1), default=None,
               help="admm: pixels per forward pass (default: a whole tile).")
-@click.option("--resample", is_flag=True, help="Resample the endmembers onto the cube's wavelengths.")
+@click.option("--resample", is_flag=True,
+              help="Resample the endmember spectra onto the scene's wavelengths (linear interpolation).")
 @click.option("--quality", is_flag=True,
               help="Also write the per-pixel reconstruction RMSE beside the output (*_rmse.tif/zarr).")
 @click.option("--seed", type=int, default=None, help="Seed for vca:N.")
@@ -138,11 +140,13 @@ def run(scene: str, endmembers: str | None, method: str, model: str | None, out:
                                      lam=lam, device=device, chunk=chunk_px, resample=resample,
                                      seed=seed, batch_size=batch_size, return_endmembers=True,
                                      local=scheduler is None)
-        path = pipeline.write_output(ab, out, overwrite=overwrite, progress=sys.stderr.isatty())
-        click.echo(f"abundances ({', '.join(map(str, ab.endmember.values))}) -> {path}")
+        cube = pipeline.open_scene(scene, chunk_px) if quality else None
+        # one computation of the estimator, the quality layer made from the written map
+        paths = pipeline.write_output(ab, out, quality=cube, endmembers=E, overwrite=overwrite,
+                                      progress=sys.stderr.isatty())
+        click.echo(f"abundances ({', '.join(map(str, ab.endmember.values))}) -> {paths[0]}")
         if quality:
-            qpath = pipeline.write_quality(scene, path, E, chunk=chunk_px, overwrite=overwrite)
-            click.echo(f"reconstruction RMSE -> {qpath}")
+            click.echo(f"reconstruction RMSE -> {paths[1]}")
 
 
 @main.command()
@@ -157,7 +161,8 @@ def run(scene: str, endmembers: str | None, method: str, model: str | None, out:
                    "unlabelled), for supervised training.")
 @click.option("--n-pixels", type=int, default=4096, show_default=True,
               help="Synthetic training pixels (xr_unmix.simulate) when no scene/labels are given.")
-@click.option("--snr-db", type=float, default=30.0, show_default=True)
+@click.option("--snr-db", type=float, default=30.0, show_default=True,
+              help="Noise of the synthetic training pixels (dB).")
 @click.option("--epochs", type=int, default=None, help="Training epochs (model default if unset).")
 @click.option("--lr", type=float, default=None, help="Learning rate (model default if unset).")
 @click.option("--layers", type=int, default=None, help="admm: unrolled layers (default 2).")
@@ -170,7 +175,8 @@ def run(scene: str, endmembers: str | None, method: str, model: str | None, out:
 @click.option("--threads", type=int, default=None,
               help="torch threads (default: 1 for admm, whose mini-batches are too small to split; "
                    "torch's default for deq).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed for the initial weights, the training order, vca:N and synthetic pixels.")
 def train(endmembers: str, method: str, out: Path, scene: str | None, labels: str | None,
           n_pixels: int, snr_db: float, epochs: int | None, lr: float | None, layers: int | None,
           projection: str | None, precondition: float | None, resample: bool, threads: int | None,
@@ -252,18 +258,21 @@ def train(endmembers: str, method: str, out: Path, scene: str | None, labels: st
 @click.argument("scenes", nargs=-1, required=True)
 @click.option("--endmembers", "endmembers", help="CSV / ENVI endmember spectra, or vca:N.")
 @click.option("--method", type=click.Choice(METHODS), default="fcls", show_default=True)
-@click.option("--model", type=click.Path(exists=True, dir_okay=False))
-@click.option("--out-dir", "out_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--model", type=click.Path(exists=True, dir_okay=False),
+              help="Trained model file (.safetensors, from `xr-unmix train`) for --method admm or deq.")
+@click.option("--out-dir", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for OUT_DIR/<scene stem>.tif|.zarr, the sidecars and the report.")
 @click.option("--format", "formats", default="tif", show_default=True,
-              help="Comma-separated outputs per scene: tif, zarr or both.")
+              help="Outputs per scene: tif, zarr, or both (= tif,zarr: unmixed once, both written).")
 @click.option("--scheduler", default=None, help="Address of a running Dask scheduler.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Start a LocalCluster with N workers.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--chunk", default="auto", show_default=True,
               help="Spatial tile size (px), or auto: tiles of ~64 MB of input (256 px at 200 bands).")
-@click.option("--resample", is_flag=True)
-@click.option("--lam", type=float, default=0.0, show_default=True)
+@click.option("--resample", is_flag=True,
+              help="Resample the endmember spectra onto each scene's wavelengths (linear interpolation).")
+@click.option("--lam", type=float, default=0.0, show_default=True, help="SUnSAL l1 weight (>= 0).")
 @click.option("--seed", type=int, default=None, help="Seed for vca:N.")
 @click.option("--overwrite", is_flag=True, help="Recompute scenes whose outputs are complete.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -296,7 +305,8 @@ def batch(scenes: tuple[str, ...], endmembers: str | None, method: str, model: s
 
 
 @main.command()
-@click.option("--out", "out", default="out", show_default=True, type=click.Path(path_type=Path))
+@click.option("--out", "out", default="out", show_default=True, type=click.Path(path_type=Path),
+              help="Folder for the demo's COG, Zarr, quality layer and PNG.")
 def demo(out: Path) -> None:
     """Unmix the bundled sample scene end to end (COG, Zarr, PNG, RMSE against the truth)."""
     from .demo import run_demo

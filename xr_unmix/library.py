@@ -40,8 +40,9 @@ def load_library(name: str = "usgs") -> xr.DataArray:
     Returns
     -------
     DataArray (band, endmember), reflectance (0-1), ``wavelength`` coordinate in nm. Earthlib spectra
-    carry a ``material`` coordinate ``"LEVEL_2/LEVEL_3"`` (e.g. ``"bare/soil"``); USGS ones carry their
-    name as material.
+    carry a ``material`` coordinate ``"LEVEL_2/LEVEL_3"`` (e.g. ``"bare/soil"``) and a ``class``
+    coordinate (``LEVEL_2``: ``bare``, ``built``, ``burned``, ``npv``, ``vegetation``), ready for
+    :func:`xr_unmix.bundles.bundles`; USGS ones carry their name as material.
     """
     if name in ("usgs", "usgs_3deg", "usgs_full"):
         from .datasets import load_usgs_library
@@ -60,11 +61,15 @@ def load_library(name: str = "usgs") -> xr.DataArray:
         meta = spectra.metadata
         material = (np.array([f"{a}/{b}" for a, b in zip(meta["LEVEL_2"], meta["LEVEL_3"], strict=True)],
                              dtype=object) if meta is not None else names)
+        coords_extra = {"material": ("endmember", material)}
+        if meta is not None:  # earthlib's five classes: bare, built, burned, npv, vegetation
+            coords_extra["class"] = ("endmember", np.array([str(a) for a in meta["LEVEL_2"]],
+                                                           dtype=object))
         return xr.DataArray(
             np.asarray(spectra.data, dtype=np.float64).T,
             dims=("band", "endmember"),
             coords={"band": np.arange(1, wl.size + 1), "wavelength": ("band", wl),
-                    "endmember": names, "material": ("endmember", material)},
+                    "endmember": names, **coords_extra},
             name=f"library_{name}",
         )
     raise ValueError(f"unknown library {name!r}: use one of {LIBRARIES}")

@@ -287,37 +287,25 @@ def output_format(path: PathLike) -> str:
                          "path").about("out")
 
 
-def write_output(result: xr.DataArray, out: PathLike, *, overwrite: bool = False,
-                 progress: bool = False) -> Path:
-    """Write ``result`` to ``out`` as COG or Zarr by its suffix (atomic, see :mod:`xr_unmix.io`)."""
-    from .io import to_cog, to_zarr
+def write_output(result: xr.DataArray, out: PathLike, *, quality: xr.DataArray | None = None,
+                 endmembers: Any = None, overwrite: bool = False, progress: bool = False) -> list[Path]:
+    """Write ``result`` to ``out`` as COG or Zarr by its suffix, with :func:`xr_unmix.io.write`.
 
-    writer = to_cog if output_format(out) == "tif" else to_zarr
-    return writer(result, out, overwrite=overwrite, progress=progress)
+    With ``quality`` (the cube) and ``endmembers`` the per-pixel reconstruction RMSE is written beside
+    it (:func:`quality_path`), made from the written abundances: the estimator runs once. Returns the
+    written paths (the map, then its quality layer).
+    """
+    from .io import write
+
+    kind = "cog" if output_format(out) == "tif" else "zarr"
+    return write(result, **{kind: out}, quality=quality, endmembers=endmembers,
+                 overwrite=overwrite, progress=progress)
 
 
 def quality_path(out: PathLike) -> Path:
     """Where the reconstruction-RMSE layer of ``out`` goes: ``<stem>_rmse<suffix>``."""
     p = Path(out)
     return p.with_name(p.stem + "_rmse" + p.suffix)
-
-
-def write_quality(scene: PathLike, written: PathLike, endmembers: xr.DataArray, *,
-                  chunk: int | str = "auto", overwrite: bool = False) -> Path:
-    """Per-pixel reconstruction RMSE of a written abundance map, beside it (:func:`quality_path`).
-
-    Computed from the written abundances, so that the estimator does not run twice.
-    """
-    from .io import open_abundance
-    from .metrics import reconstruction_error
-
-    cube = open_scene(scene, chunk)
-    tile = {"y": cube.chunksizes["y"][0], "x": cube.chunksizes["x"][0]}
-    ab = open_abundance(written, chunks=tile) if output_format(written) == "tif" \
-        else open_abundance(written)
-    ab = ab.assign_coords(y=cube.y.values, x=cube.x.values)  # exact alignment
-    err = reconstruction_error(cube, endmembers, ab)
-    return write_output(err, quality_path(written), overwrite=overwrite)
 
 
 # -- training data from a labelled scene -----------------------------------------------------------
