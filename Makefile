@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH)"
-	$(PIP) install --quiet -e ".[test,scenes]" "$(TORCH)"
+	$(PIP) install --quiet -e ".[test,scenes,notebook,dashboard]" "$(TORCH)"
 	touch $@
 
 install: $(VENV)/.installed

@@ -1,6 +1,7 @@
 """xr_unmix: hyperspectral unmixing for xarray, rioxarray and Dask.
 
-``import xr_unmix`` registers the ``unmix`` accessor on :class:`xarray.DataArray` and nothing else: torch,
+``import xr_unmix`` registers the ``unmix`` accessor on :class:`xarray.DataArray` (and leaves the CRS
+coordinate ``spatial_ref`` out of plot titles, :mod:`xr_unmix._plotting`) and nothing else: torch,
 rasterio and the models are imported on first use.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from . import _plotting
 from . import accessor as _accessor  # noqa: F401  (registers DataArray.unmix)
 from .api import admm, apply_model, deq, fcls, ls, nnls, sunsal
 from .errors import (
@@ -21,6 +23,8 @@ from .errors import (
 )
 
 __version__ = "0.1.0"
+
+_plotting.install()  # plot titles without "spatial_ref = 0" (the CRS stays in the coordinate)
 
 _LAZY = {
     "UADMMNet": "models.uadmm",

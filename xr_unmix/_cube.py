@@ -117,6 +117,10 @@ def prepare_cube(cube: xr.DataArray, dtype: Any = np.float32) -> tuple[Any, Cube
     the band axis merged into one chunk.
     """
     facts = cube_facts(cube)
+    if facts.is_dask:  # an in-memory cube chunked by the user: blocks to the cluster, not the graph
+        from ._graph import scatter_embedded
+
+        cube = cube.copy(data=scatter_embedded(cube.data))
     data = cube.transpose(BAND, Y, X).data
     if facts.is_dask:
         data = data.rechunk({0: -1})
@@ -193,9 +197,9 @@ def check_units(cube: xr.DataArray, endmembers: np.ndarray, *, strict: bool = Fa
            "endmembers in the cube's units.")
     if strict:
         raise InputError(msg)
-    import warnings
+    from ._warn import warn_user
 
-    warnings.warn(msg, UserWarning, stacklevel=3)
+    warn_user(msg)
 
 
 def wavelength_tolerance(cube_wl: np.ndarray) -> float:

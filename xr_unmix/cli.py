@@ -94,7 +94,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("scene", type=click.Path(exists=True, dir_okay=False))
+@click.argument("scene")
 @click.option("--endmembers", "endmembers", help="CSV / ENVI .sli file, or vca:N to extract N.")
 @click.option("--method", type=click.Choice(METHODS), default="fcls", show_default=True)
 @click.option("--model", type=click.Path(exists=True, dir_okay=False),
@@ -120,6 +120,9 @@ def run(scene: str, endmembers: str | None, method: str, model: str | None, out:
         scheduler: str | None, workers: int | None, device: str, chunk: str, batch_size: int | None,
         resample: bool, quality: bool, seed: int | None, overwrite: bool) -> None:
     """Unmix SCENE into an abundance map (COG or Zarr).
+
+    SCENE: a raster file, or any path GDAL opens (NETCDF:"f.nc":var, /vsizip/a.zip/a.tif,
+    /vsicurl/https://..., s3://bucket/a.tif).
 
     \b
     Examples:
@@ -154,7 +157,7 @@ def run(scene: str, endmembers: str | None, method: str, model: str | None, out:
               help="CSV / ENVI endmember spectra, or vca:N to extract N from --scene.")
 @click.option("--method", type=click.Choice(["admm", "deq"]), required=True)
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Model file.")
-@click.option("--scene", type=click.Path(exists=True, dir_okay=False),
+@click.option("--scene",
               help="deq: fit on this scene without labels; with --labels: labelled training pixels.")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False),
               help="Abundance raster aligned with --scene (one band per endmember, NaN/nodata = "

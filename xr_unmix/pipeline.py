@@ -158,11 +158,12 @@ def check_request(method: str, *, endmembers: str | None = None, model: PathLike
 
 def open_scene(path: PathLike, chunk: int | str | None = "auto") -> xr.DataArray:
     """:func:`xr_unmix.io.open_cube` (``chunk=None``: numpy-backed), with a missing or unreadable
-    file as a package error."""
+    file as a package error. ``path``: a local file or any path GDAL opens (``NETCDF:f.nc:var``,
+    ``/vsicurl/...``, ``s3://...``; :func:`xr_unmix.io.paths.check_raster_path`)."""
     from .io import open_cube
+    from .io.paths import check_raster_path
 
-    if not Path(path).is_file():
-        raise MissingInputError(f"no such scene file: {path}")
+    path = check_raster_path(path)
     try:
         return open_cube(path, chunks=None if chunk is None else parse_chunk(chunk))
     except XrUnmixError:

@@ -67,14 +67,15 @@ def as_layers(arr: xr.DataArray) -> tuple[xr.DataArray, list[str]]:
     raise DimensionError(f"expected dims (endmember, y, x) or (y, x); got {tuple(arr.dims)}")
 
 
-def check_crs(arr: xr.DataArray, require_crs: bool, path: Path, stacklevel: int = 4) -> None:
+def check_crs(arr: xr.DataArray, require_crs: bool, path: Path) -> None:
     import rioxarray  # noqa: F401
 
     if arr.rio.crs is None:
         if require_crs:
             raise MissingCRSError(f"{path}: the data has no CRS (write one with .rio.write_crs)")
-        warnings.warn(f"{path}: writing without a CRS (the input had none)", UserWarning,
-                      stacklevel=stacklevel)
+        from .._warn import warn_user
+
+        warn_user(f"{path}: writing without a CRS (the input had none)")
 
 
 def check_grid(arr: xr.DataArray, path: Path) -> None:
@@ -127,7 +128,12 @@ def north_up(arr: xr.DataArray) -> xr.DataArray:
 
 
 def _progress(enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    """Dask's progress bar for local schedulers (silent under ``distributed``, so not shown there)."""
+    """A tqdm bar over the tasks, for local schedulers (under ``distributed``: its dashboard).
+
+    ``tqdm.auto``: a widget in Jupyter (with ``ipywidgets``, the ``notebook`` extra), a text bar on
+    a terminal; ``leave=False``, so that a finished bar leaves no line (nor a saved notebook
+    hundreds of carriage-return updates, as a text bar written 10 times a second does).
+    """
     if not enabled:
         return contextlib.nullcontext()
     try:
@@ -136,9 +142,11 @@ def _progress(enabled: bool) -> contextlib.AbstractContextManager[Any]:
         get_client()
         return contextlib.nullcontext()
     except (ImportError, ValueError):
-        from dask.diagnostics import ProgressBar
+        from tqdm.auto import tqdm
+        from tqdm.dask import TqdmCallback
 
-        return ProgressBar()
+        return TqdmCallback(tqdm_class=tqdm, desc="xr_unmix: computing and writing", unit="task",
+                            leave=False, mininterval=0.5)
 
 
 def _all_done(*_: Any) -> None:

@@ -62,7 +62,7 @@ def cog_job(abundance: xr.DataArray, path: PathLike, *, compress: str = "DEFLATE
     elif level is not None:
         raise ParameterError(f"level applies to DEFLATE and ZSTD, not {compress}")
     arr, names = as_layers(abundance)
-    check_crs(arr, require_crs, path, stacklevel=5)
+    check_crs(arr, require_crs, path)
     arr = north_up(arr.astype(np.float32))
     keep = {k: v for k, v in arr.attrs.items() if k not in ("_FillValue", "scale_factor", "add_offset")}
     arr = arr.copy()

@@ -33,7 +33,7 @@ def zarr_job(abundance: xr.DataArray, store: PathLike, *, name: str | None = Non
     if not isinstance(arr, xr.DataArray):
         raise TypeError(f"expected an xarray.DataArray, got {type(arr).__name__}")
     as_layers(arr)  # validates dims
-    check_crs(arr, require_crs, store, stacklevel=5)
+    check_crs(arr, require_crs, store)
     var = name or (str(arr.name) if arr.name is not None else "abundance")
     arr = arr.copy()
     arr.attrs = {k: v for k, v in arr.attrs.items() if k != "_FillValue"}

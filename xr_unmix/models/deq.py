@@ -549,10 +549,12 @@ class DEQUnmix(UnmixModel):
             s["max_residual"] = max(float(s["max_residual"]), res)
             s["max_iterations"] = max(int(s["max_iterations"]), info.n_iter)
         if warn and not info.all_converged and not torch.is_grad_enabled():
+            from .._warn import user_stacklevel
+
             warnings.warn(
                 f"DEQUnmix: the fixed-point solve stopped after {info.n_iter} iterations with relative "
                 f"residual {res:.3g} > tol={info.tol:g}; raise max_iter or loosen tol",
-                ConvergenceWarning, stacklevel=3,
+                ConvergenceWarning, stacklevel=user_stacklevel(),
             )
 
     # -- training -------------------------------------------------------------------------------------

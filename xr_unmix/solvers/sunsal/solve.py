@@ -132,11 +132,13 @@ def sunsal_solve(
                       max_primal_residual=float(tally.worst), polished_fraction=(tally.n_pol / N if N else 0.0),
                       mean_iterations=(float(tally.total_it) / N if N else 0.0))
     if warn and tol > 0 and N and n_conv < N:
+        from ..._warn import user_stacklevel
+
         warnings.warn(
             f"SUnSAL: {N - n_conv} of {N} pixels did not reach tol={tol} in max_iter={max_iter} "
             f"iterations (largest primal residual {tally.worst:.3g})",
             ConvergenceWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
     if bad is not None:
         out.index_fill_(1, bad, float("nan"))
