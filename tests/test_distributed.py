@@ -263,3 +263,19 @@ def test_compute_settled_waits_for_running_tasks_when_one_fails(client, tmp_path
     settled = log.read_text()
     time.sleep(1.5)  # longer than a slow task: anything still running would write now
     assert log.read_text() == settled
+
+
+def test_bundles_on_cluster_equal_threads_and_numpy(client) -> None:
+    """Bundle fractions and uncertainties: the same numbers on a cluster, threads and numpy."""
+    from xr_unmix.testing import make_endmembers
+
+    E = make_endmembers(30, 6, seed=3)
+    lib = E.assign_coords({"class": ("endmember", ["a", "b", "c", "a", "b", "c"])})
+    cube, _, _ = make_cube(20, 24, endmembers=E, seed=2)
+    eager = cube.unmix.bundles(lib, n_mc=5, seed=11)
+    lazy = cube.chunk({"y": 10, "x": 8}).unmix.bundles(lib, n_mc=5, seed=11)
+    threaded = _threads(lambda: lazy.compute())
+    distributed = client.compute(lazy).result()
+    for v in ("fraction", "uncertainty"):
+        np.testing.assert_array_equal(distributed[v].values, threaded[v].values)
+        np.testing.assert_allclose(distributed[v].values, eager[v].values, rtol=0, atol=1e-9)

@@ -44,9 +44,10 @@ _LAZY = {
     "vca": "extraction",
     "extract_endmembers": "extraction",
     "estimate_n_endmembers": "extraction",
+    "write_bundles": "io.bundles",
 }
 _SUBMODULES = {"metrics", "solvers", "models", "tiling", "datasets", "io", "extraction", "testing",
-               "endmembers", "simulate", "batch", "library", "metadata", "pipeline", "cli"}
+               "endmembers", "simulate", "batch", "library", "metadata", "pipeline", "cli", "bundles"}
 
 __all__ = [
     "BandMismatchError", "ConvergenceWarning", "DimensionError", "MissingCRSError", "ModelFileError",

@@ -36,6 +36,7 @@ def _method(fn: Callable[..., Any]) -> Callable[..., Any]:
     self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
     method.__signature__ = sig.replace(parameters=[self_param, *params[1:]])  # type: ignore[attr-defined]
     del method.__wrapped__  # inspect must use __signature__ (self, ...), not fn's (cube, ...)
+    method.function = fn  # type: ignore[attr-defined]  (the free function, for docs and tests)
     return method
 
 
@@ -84,8 +85,9 @@ class UnmixAccessor:
     apply_model = _method(api.apply_model)
     endmembers = _Lazy("extraction", "extract_endmembers")
     n_endmembers = _Lazy("extraction", "estimate_n_endmembers")
+    bundles = _Lazy("bundles", "bundles")
 
 
 #: the accessor's methods, by name (docs/api.md lists each; tests/test_docs.py checks it)
-METHODS = ("sunsal", "fcls", "nnls", "ls", "admm", "deq", "apply_model", "endmembers",
-           "n_endmembers")
+METHODS = tuple(n for n, v in vars(UnmixAccessor).items()
+                if not n.startswith("_") and (callable(v) or isinstance(v, _Lazy)))

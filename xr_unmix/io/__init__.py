@@ -10,6 +10,7 @@ One module an idea:
 - :mod:`~xr_unmix.io.bands`: wavelengths, the good-band mask, bad bands and ignore windows;
 - :mod:`~xr_unmix.io.cog` and :mod:`~xr_unmix.io.zarr`: :func:`to_cog`, :func:`to_zarr`;
 - :mod:`~xr_unmix.io.write`: :func:`write`, several products from one computation;
+- :mod:`~xr_unmix.io.bundles`: :func:`write_bundles`, the fraction and uncertainty of bundle unmixing;
 - :mod:`~xr_unmix.io.atomic`: the one atomic-publish helper (products, batch sidecars, model files);
 - :mod:`~xr_unmix.io._jobs`: what the writers share (a product as a staged job, the checks).
 
