@@ -33,6 +33,7 @@ def _method(fn: Callable[..., Any]) -> Callable[..., Any]:
     self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
     method.__signature__ = sig.replace(parameters=[self_param, *params[1:]])  # type: ignore[attr-defined]
     del method.__wrapped__  # inspect must use __signature__ (self, ...), not fn's (cube, ...)
+    method.function = fn  # type: ignore[attr-defined]  (the free function, for docs and tests)
     return method
 
 
@@ -83,5 +84,5 @@ class UnmixAccessor:
 
 
 #: the accessor's methods, by name (docs/api.md lists each; tests/test_docs.py checks it)
-METHODS = ("sunsal", "fcls", "nnls", "ls", "admm", "deq", "apply_model", "endmembers",
-           "n_endmembers", "bundles")
+METHODS = tuple(n for n, v in vars(UnmixAccessor).items()
+                if not n.startswith("_") and (callable(v) or isinstance(v, _Lazy)))

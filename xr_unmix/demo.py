@@ -11,12 +11,14 @@ import xarray as xr
 
 
 def sample_scene_dir() -> Path:
-    """Folder of the sample scenes (inside an installed wheel, or the repository's ``sample_scenes``)."""
+    """Folder of the sample scenes: ``xr_unmix/sample_scenes`` inside an installed wheel (scene A, its
+    truth and the endmembers), or the checkout's ``sample_scenes`` (scenes A and B)."""
     here = Path(__file__).resolve().parent
     for cand in (here / "sample_scenes", here.parent / "sample_scenes"):
-        if (cand / "endmembers.csv").exists():
+        if (cand / "endmembers.csv").exists() and (cand / "scene_a.tif").exists():
             return cand
-    raise FileNotFoundError("sample scenes not found; run `make scenes` in a repository checkout")
+    raise FileNotFoundError(f"sample scenes not found in {here / 'sample_scenes'} (an installed wheel "
+                            "ships them) or beside the package; in a checkout run `make scenes`")
 
 
 def open_truth(path: Path | str) -> xr.DataArray:
@@ -63,8 +65,8 @@ def run_demo(out: Path | str = "out", *, scene: str = "scene_a") -> dict[str, An
     import xr_unmix  # noqa: F401  (accessor)
 
     from .endmembers import read_endmembers, resample_spectra
-    from .io import open_cube, to_cog, to_zarr
-    from .metrics import reconstruction_error, rmse
+    from .io import open_abundance, open_cube, write
+    from .metrics import rmse
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -75,13 +77,13 @@ def run_demo(out: Path | str = "out", *, scene: str = "scene_a") -> dict[str, An
         E = resample_spectra(E, cube)
     t0 = time.perf_counter()
     ab = cube.unmix.fcls(E)
-    cog = to_cog(ab, out / f"{scene}_abundance.tif", overwrite=True)
-    zarr = to_zarr(ab, out / f"{scene}_abundance.zarr", overwrite=True)
-    err = reconstruction_error(cube, E, ab)
-    qual = to_cog(err, out / f"{scene}_rmse.tif", overwrite=True)
+    # one computation: the Zarr store, then the COG and the RMSE layers from it
+    cog, zarr, qual, _ = write(ab, cog=out / f"{scene}_abundance.tif",
+                               zarr=out / f"{scene}_abundance.zarr", quality=cube, endmembers=E,
+                               overwrite=True)
     elapsed = time.perf_counter() - t0
     truth = open_truth(src / f"{scene}_truth.tif").sel(endmember=ab.endmember.values)
-    ab_mem = ab.compute()
+    ab_mem = open_abundance(zarr).compute()
     score = rmse(ab_mem, truth)
     png = save_png([("FCLS", ab_mem), ("truth", truth)], out / f"{scene}_abundance.png")
     print(f"scene      {src / (scene + '.tif')}  ({cube.sizes['band']} bands, "

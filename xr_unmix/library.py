@@ -51,7 +51,11 @@ def load_library(name: str = "usgs") -> xr.DataArray:
         lib = load_usgs_library(which)
         return lib.assign_coords(material=("endmember", np.array(lib.endmember.values, dtype=object)))
     if name in ("earthlib", "earthlib_full"):
-        import earthlib
+        try:
+            import earthlib
+        except ImportError as exc:
+            raise ModuleNotFoundError(f"library {name!r} needs earthlib: pip install "
+                                      "'xr-unmix[scenes]'", name="earthlib") from exc
 
         spectra = earthlib.library if name == "earthlib" else earthlib.full_library
         wl = np.asarray(spectra.sensor.band_centers, dtype=np.float64)

@@ -130,9 +130,9 @@ def north_up(arr: xr.DataArray) -> xr.DataArray:
 def _progress(enabled: bool) -> contextlib.AbstractContextManager[Any]:
     """A tqdm bar over the tasks, for local schedulers (under ``distributed``: its dashboard).
 
-    ``tqdm.auto``: a widget in Jupyter (with ``ipywidgets``, the ``notebook`` extra), a text bar on
-    a terminal; ``leave=False``, so that a finished bar leaves no line (nor a saved notebook
-    hundreds of carriage-return updates, as a text bar written 10 times a second does).
+    :class:`xr_unmix._progress.DaskProgress`: a widget in Jupyter (with ``ipywidgets``, the
+    ``notebook`` extra), a text bar on a terminal; a finished bar leaves no line behind, nor
+    anything in a saved notebook.
     """
     if not enabled:
         return contextlib.nullcontext()
@@ -142,11 +142,9 @@ def _progress(enabled: bool) -> contextlib.AbstractContextManager[Any]:
         get_client()
         return contextlib.nullcontext()
     except (ImportError, ValueError):
-        from tqdm.auto import tqdm
-        from tqdm.dask import TqdmCallback
+        from .._progress import DaskProgress
 
-        return TqdmCallback(tqdm_class=tqdm, desc="xr_unmix: computing and writing", unit="task",
-                            leave=False, mininterval=0.5)
+        return DaskProgress(desc="xr_unmix: computing and writing")
 
 
 def _all_done(*_: Any) -> None:
