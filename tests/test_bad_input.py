@@ -44,8 +44,10 @@ from xr_unmix.errors import (
     DimensionError,
     InputError,
     InputTypeError,
+    ModelFileError,
     OutputError,
     OutputExistsError,
+    ParameterError,
     SchedulerError,
     WavelengthMismatchError,
 )
@@ -298,6 +300,37 @@ def _tamper(path: Path, out: Path, *, tensors=None, config=None) -> Path:
     return out
 
 
+def test_nan_weights_refused_by_load_model(tmp_path: Path, scene) -> None:
+    import torch
+
+    _, E, _ = scene
+    saved = xr_unmix.UADMMNet.from_endmembers(E).save(tmp_path / "m.safetensors")
+    name = next(k for k in xr_unmix.UADMMNet.from_endmembers(E).state_dict() if k.startswith("W"))
+    bad = _tamper(saved, tmp_path / "nan.safetensors",
+                  tensors={name: lambda t: torch.full_like(t, float("nan"))})
+    with pytest.raises(ModelFileError, match=f"nan.safetensors: tensor {name!r} holds .*NaN/inf"):
+        xr_unmix.load_model(bad)
+    # the normalisation keeps non-finite output non-finite (never a uniform 1/R)
+    net = xr_unmix.UADMMNet.from_endmembers(E)
+    z = torch.tensor([[float("nan"), 0.2, 0.3], [0.0, 0.0, 0.0]])
+    out = net.normalize(z)
+    assert torch.isnan(out[0]).all() and torch.allclose(out[1], torch.full((3,), 1 / 3))
+
+
+@pytest.mark.parametrize("lam", [1e4, 1e6])
+def test_float32_sunsal_keeps_constraints_at_large_lam(scene, lam: float) -> None:
+    cube, E, _ = scene
+    a = cube.unmix.sunsal(E, lam=lam).values  # ANC + ASC: lam changes nothing on the simplex
+    assert a.dtype == np.float32 and float(a.min()) >= 0.0
+    assert float(np.abs(a.sum(0) - 1).max()) <= 1e-5
+    np.testing.assert_allclose(a, cube.unmix.fcls(E).values, atol=1e-6)
+    asc = cube.unmix.sunsal(E, lam=lam, anc=False).values  # ASC only: solved in float64
+    assert asc.dtype == np.float32 and float(np.abs(asc.sum(0) - 1).max()) <= 1e-5
+    np.testing.assert_allclose(asc, cube.unmix.sunsal(E, lam=lam, anc=False, dtype="float64").values,
+                               atol=1e-5)
+    assert float(asc.min()) >= -1e-5  # large lam: next to the simplex (was -0.054 at 1e6)
+
+
 def test_resume_rechecks_a_zarr_with_a_deleted_chunk(files) -> None:
     from xr_unmix.batch import run_batch
 
@@ -412,6 +445,34 @@ def test_closed_port(files) -> None:
     with pytest.raises(SchedulerError, match=r"not a scheduler address \(host:port"):
         probe_scheduler("8786")
     assert time.monotonic() - t0 <= 5  # refused at once, not retried until a timeout
+
+
+@pytest.mark.parametrize("config, words", [
+    ({"hidden": 6000, "cnn_layers": 4},
+     (r"its DEQUnmix config does not fit its tensors \(a damaged or tampered file\): "
+      r"cnn.convs.0.weight is \[16, 6, 3, 3\] in the file but \[6000, 6, 3, 3\] by its config"
+      r".*hidden=6000")),
+    ({"max_iter": 10**9, "tol": 0.0},
+     r"invalid DEQUnmix config \(max_iter and b_max_iter must be in \[1, 10000\], got 1000000000"),
+])
+def test_tampered_model_config_refused_before_building(tmp_path: Path, scene, config, words) -> None:
+    _, E, _ = scene
+    saved = xr_unmix.DEQUnmix.from_endmembers(E, seed=0).save(tmp_path / "deq.safetensors")
+    bad = _tamper(saved, tmp_path / "bad.safetensors", config=config)
+    t0 = time.monotonic()
+    with pytest.raises(ModelFileError, match=f"bad.safetensors: {words}"):
+        xr_unmix.load_model(bad)
+    assert time.monotonic() - t0 < 1.0  # checked on torch's meta device: not 2.85 GB in 24 s
+
+
+def test_unbounded_solver_settings_refused(scene) -> None:
+    cube, E, _ = scene
+    with pytest.raises(ValueError, match=r"max_iter and b_max_iter must be in \[1, 10000\]"):
+        xr_unmix.DEQUnmix.from_endmembers(E, max_iter=10**9, tol=0.0)
+    with pytest.raises(ValueError, match=r"tol and b_tol must be finite and >= 0"):
+        xr_unmix.DEQUnmix.from_endmembers(E, tol=float("nan"))
+    with pytest.raises(ParameterError, match=r"max_iter must be in \[1, 100000\], got 1000000000"):
+        cube.unmix.sunsal(E, max_iter=10**9, tol=0.0)
 
 
 # == Crashes and unclear errors =============================================================

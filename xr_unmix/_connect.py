@@ -10,7 +10,6 @@ from typing import Any
 
 from .errors import SchedulerError
 
-
 #: Seconds :func:`connect_client` waits for a scheduler to answer (the handshake included).
 CONNECT_TIMEOUT = 10.0
 

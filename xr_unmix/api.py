@@ -19,6 +19,10 @@ from .errors import InputTypeError, ParameterError
 from .runtime import torch_threads
 from .tiling import map_tiles
 
+#: Most ADMM iterations :func:`sunsal` accepts (``tol=0`` runs exactly ``max_iter``): a bound on the
+#: work per pixel, so that a mistyped ``max_iter=1e9`` is refused instead of running for days.
+MAX_ITER = 100_000
+
 ModelLike = Any  # an xr_unmix model instance, or a path to a saved one
 
 
@@ -79,7 +83,8 @@ def sunsal(
     anc, asc : bool
         Non-negativity and sum-to-one constraints. ``lam=0, anc=asc=True`` is FCLS.
     max_iter, tol, mu, adaptive_mu
-        ADMM controls, see :func:`xr_unmix.solvers.sunsal_solve`.
+        ADMM controls, see :func:`xr_unmix.solvers.sunsal_solve` (``max_iter`` at most
+        :data:`MAX_ITER`).
     device : str
         ``"cpu"`` or ``"cuda"``.
     dtype : {"float32", "float64"}
@@ -125,8 +130,8 @@ def _check_solver_params(lam: float, max_iter: int, tol: float) -> None:
         raise ParameterError(f"lam, max_iter and tol must be numbers: {exc}") from exc
     if not (np.isfinite(lam_f) and lam_f >= 0):
         raise ParameterError(f"lam must be a finite number >= 0 (the l1 weight), got {lam}")
-    if it < 1:
-        raise ParameterError(f"max_iter must be >= 1, got {max_iter}")
+    if not 1 <= it <= MAX_ITER:
+        raise ParameterError(f"max_iter must be in [1, {MAX_ITER}], got {max_iter}")
     if not (np.isfinite(tol_f) and tol_f >= 0):
         raise ParameterError(f"tol must be a finite number >= 0, got {tol}")
 

@@ -199,6 +199,7 @@ def load_model(path: str | os.PathLike[str], *, map_location: str = "cpu") -> Un
     if cls is None:
         raise ModelFileError(f"{path} holds an unknown model class {cls_name!r}; "
                              f"known: {sorted(_REGISTRY)}")
+    check_tensors(path, cls, config, tensors)
     try:
         model = cls._from_config(config)
         model.load_state_dict(tensors, strict=True)
@@ -206,3 +207,42 @@ def load_model(path: str | os.PathLike[str], *, map_location: str = "cpu") -> Un
         raise ModelFileError(f"{path}: tensors do not match the {cls_name} config: {exc}") from exc
     model.eval()
     return model.to(map_location)
+
+
+def check_tensors(path: Path, cls: type[UnmixModel], config: dict[str, Any],
+                  tensors: dict[str, torch.Tensor]) -> None:
+    """Check a model file's config against its tensors before anything is allocated.
+
+    The model is first built on torch's ``meta`` device (shapes only, no memory, no initialisation),
+    so that a config that does not fit the tensors -- e.g. a tampered ``hidden=6000`` that would
+    allocate gigabytes -- or one outside the class's bounds fails at once. Every floating-point
+    tensor must be finite: NaN weights would give NaN (or, once normalised, uniform) abundances.
+
+    Raises
+    ------
+    ModelFileError
+        Naming the file and the first tensors or settings at fault.
+    """
+    name = cls.__name__
+    try:
+        with torch.device("meta"):
+            skeleton = cls._from_config(config)
+    except (RuntimeError, TypeError, ValueError, KeyError, NotImplementedError) as exc:
+        raise ModelFileError(f"{path}: invalid {name} config ({' '.join(str(exc).split())}); "
+                             "a damaged or tampered file") from exc
+    want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in tensors.items()}
+    if want != have:
+        diffs = [f"{k} is {list(have[k])} in the file but {list(want[k])} by its config"
+                 for k in want if k in have and have[k] != want[k]]
+        diffs += [f"{k} is missing" for k in want if k not in have]
+        diffs += [f"{k} is not part of a {name}" for k in have if k not in want]
+        settings = ", ".join(f"{k}={v}" for k, v in config.items()
+                             if isinstance(v, int) and not isinstance(v, bool))
+        raise ModelFileError(f"{path}: its {name} config does not fit its tensors (a damaged or "
+                             f"tampered file): {'; '.join(diffs[:3])} (config: {settings})")
+    for k, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            n = int((~torch.isfinite(t)).sum())
+            raise ModelFileError(f"{path}: tensor {k!r} holds {n} NaN/inf values (a damaged or "
+                                 "tampered file); retrain or restore the model")

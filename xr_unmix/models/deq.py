@@ -51,6 +51,18 @@ from .base import UnmixModel, register_model
 #: Tile overlap used by ``cube.unmix.deq`` when none is given: measured by recipes/deq_seams.py
 #: (max |tiled - whole| on Jasper Ridge with a trained model, blended tiles; see docs/deq.md).
 DEFAULT_HALO = 16
+#: Most fixed-point (and backward) iterations a model may be configured with: a bound on the work of
+#: one solve, whatever a (tampered) config says.
+MAX_ITER = 10_000
+
+
+def _check_iterations(max_iter: int, tol: float, b_max_iter: int, b_tol: float) -> None:
+    """Refuse solver settings without a bound on the work (``max_iter=1e9``) or with no meaning."""
+    if not (1 <= max_iter <= MAX_ITER and 1 <= b_max_iter <= MAX_ITER):
+        raise ValueError(f"max_iter and b_max_iter must be in [1, {MAX_ITER}], got {max_iter} and "
+                         f"{b_max_iter}")
+    if not (math.isfinite(tol) and tol >= 0 and math.isfinite(b_tol) and b_tol >= 0):
+        raise ValueError(f"tol and b_tol must be finite and >= 0, got {tol} and {b_tol}")
 
 
 class _CNN(nn.Module):
@@ -145,14 +157,15 @@ class DEQUnmix(UnmixModel):
     step : float
         ``eta * ||M||_2^2`` (1 = the classical ``1/L`` step of projected gradient descent).
     max_iter, tol : int, float
-        Forward Anderson solve: iteration limit and relative-residual tolerance.
+        Forward Anderson solve: iteration limit (at most :data:`MAX_ITER`) and relative-residual
+        tolerance (>= 0).
     anderson_m, anderson_lam, anderson_beta : int, float, float
         Anderson history, relative regularisation and damping.
     backward : {"implicit", "jfb", "unrolled"}
         Gradient: implicit differentiation, Jacobian-free, or backprop through ``max_iter`` unrolled
         plain iterations (memory grows with iterations; for comparisons).
     b_max_iter, b_tol : int, float
-        Backward (implicit) solve: iteration limit and tolerance.
+        Backward (implicit) solve: iteration limit (at most :data:`MAX_ITER`) and tolerance.
     learn_endmembers : bool
         Train the endmembers (kept >= 0) or keep them fixed.
     fcls_iter : int
@@ -204,8 +217,7 @@ class DEQUnmix(UnmixModel):
             raise ValueError(f"projection must be 'simplex' or 'scaled', got {projection!r}")
         if not precondition >= 0:
             raise ValueError(f"precondition must be >= 0, got {precondition}")
-        if max_iter < 1 or b_max_iter < 1:
-            raise ValueError("max_iter and b_max_iter must be >= 1")
+        _check_iterations(max_iter, tol, b_max_iter, b_tol)
         self.config = dict(
             hidden=int(hidden), cnn_layers=int(cnn_layers), kernel_size=int(kernel_size),
             use_cnn=bool(use_cnn),

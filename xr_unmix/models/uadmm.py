@@ -161,10 +161,12 @@ class _UnrolledNet(UnmixModel):
         self.check_bands(y.shape[-1])
 
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
-        """Divide non-negative rows ``(n, R)`` by their sum; an all-zero row becomes uniform ``1/R``."""
+        """Divide non-negative rows ``(n, R)`` by their sum; an all-zero row becomes uniform ``1/R``,
+        a row with NaN or inf stays NaN (never a plausible-looking uniform row)."""
         s = z.sum(-1, keepdim=True)
         tiny = torch.finfo(z.dtype).tiny
-        return torch.where(s > tiny, z / s.clamp_min(tiny), torch.full_like(z, 1.0 / self.n_endmembers))
+        zero = torch.where(torch.isfinite(s), 1.0 / self.n_endmembers, torch.nan).to(z.dtype)
+        return torch.where(torch.isfinite(s) & (s > tiny), z / s.clamp_min(tiny), zero.expand_as(z))
 
     def iterate(self, y: torch.Tensor, W: torch.Tensor | None = None) -> torch.Tensor:
         """The last layer's non-negative output ``(n, R)`` before the sum-to-one normalisation.

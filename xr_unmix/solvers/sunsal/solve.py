@@ -18,6 +18,10 @@ from .phases import Schedule
 from .polish import TABLE_MAX_CODES, get_polisher
 from .problem import ArrayLike, as_tensor, data_term, normalize_problem, read_inputs
 
+#: Above this normalised l1 weight (``lam / ||E||_2^2``) an ASC-only float32 solve runs in float64: its
+#: float32 error grows as ``lam_n * eps`` (sum-to-one off by 1.6e-5 at ``lam_n = 2.9``, 7e-7 at 0.29).
+LAM_N_FLOAT32 = 1.0
+
 
 @dataclass(frozen=True)
 class SunsalInfo:
@@ -59,7 +63,10 @@ def sunsal_solve(
     E : array or Tensor, shape (bands, R)
         Endmember matrix; finite, full column rank unless ``mu > 0`` keeps the system regular.
     lam : float
-        l1 weight (``lam >= 0``), in the units of the original problem.
+        l1 weight (``lam >= 0``), in the units of the original problem. With ``anc`` and ``asc`` it is
+        a constant on the simplex and is dropped (the same answer, exact in float32 at any ``lam``);
+        with ``asc`` alone and ``lam / ||E||_2^2 >`` :data:`LAM_N_FLOAT32` a float32 solve runs in
+        float64 (its error grows as ``lam * eps``) and is returned as float32.
     anc, asc : bool
         Enforce non-negativity / sum-to-one.
     mu : float, optional
@@ -107,10 +114,22 @@ def sunsal_solve(
     ValueError
         Shapes that do not fit, ``lam < 0``, ``mu <= 0``, non-finite or all-zero ``E``.
     """
+    if anc and asc and lam > 0:
+        # on the simplex lam ||x||_1 = lam is a constant: the same answer without it, and a large lam
+        # only cost float32 precision there (sum-to-one off by 1e-3 at lam=1e4, 0.09 at lam=1e6)
+        lam = 0.0
     inp = read_inputs(Y, E, x0, lam=lam, max_iter=max_iter, tol=tol, batch_pixels=batch_pixels, device=device,
                       dtype=dtype)
     R, N, dtype = inp.R, inp.N, inp.dtype
     nrm = normalize_problem(inp.E64, lam=lam, mu=mu, normalize=normalize, dtype=dtype)
+    if asc and not anc and dtype == torch.float32 and nrm.lam_n > LAM_N_FLOAT32:
+        # ASC alone with a large lam: float32's error grows as lam_n * eps (sum-to-one off by 1e-4 at
+        # lam_n = 29, values -0.05 instead of -6e-7 at lam_n = 3e4): solved in float64, returned float32
+        res = sunsal_solve(Y, E, lam=lam, anc=anc, asc=asc, mu=mu, max_iter=max_iter, tol=tol,
+                           adaptive_mu=adaptive_mu, normalize=normalize, x0=x0, device=device,
+                           dtype=torch.float64, batch_pixels=batch_pixels, return_info=return_info,
+                           warn=warn, polish=polish)
+        return (res[0].float(), res[1]) if isinstance(res, tuple) else res.float()
     # A large library with ANC: a batched active-set solve of every pixel first (exact, a few steps per
     # non-zero abundance), with a float64 data term (with cond(E^T E) ~ 1e7-1e9, a float32 data term alone
     # moved the exact answer by up to 2e-2; its cost is the product, a small part of the solve there)
