@@ -90,7 +90,7 @@ def main() -> None:
     t_b = time.perf_counter() - t
     one = on.isel(endmember=[list(on["class"].values).index(c) for c in keep])
     t = time.perf_counter()
-    cube.unmix.fcls(one).values
+    _ = cube.unmix.fcls(one).values
     t_f = time.perf_counter() - t
     r_loop = loop_rate(cube, on, keep, a.n_mc, a.max_endmembers, a.loop_pixels)
     print(f"bundles (vectorised): {n / t_b:10.0f} px/s  ({t_b:.2f} s)")
