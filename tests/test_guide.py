@@ -208,8 +208,31 @@ def test_the_guide_has_blocks():
     assert kinds == {"python", "shell"}, kinds
 
 
+def repo_root_files(folder: Path) -> None:
+    """What a block that runs "from the repository root" reads: the product fixtures (written by
+    tests/io/make_product_fixtures.py into fixtures/, as the guide says), that script under
+    tests/io/ and the sample scenes under sample_scenes/."""
+    import sys
+
+    (folder / "tests" / "io").mkdir(parents=True)
+    shutil.copy(ROOT / "tests" / "io" / "make_product_fixtures.py", folder / "tests" / "io")
+    (folder / "sample_scenes").mkdir()
+    for name in ("scene_a.tif", "endmembers.csv"):
+        shutil.copy(sample_scene_dir() / name, folder / "sample_scenes" / name)
+    sys.path.insert(0, str(ROOT / "tests" / "io"))
+    try:
+        import make_product_fixtures as fx
+    finally:
+        sys.path.remove(str(ROOT / "tests" / "io"))
+    (folder / "fixtures").mkdir()
+    for fn in (fx.write_envi, fx.write_emit, fx.write_enmap):
+        fn(folder / "fixtures")
+
+
 @pytest.mark.parametrize("block", ALL_BLOCKS, ids=lambda b: b.id)
 def test_block_runs(block, workdir):
+    if any(p in block.code for p in ("fixtures/", "tests/io", "sample_scenes/")):
+        repo_root_files(workdir)
     if block.lang == "python":
         code = compile(block.code, block.id, "exec")
         if not block.skipped:
