@@ -371,3 +371,30 @@ def test_cli_run_library_not_covering_the_scene(cli_files):
     r = CliRunner().invoke(main, ["run", str(scene), "--library", str(tmp / "none.csv"),
                                   "--out", str(tmp / "f.tif")])
     assert r.exit_code == 2 and "no library file" in r.output, r.output
+
+
+def test_stac_item_names_eo_bands_by_class(tmp_path):
+    pytest.importorskip("rio_stac", reason="rio-stac (the stac extra) is not installed")
+    import json
+
+    cube, lib, _ = bundle_scene(0.1)
+    ds = cube.unmix.bundles(lib, n_mc=3)
+    paths = write_bundles(ds, tmp_path / "fractions.tif")
+    item = xr_unmix.stac_item(paths[0])
+    d = json.loads((tmp_path / "fractions.json").read_text())
+    assert d["id"] == "fractions" and d["assets"]["data"]["href"] == "fractions.tif"
+    assert [b["name"] for b in d["assets"]["data"]["eo:bands"]] == list(CLASSES)
+    assert d["properties"]["xr_unmix:method"] == "bundles_sma"
+    proj = {k: v for k, v in d["properties"].items() if k.startswith("proj:")}
+    assert proj.get("proj:epsg") == 32633 or proj.get("proj:code") == "EPSG:32633", proj
+    assert item.id == "fractions"
+    # a plain abundance COG: bands named by endmember
+    ab = cube.unmix.fcls(lib.isel(endmember=[0, 4, 8]))
+    p = xr_unmix.to_cog(ab, tmp_path / "ab.tif")
+    names = [b["name"] for b in xr_unmix.stac_item(p, write=False).assets["data"].extra_fields[
+        "eo:bands"]]
+    assert names == list(ab.endmember.values)
+    from xr_unmix.errors import MissingInputError
+
+    with pytest.raises(MissingInputError):
+        xr_unmix.stac_item(tmp_path / "none.tif")

@@ -45,6 +45,7 @@ _LAZY = {
     "extract_endmembers": "extraction",
     "estimate_n_endmembers": "extraction",
     "write_bundles": "io.bundles",
+    "stac_item": "io.stac",
 }
 _SUBMODULES = {"metrics", "solvers", "models", "tiling", "datasets", "io", "extraction", "testing",
                "endmembers", "simulate", "batch", "library", "metadata", "pipeline", "cli", "bundles"}
