@@ -297,3 +297,104 @@ def test_real_earthlib_bundles():
     with pytest.raises(WavelengthMismatchError, match="does not cover 1 of"):
         cube.assign_coords(wavelength=("band", np.r_[wl[:-1], 1400.0])).unmix.bundles(
             lib, classes=keep)
+
+
+# -- command line ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def cli_files(tmp_path):
+    from xr_unmix.endmembers import write_endmembers
+    from xr_unmix.testing import write_cube_tif
+
+    cube, lib, _ = bundle_scene(0.1, ny=16, nx=20)
+    scene = write_cube_tif(cube, tmp_path / "scene.tif")
+    lib_csv = write_endmembers(lib, tmp_path / "lib.csv")
+    return tmp_path, scene, lib_csv, cube, lib
+
+
+def test_cli_run_library_writes_fraction_and_uncertainty(cli_files):
+    import rasterio
+    from click.testing import CliRunner
+
+    from xr_unmix.cli import main
+
+    tmp, scene, lib_csv, cube, lib = cli_files
+    out = tmp / "fractions.tif"
+    r = CliRunner().invoke(main, ["run", str(scene), "--library", str(lib_csv), "--n-mc", "6",
+                                  "--out", str(out), "--chunk", "16"])
+    assert r.exit_code == 0, r.output
+    assert "fractions_uncertainty.tif" in r.output
+    want = cube.unmix.bundles(lib, n_mc=6, seed=0)
+    for p, v in ((out, "fraction"), (tmp / "fractions_uncertainty.tif", "uncertainty")):
+        with rasterio.open(p) as src:
+            assert src.descriptions == CLASSES and src.crs == cube.rio.crs
+            np.testing.assert_allclose(src.read(), want[v].values, atol=1e-5)
+    r = CliRunner().invoke(main, ["run", str(scene), "--library", str(lib_csv), "--n-mc", "4",
+                                  "--mesma", "--normalization", "brightness",
+                                  "--out", str(tmp / "m.zarr")])
+    assert r.exit_code == 0, r.output
+    assert (tmp / "m_rmse.zarr").exists() and (tmp / "m_uncertainty.zarr").exists()
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--n-mc", "0"], "--n-mc: n_mc must be an integer >= 1"),
+    (["--max-endmembers", "0"], "--max-endmembers: max_endmembers must be"),
+    (["--endmembers", "x.csv"], "--endmembers: endmembers does not apply"),
+    (["--quality"], "--quality: quality does not apply"),
+    (["--method", "sunsal"], "--method: method must be one of"),
+])
+def test_cli_run_library_user_errors(cli_files, extra, match):
+    from click.testing import CliRunner
+
+    from xr_unmix.cli import main
+
+    tmp, scene, lib_csv, _, _ = cli_files
+    r = CliRunner().invoke(main, ["run", str(scene), "--library", str(lib_csv),
+                                  "--out", str(tmp / "f.tif"), *extra])
+    assert r.exit_code == 2, r.output
+    assert match in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp / "f.tif").exists()
+
+
+def test_cli_run_library_not_covering_the_scene(cli_files):
+    from click.testing import CliRunner
+
+    from xr_unmix.cli import main
+    from xr_unmix.endmembers import write_endmembers
+
+    tmp, scene, _, _, lib = cli_files
+    short = write_endmembers(lib.where(lib.wavelength < 1500, drop=True), tmp / "short.csv")
+    r = CliRunner().invoke(main, ["run", str(scene), "--library", str(short),
+                                  "--out", str(tmp / "f.tif")])
+    assert r.exit_code == 2 and "does not cover" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1
+    r = CliRunner().invoke(main, ["run", str(scene), "--library", str(tmp / "none.csv"),
+                                  "--out", str(tmp / "f.tif")])
+    assert r.exit_code == 2 and "no library file" in r.output, r.output
+
+
+def test_stac_item_names_eo_bands_by_class(tmp_path):
+    pytest.importorskip("rio_stac", reason="rio-stac (the stac extra) is not installed")
+    import json
+
+    cube, lib, _ = bundle_scene(0.1)
+    ds = cube.unmix.bundles(lib, n_mc=3)
+    paths = write_bundles(ds, tmp_path / "fractions.tif")
+    item = xr_unmix.stac_item(paths[0])
+    d = json.loads((tmp_path / "fractions.json").read_text())
+    assert d["id"] == "fractions" and d["assets"]["data"]["href"] == "fractions.tif"
+    assert [b["name"] for b in d["assets"]["data"]["eo:bands"]] == list(CLASSES)
+    assert d["properties"]["xr_unmix:method"] == "bundles_sma"
+    proj = {k: v for k, v in d["properties"].items() if k.startswith("proj:")}
+    assert proj.get("proj:epsg") == 32633 or proj.get("proj:code") == "EPSG:32633", proj
+    assert item.id == "fractions"
+    # a plain abundance COG: bands named by endmember
+    ab = cube.unmix.fcls(lib.isel(endmember=[0, 4, 8]))
+    p = xr_unmix.to_cog(ab, tmp_path / "ab.tif")
+    names = [b["name"] for b in xr_unmix.stac_item(p, write=False).assets["data"].extra_fields[
+        "eo:bands"]]
+    assert names == list(ab.endmember.values)
+    from xr_unmix.errors import MissingInputError
+
+    with pytest.raises(MissingInputError):
+        xr_unmix.stac_item(tmp_path / "none.tif")

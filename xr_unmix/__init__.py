@@ -37,12 +37,15 @@ _LAZY = {
     "write": "io",
     "open_cube": "io",
     "open_abundance": "io",
+    "conform_cube": "_dims",
+    "DEFAULT_IGNORE_REGIONS": "io.bands",
     "read_endmembers": "endmembers",
     "resample_spectra": "endmembers",
     "vca": "extraction",
     "extract_endmembers": "extraction",
     "estimate_n_endmembers": "extraction",
     "write_bundles": "io.bundles",
+    "stac_item": "io.stac",
 }
 _SUBMODULES = {"metrics", "solvers", "models", "tiling", "datasets", "io", "extraction", "testing",
                "endmembers", "simulate", "batch", "library", "metadata", "pipeline", "cli", "bundles"}

@@ -48,12 +48,20 @@ def _rio(cube: xr.DataArray) -> Any:
 
 
 def check_dims(cube: xr.DataArray, required: Sequence[str] = (BAND, Y, X)) -> None:
-    """Raise :class:`DimensionError` unless ``cube`` has exactly the dims ``required`` (any order)."""
+    """Raise :class:`DimensionError` unless ``cube`` has exactly the dims ``required`` (any order).
+
+    For a cube (``band, y, x``) the message shows the exact rename to use
+    (:func:`xr_unmix._dims.rename_hint`); :func:`xr_unmix._dims.conform_cube` does it.
+    """
     if not isinstance(cube, xr.DataArray):
         hint = (f" (pick one of its variables, e.g. ds[{next(iter(cube.data_vars), 'name')!r}])"
                 if isinstance(cube, xr.Dataset) else "")
         raise InputTypeError(f"expected an xarray.DataArray, got {type(cube).__name__}{hint}")
     if set(cube.dims) != set(required) or cube.ndim != len(required):
+        if tuple(required) == (BAND, Y, X):
+            from ._dims import rename_hint
+
+            raise DimensionError(rename_hint(cube))
         raise DimensionError(
             f"expected a DataArray with dims {tuple(required)} (any order); this one has dims "
             f"{tuple(cube.dims)}" + (" (rename the spectral dim to 'band')" if BAND not in cube.dims

@@ -18,6 +18,7 @@ from typing import Any
 import xarray as xr
 
 from . import api
+from ._dims import conform_cube
 
 
 def _method(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -26,7 +27,9 @@ def _method(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def method(self: UnmixAccessor, *args: Any, **kwargs: Any) -> Any:
-        return fn(self._obj, *args, **kwargs)
+        dims = kwargs.pop("dims", None)
+        obj = self._obj if dims is None else conform_cube(self._obj, dims)
+        return fn(obj, *args, **kwargs)
 
     sig = inspect.signature(fn)
     params = list(sig.parameters.values())
@@ -65,7 +68,9 @@ class UnmixAccessor:
     """``cube.unmix``: unmixing of a ``(band, y, x)`` hyperspectral cube.
 
     ``cube.unmix.f(...)`` is ``xr_unmix.f(cube, ...)``. Every method returns a new DataArray; the cube
-    is never modified.
+    is never modified. Every method also takes ``dims=`` for a cube whose dims are named otherwise,
+    e.g. ``cube.unmix.fcls(E, dims={"band": "wavelength", "y": "lat", "x": "lon"})``: the cube goes
+    through :func:`xr_unmix.conform_cube` first (the result has dims ``(endmember, y, x)``).
     """
 
     def __init__(self, obj: xr.DataArray) -> None:

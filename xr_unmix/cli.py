@@ -93,6 +93,29 @@ def main() -> None:
     """Hyperspectral unmixing of georeferenced cubes into abundance maps."""
 
 
+def _run_bundles(scene: str, library: str, out: Path, *, method: str, n_mc: int,
+                 max_endmembers: int, normalization: str, mesma: bool, seed: int | None,
+                 chunk: int | str, scheduler: str | None, workers: int | None, overwrite: bool,
+                 conflicts: dict[str, Any]) -> None:
+    """``run --library``: bundle unmixing, class fractions and their uncertainty written."""
+    from . import bundle_runs
+
+    mode = "mesma" if mesma else "sma"
+    bundle_runs.check_bundle_request(library, out, method=method, n_mc=n_mc,
+                                     max_endmembers=max_endmembers, normalization=normalization,
+                                     mode=mode, overwrite=overwrite, conflicts=conflicts)
+    with dask_scheduler(scheduler, workers):
+        ds = bundle_runs.unmix_bundles_scene(
+            scene, library, chunk=chunk, n_mc=n_mc, max_endmembers=max_endmembers,
+            normalization=normalization, method=method, mode=mode, seed=0 if seed is None else seed)
+        paths = bundle_runs.write_bundle_output(ds, out, overwrite=overwrite,
+                                                progress=sys.stderr.isatty())
+    click.echo(f"class fractions ({', '.join(map(str, ds['class'].values))}) -> {paths[0]}")
+    click.echo(f"uncertainty (std over {n_mc} draws) -> {paths[1]}")
+    if mesma:
+        click.echo(f"residual RMSE of the chosen draw -> {paths[2]}")
+
+
 @main.command()
 @click.argument("scene")
 @click.option("--endmembers", "endmembers", help="CSV / ENVI .sli file, or vca:N to extract N.")
@@ -114,11 +137,24 @@ def main() -> None:
               help="Resample the endmember spectra onto the scene's wavelengths (linear interpolation).")
 @click.option("--quality", is_flag=True,
               help="Also write the per-pixel reconstruction RMSE beside the output (*_rmse.tif/zarr).")
-@click.option("--seed", type=int, default=None, help="Seed for vca:N.")
+@click.option("--seed", type=int, default=None,
+              help="Seed for vca:N, and for the Monte Carlo draws of --library (default 0).")
+@click.option("--library", type=click.Path(dir_okay=False), default=None,
+              help="Class spectral library (row-wise CSV with a Class column, or ENVI .sli): bundle "
+                   "unmixing; writes class fractions to OUT and their std to OUT_uncertainty.")
+@click.option("--n-mc", "n_mc", type=int, default=50, show_default=True,
+              help="--library: Monte Carlo draws (MESMA: candidate endmember sets).")
+@click.option("--max-endmembers", type=int, default=3, show_default=True,
+              help="--library: spectra per draw, picked class-even.")
+@click.option("--normalization", type=click.Choice(["none", "brightness"]), default="none",
+              show_default=True, help="--library: brightness-normalise pixels and spectra first.")
+@click.option("--mesma", is_flag=True,
+              help="--library: per pixel, the draw with the lowest residual (also writes OUT_rmse).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 def run(scene: str, endmembers: str | None, method: str, model: str | None, out: Path, lam: float,
         scheduler: str | None, workers: int | None, device: str, chunk: str, batch_size: int | None,
-        resample: bool, quality: bool, seed: int | None, overwrite: bool) -> None:
+        resample: bool, quality: bool, seed: int | None, library: str | None, n_mc: int,
+        max_endmembers: int, normalization: str, mesma: bool, overwrite: bool) -> None:
     """Unmix SCENE into an abundance map (COG or Zarr).
 
     SCENE: a raster file, or any path GDAL opens (NETCDF:"f.nc":var, /vsizip/a.zip/a.tif,
@@ -129,9 +165,17 @@ def run(scene: str, endmembers: str | None, method: str, model: str | None, out:
       xr-unmix run scene.tif --endmembers em.csv --method fcls --out ab.tif
       xr-unmix run scene.tif --endmembers vca:4 --seed 0 --method sunsal --out ab.zarr
       xr-unmix run scene.tif --method deq --model deq.safetensors --out ab.tif --quality
+      xr-unmix run scene.tif --library lib.csv --n-mc 50 --out fractions.tif
     """
 
     chunk_px = _parse_chunk(chunk)
+    if library is not None:
+        _run_bundles(scene, library, out, method=method, n_mc=n_mc, max_endmembers=max_endmembers,
+                     normalization=normalization, mesma=mesma, seed=seed, chunk=chunk_px,
+                     scheduler=scheduler, workers=workers, overwrite=overwrite,
+                     conflicts={"endmembers": endmembers, "model": model, "lam": lam,
+                                "quality": quality, "resample": resample, "batch_size": batch_size})
+        return
     # every check that needs no computation, before a cluster starts or a tile is read
     pipeline.check_request(method, endmembers=endmembers, model=model, lam=lam,
                            batch_size=batch_size, device=device, local=scheduler is None)

@@ -367,7 +367,9 @@ def resample_spectra(spectra: Any, wavelengths: Any) -> xr.DataArray:
     res = xr.DataArray(
         out, dims=("band", "endmember"),
         coords={"band": np.arange(1, target.size + 1), "wavelength": ("band", target),
-                "endmember": E.endmember.values},
+                "endmember": E.endmember.values,
+                **{k: ("endmember", c.values) for k, c in E.coords.items()
+                   if c.dims == ("endmember",) and k != "endmember"}},  # class, material, ...
         name=E.name, attrs={**E.attrs, "resampled": 1},
     )
     if isinstance(wavelengths, xr.DataArray) and "band" in wavelengths.coords:

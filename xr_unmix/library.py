@@ -60,8 +60,10 @@ def load_library(name: str = "usgs") -> xr.DataArray:
         spectra = earthlib.library if name == "earthlib" else earthlib.full_library
         wl = np.asarray(spectra.sensor.band_centers, dtype=np.float64)
         if str(spectra.sensor.wavelength_unit).lower().startswith("micro"):
-            wl = wl * 1000.0
-        names = np.array([str(n) for n in spectra.names], dtype=object)
+            wl = np.round(wl * 1000.0, 4)  # float32 micrometres: 0.4 -> 400.0000060
+        from .endmembers import _unique_names  # earthlib repeats names ('ash', 'difubr')
+
+        names = np.array(_unique_names([str(n) for n in spectra.names]), dtype=object)
         meta = spectra.metadata
         material = (np.array([f"{a}/{b}" for a, b in zip(meta["LEVEL_2"], meta["LEVEL_3"], strict=True)],
                              dtype=object) if meta is not None else names)

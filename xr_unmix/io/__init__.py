@@ -2,8 +2,12 @@
 
 One module an idea:
 
-- :mod:`~xr_unmix.io.read`: :func:`open_cube` (GDAL rasters to ``(band, y, x)`` with wavelengths),
-  :func:`open_abundance` (maps written here, back with their CRS);
+- :mod:`~xr_unmix.io.read`: :func:`open_cube` (any supported file to a ready ``(band, y, x)`` cube,
+  the format told from the content), :func:`open_abundance` (maps written here, back with their CRS);
+- :mod:`~xr_unmix.io.gdal` (GeoTIFF/COG and any GDAL raster), :mod:`~xr_unmix.io.envi`,
+  :mod:`~xr_unmix.io.emit` (EMIT L2A NetCDF, GLT orthorectification or swath),
+  :mod:`~xr_unmix.io.enmap` (EnMAP L2A TIF + XML): one reader a format;
+- :mod:`~xr_unmix.io.bands`: wavelengths, the good-band mask, bad bands and ignore windows;
 - :mod:`~xr_unmix.io.cog` and :mod:`~xr_unmix.io.zarr`: :func:`to_cog`, :func:`to_zarr`;
 - :mod:`~xr_unmix.io.write`: :func:`write`, several products from one computation;
 - :mod:`~xr_unmix.io.bundles`: :func:`write_bundles`, the fraction and uncertainty of bundle unmixing;

@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
+
+from .gdal import auto_chunk, band_floats, open_gdal  # noqa: F401  (auto_chunk: public here)
 
 PathLike = str | os.PathLike[str]
 
@@ -63,93 +66,101 @@ def read_wavelengths(path: PathLike) -> np.ndarray | None:
     return to_nm(np.asarray(wl, dtype=np.float64), wavelength_unit(units))
 
 
-def auto_chunk(n_bands: int, itemsize: int = 4, *, target_mb: float = 64.0) -> int:
-    """Spatial chunk side (px) so that one ``(n_bands, side, side)`` chunk is about ``target_mb`` MB.
-
-    A multiple of 256 when that fits, else of 64 (at least 64): 256 for 200 float32 bands (52 MB),
-    512 for 60 bands. Used by ``open_cube(chunks="auto")``.
-    """
-    side = int((target_mb * 2**20 / (max(1, n_bands) * itemsize)) ** 0.5)
-    return side // 256 * 256 if side >= 256 else max(64, side // 64 * 64)
-
-
 def open_cube(path: PathLike, *, chunks: dict[str, int] | int | str | None = None,
-              masked: bool = True) -> xr.DataArray:
-    """Open a hyperspectral GeoTIFF (or any GDAL raster) as a ``(band, y, x)`` DataArray.
+              masked: bool = True, bad_bands: str = "drop", ignore_regions: Any = "auto",
+              ortho: bool = True) -> xr.DataArray:
+    """Open a hyperspectral image or sensor product as a ready ``(band, y, x)`` DataArray.
 
-    A thin wrapper over :func:`rioxarray.open_rasterio` that also attaches the ``wavelength``
-    coordinate (nm) from the file's metadata (see :func:`read_wavelengths`) and keeps the band axis in
-    one chunk. ``chunks`` is the spatial chunk size (an int, or a dict with ``y``/``x``), or ``"auto"``
-    for :func:`auto_chunk` (chunks of ~64 MB whatever the band count: what bounds memory).
+    The format is told from the content: an EMIT L2A/L1B NetCDF (:func:`~xr_unmix.io.emit.open_emit`),
+    an EnMAP L2A ``*-SPECTRAL_IMAGE.TIF`` with its ``*-METADATA.XML``
+    (:func:`~xr_unmix.io.enmap.open_enmap`), an ENVI image (``.hdr`` beside the binary, or the
+    ``.hdr`` itself), or any other GDAL raster (GeoTIFF/COG). Every reader sets the ``wavelength``
+    (nm), ``fwhm`` (nm, where the file has it) and ``good_band`` coordinates on ``band``, decodes the
+    scale/offset, turns fill values into NaN and sets the CRS and transform (rioxarray).
 
-    Bands with a GDAL scale/offset (``uint16`` reflectance x 10000 with scale 1e-4, as AVIRIS-NG, EMIT
-    L2A and the sample scenes store it) are decoded to physical values (float), so that they compare
-    with endmember spectra in reflectance; nodata then reads as NaN. With ``masked=True`` nodata pixels
-    read as NaN. A float file whose nodata is NaN (or unset) needs
-    no masking, and is opened without rioxarray's masking pass, which cost 5x the read itself on a
-    200-band cube; the result is the same (``_FillValue`` is moved to ``encoding`` as masking does).
+    Parameters
+    ----------
+    path : str or path-like
+    chunks : int, dict, "auto" or None
+        Spatial chunk size (an int, or a dict with ``y``/``x``), or ``"auto"`` for :func:`auto_chunk`
+        (chunks of ~64 MB whatever the band count: what bounds memory). ``None``: not dask-backed,
+        read on first use (an orthorectified EMIT cube is always dask-backed, ``"auto"``).
+    masked : bool
+        GeoTIFF/ENVI: nodata pixels read as NaN.
+    bad_bands : {"drop", "keep"}
+        ``"drop"`` (default) removes the bad bands (ENVI ``bbl``, EMIT ``good_wavelengths``) and those
+        in an ignore window; ``"keep"`` keeps all, with the ``good_band`` mask as a coordinate. The
+        choice is recorded in ``attrs["bad_bands"]`` and ``attrs["bands_dropped"]``.
+    ignore_regions : "auto", "default", None or sequence of (start_nm, stop_nm)
+        Wavelength windows to leave out (see :func:`~xr_unmix.io.bands.ignore_windows`). ``"auto"``:
+        :data:`~xr_unmix.io.bands.DEFAULT_IGNORE_REGIONS` (water vapour and detector edges) for ENVI,
+        EMIT and EnMAP, none for GeoTIFF/COG, whose band set stays as the file has it. ``None``/``()``:
+        none.
+    ortho : bool
+        EMIT: orthorectify through the GLT (default) or give the swath.
+
+    Returns
+    -------
+    DataArray (band, y, x)
+        Reflectance (or whatever the file stores), float where decoded.
+
+    Notes
+    -----
+    Bands with a GDAL scale/offset (``uint16`` reflectance x 10000 with scale 1e-4, as AVIRIS-NG and
+    the sample scenes store it) are decoded to physical values (float), so that they compare with
+    endmember spectra in reflectance; nodata then reads as NaN. A float file whose nodata is NaN (or
+    unset) needs no masking, and is opened without rioxarray's masking pass, which cost 5x the read
+    itself on a 200-band cube; the result is the same (``_FillValue`` is moved to ``encoding`` as
+    masking does).
     """
-    import rioxarray
+    from .bands import check_bad_bands, ignore_windows
 
-    if chunks == "auto":
-        import rasterio
+    check_bad_bands(bad_bands)
+    ignore_windows(ignore_regions, product=True)  # validate before any reading
+    kind, data_path = product_kind(path)
+    opts = {"bad_bands": bad_bands, "ignore_regions": ignore_regions}
+    if kind == "emit":
+        from .emit import open_emit
 
-        try:
-            with rasterio.open(path) as src:
-                n, itemsize = src.count, max(np.dtype(d).itemsize for d in src.dtypes)
-        except Exception as exc:
-            raise OSError(f"cannot open {path} as a raster: {exc}") from exc
-        chunks = auto_chunk(n, max(itemsize, 4))
-    elif isinstance(chunks, str):
-        raise ValueError(f"chunks must be an int, a dict, 'auto' or None; got {chunks!r}")
-    if isinstance(chunks, int):
-        chunks = {"y": chunks, "x": chunks}
-    ch = None if chunks is None else {"band": -1, **chunks}
-    try:
-        if masked and _nothing_to_mask(path):
-            masked, moved = False, True
-        else:
-            moved = False
-        # lock=False: with chunks, every read opens its own handle, so Dask's threads read in parallel
-        # (the default lock serialises the reads of a file within a process)
-        scaled = _has_scale(path)
-        cube = rioxarray.open_rasterio(path, chunks=ch, masked=masked or scaled,
-                                       mask_and_scale=scaled,
-                                       **({"lock": False} if ch is not None else {}))
-    except Exception as exc:  # rasterio raises its own hierarchy; name the file
-        raise OSError(f"cannot open {path} as a raster: {exc}") from exc
-    if moved and isinstance(cube, xr.DataArray) and "_FillValue" in cube.attrs:
-        cube.encoding["_FillValue"] = cube.attrs.pop("_FillValue")
-    if isinstance(cube, list | xr.Dataset):
-        raise ValueError(f"{path} holds several subdatasets; open the one with the cube")
-    wl = read_wavelengths(path)
-    if wl is not None:
-        cube = cube.assign_coords(wavelength=("band", wl))
-    return cube
+        return open_emit(data_path, chunks=chunks, ortho=ortho, **opts)
+    if kind == "enmap":
+        from .enmap import open_enmap
+
+        return open_enmap(data_path, chunks=chunks, **opts)
+    cube = open_gdal(data_path, chunks=chunks, masked=masked)
+    wl = read_wavelengths(data_path)
+    if kind == "envi":
+        from .envi import finish_envi
+
+        return finish_envi(cube, data_path, wl, **opts)
+    from .bands import finish_bands
+
+    return finish_bands(cube, wavelength=wl, fwhm=band_floats(data_path, "fwhm"), product=False,
+                        **opts)
 
 
-def _has_scale(path: PathLike) -> bool:
-    """True if any band of ``path`` has a GDAL scale other than 1 or an offset other than 0.
+def product_kind(path: PathLike) -> tuple[str, PathLike]:
+    """What :func:`open_cube` reads ``path`` as: ``("emit" | "enmap" | "envi" | "gdal", path to
+    open)``, from the content (HDF5 signature and groups, an EnMAP XML beside, an ENVI header)."""
+    from .enmap import enmap_pair
+    from .envi import envi_data_file
 
-    Such files (e.g. reflectance stored as ``uint16`` x 10000 with scale 1e-4) are decoded to physical
-    values, as rioxarray's ``mask_and_scale=True`` does, so that they match endmember spectra.
-    """
-    import rasterio
+    p = Path(path)
+    if p.is_file():
+        with open(p, "rb") as fh:
+            head = fh.read(8)
+        if head == b"\x89HDF\r\n\x1a\n":
+            from .emit import is_emit
 
-    with rasterio.open(path) as src:
-        return any((s not in (None, 1.0)) for s in src.scales) or any(
-            (o not in (None, 0.0)) for o in src.offsets)
-
-
-def _nothing_to_mask(path: PathLike) -> bool:
-    """True if every band of ``path`` is floating point with nodata NaN or unset."""
-    import rasterio
-
-    with rasterio.open(path) as src:
-        if src.subdatasets and not src.count:
-            return False
-        return all(np.dtype(dt).kind == "f" for dt in src.dtypes) and all(
-            v is None or np.isnan(v) for v in src.nodatavals)
+            if is_emit(p):
+                return "emit", p
+        pair = enmap_pair(p)
+        if pair is not None:
+            return "enmap", pair[0]
+        data = envi_data_file(p)
+        if data is not None:
+            return "envi", data
+    return "gdal", path
 
 
 def open_abundance(store: PathLike, name: str | None = None, *,
