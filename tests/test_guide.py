@@ -110,13 +110,16 @@ def blocks(path: Path) -> list[Block]:
     return out
 
 
+def inline_spans(path: Path, pattern: str) -> list[tuple[str, str]]:
+    """Inline code spans of ``path`` matching ``pattern`` (one group): ``(doc:line, text)``."""
+    return [(f"{path.name}:{n}", span)
+            for n, ln in enumerate(path.read_text().splitlines(), 1)
+            for span in re.findall(pattern, ln)]
+
+
 def inline_cli(path: Path) -> list[tuple[str, str]]:
-    """Inline code spans that are CLI lines: ``(doc:line, text)``."""
-    out = []
-    for n, ln in enumerate(path.read_text().splitlines(), 1):
-        for span in re.findall(r"`(xr-unmix [^`]+)`", ln):
-            out.append((f"{path.name}:{n}", span))
-    return out
+    """Inline code spans that are CLI lines."""
+    return inline_spans(path, r"`(xr-unmix [^`]+)`")
 
 
 ALL_BLOCKS = [b for p in DOCS for b in blocks(p)]
@@ -256,11 +259,8 @@ def test_skipped_blocks_are_few():
 # -- inline calls ----------------------------------------------------------------------------------
 
 def inline_calls(path: Path) -> list[tuple[str, str]]:
-    out = []
-    for n, ln in enumerate(path.read_text().splitlines(), 1):
-        for span in re.findall(r"`((?:cube\.unmix|xr_unmix)\.[\w.]+\(.*?\))`", ln):
-            out.append((f"{path.name}:{n}", span))
-    return out
+    """Inline code spans that are calls of the package's functions or accessor methods."""
+    return inline_spans(path, r"`((?:cube\.unmix|xr_unmix)\.[\w.]+\(.*?\))`")
 
 
 CALLS = [x for p in DOCS for x in inline_calls(p)]

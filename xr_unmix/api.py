@@ -136,10 +136,7 @@ def _check_solver_params(lam: float, max_iter: int, tol: float) -> None:
         raise ParameterError(f"tol must be a finite number >= 0, got {tol}")
 
 
-def fcls(cube: xr.DataArray, endmembers: Any, *, max_iter: int = 1000, tol: float = 1e-4,
-         mu: float | None = None, adaptive_mu: bool = True, device: str = "cpu",
-         dtype: str = "float32") -> xr.DataArray:
-    """Fully constrained least squares (abundances >= 0, summing to one): :func:`sunsal` with ``lam=0, anc=True, asc=True``.
+_LS_DOC = """{summary}: :func:`sunsal` with ``lam=0, anc={anc}, asc={asc}``.
 
     Parameters
     ----------
@@ -153,65 +150,46 @@ def fcls(cube: xr.DataArray, endmembers: Any, *, max_iter: int = 1000, tol: floa
     Returns
     -------
     DataArray (endmember, y, x)
-        Abundances (``attrs["method"] == "fcls"``); NaN where the input pixel was invalid; lazy if
-        the cube is dask-backed.
+        Abundances (``attrs["method"] == "{method}"``); NaN where the input pixel was invalid; lazy
+        if the cube is dask-backed.
     """
-    out = sunsal(cube, endmembers, lam=0.0, anc=True, asc=True, max_iter=max_iter, tol=tol, mu=mu,
-                 adaptive_mu=adaptive_mu, device=device, dtype=dtype)
-    out.attrs["method"] = "fcls"
+
+
+def _least_squares(method: str, anc: bool, asc: bool, cube: xr.DataArray, endmembers: Any,
+                   **solver: Any) -> xr.DataArray:
+    """:func:`sunsal` without the l1 term, labelled ``method`` (fcls, nnls, ls)."""
+    out = sunsal(cube, endmembers, lam=0.0, anc=anc, asc=asc, **solver)
+    out.attrs["method"] = method
     return out
+
+
+def fcls(cube: xr.DataArray, endmembers: Any, *, max_iter: int = 1000, tol: float = 1e-4,
+         mu: float | None = None, adaptive_mu: bool = True, device: str = "cpu",
+         dtype: str = "float32") -> xr.DataArray:
+    return _least_squares("fcls", True, True, cube, endmembers, max_iter=max_iter, tol=tol, mu=mu,
+                          adaptive_mu=adaptive_mu, device=device, dtype=dtype)
 
 
 def nnls(cube: xr.DataArray, endmembers: Any, *, max_iter: int = 1000, tol: float = 1e-4,
          mu: float | None = None, adaptive_mu: bool = True, device: str = "cpu",
          dtype: str = "float32") -> xr.DataArray:
-    """Non-negative least squares (abundances >= 0): :func:`sunsal` with ``lam=0, anc=True, asc=False``.
-
-    Parameters
-    ----------
-    cube : DataArray (band, y, x), any dim order, numpy- or dask-backed
-        Reflectance; NaN or nodata in any band marks a pixel invalid.
-    endmembers : DataArray (band, endmember) or array (bands, R)
-        Same band count as the cube.
-    max_iter, tol, mu, adaptive_mu, device, dtype
-        As in :func:`sunsal`.
-
-    Returns
-    -------
-    DataArray (endmember, y, x)
-        Abundances (``attrs["method"] == "nnls"``); NaN where the input pixel was invalid; lazy if
-        the cube is dask-backed.
-    """
-    out = sunsal(cube, endmembers, lam=0.0, anc=True, asc=False, max_iter=max_iter, tol=tol, mu=mu,
-                 adaptive_mu=adaptive_mu, device=device, dtype=dtype)
-    out.attrs["method"] = "nnls"
-    return out
+    return _least_squares("nnls", True, False, cube, endmembers, max_iter=max_iter, tol=tol, mu=mu,
+                          adaptive_mu=adaptive_mu, device=device, dtype=dtype)
 
 
 def ls(cube: xr.DataArray, endmembers: Any, *, max_iter: int = 1000, tol: float = 1e-4,
        mu: float | None = None, adaptive_mu: bool = True, device: str = "cpu",
        dtype: str = "float32") -> xr.DataArray:
-    """Unconstrained least squares: :func:`sunsal` with ``lam=0, anc=False, asc=False``.
+    return _least_squares("ls", False, False, cube, endmembers, max_iter=max_iter, tol=tol, mu=mu,
+                          adaptive_mu=adaptive_mu, device=device, dtype=dtype)
 
-    Parameters
-    ----------
-    cube : DataArray (band, y, x), any dim order, numpy- or dask-backed
-        Reflectance; NaN or nodata in any band marks a pixel invalid.
-    endmembers : DataArray (band, endmember) or array (bands, R)
-        Same band count as the cube.
-    max_iter, tol, mu, adaptive_mu, device, dtype
-        As in :func:`sunsal`.
 
-    Returns
-    -------
-    DataArray (endmember, y, x)
-        Abundances (``attrs["method"] == "ls"``); NaN where the input pixel was invalid; lazy if
-        the cube is dask-backed.
-    """
-    out = sunsal(cube, endmembers, lam=0.0, anc=False, asc=False, max_iter=max_iter, tol=tol, mu=mu,
-                 adaptive_mu=adaptive_mu, device=device, dtype=dtype)
-    out.attrs["method"] = "ls"
-    return out
+fcls.__doc__ = _LS_DOC.format(summary="Fully constrained least squares (abundances >= 0, summing "
+                              "to one)", anc=True, asc=True, method="fcls")
+nnls.__doc__ = _LS_DOC.format(summary="Non-negative least squares (abundances >= 0)", anc=True,
+                              asc=False, method="nnls")
+ls.__doc__ = _LS_DOC.format(summary="Unconstrained least squares", anc=False, asc=False,
+                            method="ls")
 
 
 # -- networks -------------------------------------------------------------------------------------
