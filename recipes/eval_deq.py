@@ -31,6 +31,7 @@ Run: ``python recipes/eval_deq.py [--scenes tune|report|all|a,b] [--seeds 3] [--
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 import warnings
@@ -173,17 +174,39 @@ def one_job(scene: str, seed: int, methods: list[str], opts: dict) -> dict[str, 
     return res
 
 
+class _Serial:
+    """In-process stand-in for a process pool (``--workers 1``)."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def map(self, fn: Any, *its: Any) -> Any:
+        return map(fn, *its)
+
+
 def main(argv: list[str] | None = None) -> int:
     from _eval_report import parse_args, print_report
 
     a, scenes, seeds, methods, opts = parse_args(argv)
     t0 = time.perf_counter()
+    if a.load:  # a table from saved jobs (e.g. of an interrupted run): the requested scenes/seeds found
+        res = [json.loads(ln) for f in a.load for ln in Path(f).read_text(encoding="utf-8").splitlines()]
+        res = [r for r in res if r["scene"] in scenes and r["seed"] in seeds]
+        print_report(res, scenes, sorted({r["seed"] for r in res}) or seeds, methods, opts, a, 0.0)
+        return 0
     jobs = [(sc, s) for sc in scenes for s in seeds]
-    if a.workers > 1:
-        with ProcessPoolExecutor(a.workers) as ex:
-            res = list(ex.map(one_job, *zip(*jobs, strict=True), [methods] * len(jobs), [opts] * len(jobs)))
-    else:
-        res = [one_job(sc, s, methods, opts) for sc, s in jobs]
+    res = []
+    with ProcessPoolExecutor(a.workers) if a.workers > 1 else _Serial() as ex:
+        for r in ex.map(one_job, *zip(*jobs, strict=True), [methods] * len(jobs), [opts] * len(jobs)):
+            res.append(r)
+            if a.save:  # one JSON line per finished job: partial results survive an interrupted run
+                with open(a.save, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(r) + "\n")
+            print(f"[{time.perf_counter() - t0:.0f} s] {len(res)}/{len(jobs)} done: {r['scene']} seed "
+                  f"{r['seed']}", file=sys.stderr, flush=True)
     print_report(res, scenes, seeds, methods, opts, a, time.perf_counter() - t0)
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -22,10 +23,12 @@ def eval_deq():
         sys.path.remove(str(RECIPES))
 
 
-def test_quick_table_structure_and_finite_scores(eval_deq, capsys: pytest.CaptureFixture[str]) -> None:
+def test_quick_table_structure_and_finite_scores(eval_deq, capsys: pytest.CaptureFixture[str],
+                                                 tmp_path: Path) -> None:
+    saved = tmp_path / "scores.jsonl"
     rc = eval_deq.main(["--quick", "--scenes", "sample_a", "--size", "24", "--workers", "1",
                         "--methods", "fcls,nocnn,deq,sup_fcls,sup_deq", "--epochs", "2",
-                        "--fit-sup", '{"epochs": 1}'])
+                        "--fit-sup", '{"epochs": 1}', "--save", str(saved)])
     out = capsys.readouterr().out
     assert rc == 0
     assert "TUNE = sample_a" in out and "REPORT = jasper" in out  # the split is in the header
@@ -45,8 +48,16 @@ def test_quick_table_structure_and_finite_scores(eval_deq, capsys: pytest.Captur
         if cells[4] != "-":
             assert math.isfinite(float(cells[4]))
         int(cells[7]), int(cells[8])  # warning and unconverged counts are integers
+    (job,) = [json.loads(ln) for ln in saved.read_text().splitlines()]
+    assert job["scene"] == "sample_a" and job["seed"] == 0
+    assert job["deq"]["armse"] == pytest.approx(float(rows[2].split("|")[4]), abs=1e-4)
     crit = [ln for ln in lines if ln.startswith("- TUNE sample_a")]
     assert len(crit) == 1 and "unsup: " in crit[0] and "; sup: " not in crit[0]  # no U-ADMM run here
+    # the same table again from the saved scores, without running anything
+    assert eval_deq.main(["--load", str(saved), "--scenes", "sample_a",
+                          "--methods", "fcls,nocnn,deq,sup_fcls,sup_deq"]) == 0
+    again = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| TUNE")]
+    assert again == rows
 
 
 @pytest.mark.parametrize(("argv", "message"), [
