@@ -17,7 +17,7 @@ import click
 
 from . import __version__, pipeline
 from .errors import BandMismatchError, OutputExistsError, XrUnmixError
-from .runtime import dask_scheduler, set_torch_threads
+from .runtime import dashboard_line, dask_scheduler, set_torch_threads
 
 METHODS = tuple(pipeline.METHODS)
 
@@ -104,7 +104,9 @@ def _run_bundles(scene: str, library: str, out: Path, *, method: str, n_mc: int,
     bundle_runs.check_bundle_request(library, out, method=method, n_mc=n_mc,
                                      max_endmembers=max_endmembers, normalization=normalization,
                                      mode=mode, overwrite=overwrite, conflicts=conflicts)
-    with dask_scheduler(scheduler, workers):
+    with dask_scheduler(scheduler, workers) as client:
+        if workers:
+            click.echo(dashboard_line(client), err=True)
         ds = bundle_runs.unmix_bundles_scene(
             scene, library, chunk=chunk, n_mc=n_mc, max_endmembers=max_endmembers,
             normalization=normalization, method=method, mode=mode, seed=0 if seed is None else seed)
@@ -182,7 +184,9 @@ def run(scene: str, endmembers: str | None, method: str, model: str | None, out:
     pipeline.check_output(out, overwrite=overwrite)
     if quality:
         pipeline.check_output(pipeline.quality_path(out), overwrite=overwrite)
-    with dask_scheduler(scheduler, workers):
+    with dask_scheduler(scheduler, workers) as client:
+        if workers:
+            click.echo(dashboard_line(client), err=True)
         ab, E = pipeline.unmix_scene(scene, method=method, endmembers=endmembers, model=model,
                                      lam=lam, device=device, chunk=chunk_px, resample=resample,
                                      seed=seed, batch_size=batch_size, return_endmembers=True,
