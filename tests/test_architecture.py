@@ -225,3 +225,17 @@ def test_function_sizes() -> None:
     assert not unexpected, f"functions over {MAX_FUNCTION_LINES} lines: {unexpected}"
     stale = sorted(set(FUNCTION_ALLOW) - set(over))
     assert not stale, f"no longer over the limit, drop from FUNCTION_ALLOW: {stale}"
+
+
+ARCHITECTURE = PKG.parent / "docs" / "architecture.md"
+
+
+def test_architecture_md_names_every_module() -> None:
+    """docs/architecture.md's table has one row per module of the package, and no row for a module
+    that is gone: the map of the code stays true to it."""
+    import re
+
+    rows = set(re.findall(r"^\| `([\w/]+\.py)` \|", ARCHITECTURE.read_text(), flags=re.MULTILINE))
+    have = {p.relative_to(PKG).as_posix() for p in MODULES.values()}
+    assert not have - rows, f"modules without a row in docs/architecture.md: {sorted(have - rows)}"
+    assert not rows - have, f"rows of docs/architecture.md for no module: {sorted(rows - have)}"

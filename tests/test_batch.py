@@ -185,7 +185,7 @@ def test_cli_batch_exit_codes(scenes, tmp_path: Path) -> None:
                                "--format", "zarr"])
     assert bad.exit_code == 1
     assert "1 scene(s) failed" in bad.output
-    assert (tmp_path / "o2" / "c.zarr").exists()
+    assert open_abundance(tmp_path / "o2" / "c.zarr").sizes == {"endmember": 3, "y": 40, "x": 32}
 
 
 def test_cli_batch_rejects_bad_parameters(scenes, tmp_path: Path) -> None:
