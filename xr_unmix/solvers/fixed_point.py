@@ -152,7 +152,8 @@ def anderson(
     fallback_beta: float = 0.5,
     max_cond: float = 1e10,
     max_coef: float = 1e4,
-) -> tuple[torch.Tensor, FixedPointInfo]:
+    keep_f: bool = False,
+) -> tuple[torch.Tensor, FixedPointInfo] | tuple[torch.Tensor, FixedPointInfo, torch.Tensor]:
     """Anderson acceleration of ``z = f(z)`` over a batch, with a damped-iteration fallback.
 
     At iteration ``k`` with the last ``n = min(k, m)`` iterates ``x_i`` and residuals
@@ -185,6 +186,9 @@ def anderson(
         Damping of the fallback plain step.
     max_cond, max_coef : float
         Ill-conditioning thresholds that trigger the fallback.
+    keep_f : bool
+        Also return ``f(z)`` of the returned iterate, kept from the iteration that evaluated it (so a
+        caller that needs ``f(z*)`` does not apply ``f`` once more).
 
     Returns
     -------
@@ -192,6 +196,8 @@ def anderson(
         The lowest-residual iterate of each sample.
     info : FixedPointInfo
         Residual trace, final residuals, convergence flags, fallback count.
+    fz : Tensor, shape (B, ...)
+        With ``keep_f=True``: ``f(z)``, as evaluated during the solve.
     """
     _check(z0, max_iter, tol)
     if m < 1:
@@ -206,6 +212,7 @@ def anderson(
     X = torch.zeros((B, m, z0[0].numel()), dtype=z0.dtype, device=z0.device)
     F = torch.zeros_like(X)
     best = z0.clone()
+    best_f = z0 if keep_f else None  # f(best), replaced at the first iteration (best_res = inf)
     best_res = torch.full((B,), math.inf, dtype=torch.float64, device=z0.device)
     trace = []
     n_fallback = 0
@@ -215,6 +222,8 @@ def anderson(
         res = _residual(fx, x).double()
         better = res < best_res
         best = torch.where(better.view(bview), x, best)
+        if keep_f:
+            best_f = fx if k == 0 or bool(better.all()) else torch.where(better.view(bview), fx, best_f)
         best_res = torch.where(better, res, best_res)
         trace.append(res.clone())
         if tol > 0 and bool((best_res <= tol).all()):
@@ -257,7 +266,7 @@ def anderson(
     residuals = torch.stack(trace)
     info = FixedPointInfo(residuals=residuals, n_iter=len(trace), final_residual=best_res,
                           converged=best_res <= tol, fallback_steps=n_fallback, tol=tol)
-    return best, info
+    return (best, info, best_f) if keep_f else (best, info)  # type: ignore[return-value]
 
 
 def solve(
@@ -348,10 +357,15 @@ def deq_fixed_point(
                                  converged=res[-1] <= tol, tol=tol)
     if backward not in ("implicit", "jfb"):
         raise ValueError(f"unknown backward {backward!r}: use 'implicit', 'jfb' or 'unrolled'")
+    # The returned value is always f(z*): in the range of f (e.g. feasible when f ends with a projection,
+    # which an Anderson extrapolation z* need not be), and with a graph when grad mode is on. Without
+    # grad (inference) Anderson's own evaluation of f(z*) is returned: applying f once more cost a
+    # second operator call per solve (half of an untrained model's tile, which converges at once).
+    if solver == "anderson" and not torch.is_grad_enabled():
+        _, info, z = anderson(f, z0.detach(), keep_f=True, **solver_kwargs)  # type: ignore[arg-type,misc]
+        return z, info
     with torch.no_grad():
         z_star, info = solve(f, z0.detach(), solver=solver, **solver_kwargs)
-    # The returned value is always f(z*): in the range of f (e.g. feasible when f ends with a projection,
-    # which an Anderson extrapolation z* need not be), and with a graph when grad mode is on.
     z = f(z_star)
     if not torch.is_grad_enabled():
         return z, info
