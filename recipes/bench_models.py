@@ -190,6 +190,8 @@ def main() -> None:
     ap.add_argument("--big-rounds", type=int, default=1, help="rounds at the largest size")
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
     ap.add_argument("--train-epochs", type=int, default=30)
+    ap.add_argument("--trained-max-size", type=int, default=512,
+                    help="deq-trained only up to this size (it runs ~100x slower than FCLS)")
     ap.add_argument("--child", nargs=3, metavar=("CASE", "SIZE", "MODEL"))
     a = ap.parse_args()
     if a.child:
@@ -214,6 +216,8 @@ def main() -> None:
     for rnd in range(a.rounds):
         for size in [s for s in a.sizes if s < max(a.sizes) or rnd < a.big_rounds]:
             for case in a.cases:
+                if case == "deq-trained" and size > a.trained_max_size:
+                    continue
                 cmd = [sys.executable, __file__, "--bands", str(a.bands), "--threads", str(a.threads),
                        "--child", case, str(size), str(mp)]
                 r = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -237,6 +241,8 @@ def report(rows: dict[tuple[str, int], list[dict]], a: argparse.Namespace) -> No
     for size in a.sizes:
         fc = max(r["px_s"] for r in rows.get(("fcls", size), [{"px_s": float("nan")}]))
         for case in a.cases:
+            if (case, size) not in rows:
+                continue
             rs = rows[(case, size)]
             best = max(rs, key=lambda r: r["px_s"])
             print(f"| {case} | {size}² | {best['px_s']:.3g} | {best['px_s'] / fc:.2f} | {best['cpu_s']:.1f} | "
@@ -246,7 +252,7 @@ def report(rows: dict[tuple[str, int], list[dict]], a: argparse.Namespace) -> No
         lo, hi = min(a.sizes), max(a.sizes)
         print(f"\npeak RSS extra, {hi}² / {lo}² ({(hi / lo) ** 2:.0f}x the pixels): " + ", ".join(
             f"{c} {max(r['extra_mb'] for r in rows[(c, hi)]) / max(1.0, max(r['extra_mb'] for r in rows[(c, lo)])):.2f}x"
-            for c in a.cases))
+            for c in a.cases if (c, hi) in rows and (c, lo) in rows))
     print(f"# load average at end {os.getloadavg()[0]:.2f} (cpu_count {os.cpu_count()})")
 
 
