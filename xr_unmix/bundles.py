@@ -340,7 +340,7 @@ def bundles(
         spectra = brightness_normalize(spectra, bands)
     kernel = BundleKernel(spectra, class_index, len(names), draws, method=method, mode=mode,
                           norm_bands=bands)
-    out = map_tiles(data, kernel, kernel.n_out, halo=0, dtype=np.float32)
+    out = map_tiles(data, kernel, kernel.n_out, dtype=np.float32)
     attrs = {"method": f"bundles_{mode}", "solver": method, "n_mc": n, "max_endmembers": k,
              "normalization": norm or "none", "seed": "none" if seed is None else int(seed),
              "library_spectra": int(lib.sizes[ENDMEMBER]),
