@@ -194,7 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     if a.load:  # a table from saved jobs (e.g. of an interrupted run): the requested scenes/seeds found
         res = [json.loads(ln) for f in a.load for ln in Path(f).read_text(encoding="utf-8").splitlines()]
-        res = [r for r in res if r["scene"] in scenes and r["seed"] in seeds]
+        merged: dict[tuple, dict] = {}  # runs with different --methods: one record per (scene, seed)
+        for r in res:
+            if r["scene"] in scenes and r["seed"] in seeds:
+                merged.setdefault((r["scene"], r["seed"]), {}).update(r)
+        res = list(merged.values())
         print_report(res, scenes, sorted({r["seed"] for r in res}) or seeds, methods, opts, a, 0.0)
         return 0
     jobs = [(sc, s) for sc in scenes for s in seeds]
