@@ -47,10 +47,6 @@ MODULE_ALLOW: dict[str, str] = {
 #: functions still over MAX_FUNCTION_LINES (``module:qualname``), with the reason
 FUNCTION_ALLOW: dict[str, str] = {
     "xr_unmix/batch.py:run_batch": "scene loop with resume and report; pipeline.py takes parts (issue 14)",
-    "xr_unmix/models/_train.py:fit_supervised": "the shared training loop, being reworked (issue 16)",
-    "xr_unmix/models/deq.py:DEQUnmix.fit_scene": "DEQ training, moving to models/_train (issue 16)",
-    "xr_unmix/models/deq.py:DEQUnmix.fit": "DEQ training, moving to models/_train (issue 16)",
-    "xr_unmix/models/uadmm.py:_UnrolledNet.fit": "U-ADMM training, moving to models/_train (issue 14)",
 }
 
 #: function-level import edges (``importer -> imported``) that close a circle of the all-imports graph,

@@ -14,7 +14,10 @@ Files and worker payloads go through :mod:`xr_unmix.models.registry` (safetensor
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,7 +28,29 @@ from ..errors import BandMismatchError
 from ..tiling import TileSpec
 from .registry import load_model, register_model, save_model
 
-__all__ = ["TileSpec", "UnmixModel", "load_model", "register_model"]
+__all__ = ["TileSpec", "UnmixModel", "collect_solves", "load_model", "note_solve", "register_model"]
+
+_SOLVES = threading.local()
+
+
+@contextlib.contextmanager
+def collect_solves() -> Iterator[list[dict[str, Any]]]:
+    """Collect the records of the inner solves run by this thread inside the block (a list of
+    ``{"converged", "residual", "iterations", "tol"}``; models call :func:`note_solve`)."""
+    prev = getattr(_SOLVES, "records", None)
+    records: list[dict[str, Any]] = []
+    _SOLVES.records = records
+    try:
+        yield records
+    finally:
+        _SOLVES.records = prev
+
+
+def note_solve(record: dict[str, Any]) -> None:
+    """Hand one solve record to the innermost :func:`collect_solves` of this thread, if any."""
+    records = getattr(_SOLVES, "records", None)
+    if records is not None:
+        records.append(record)
 
 
 class UnmixModel(torch.nn.Module):
@@ -82,6 +107,9 @@ class UnmixModel(torch.nn.Module):
 
     def reset_solve_stats(self) -> None:
         """Clear :attr:`solve_stats` (nothing to clear for models without inner solves)."""
+
+    def record_solve(self, rec: dict[str, Any], *, warn: bool = True) -> None:
+        """Count one inner solve (models without inner solves have none to count)."""
 
     def unmix_image(self, Y: torch.Tensor) -> torch.Tensor:
         """Unmix an image.

@@ -31,10 +31,8 @@ unlabelled pixels).
 
 from __future__ import annotations
 
-import copy
 import math
 import threading
-import time
 import warnings
 from typing import Any
 
@@ -47,7 +45,8 @@ from ..solvers.fixed_point import BackwardStats, FixedPointInfo, deq_fixed_point
 from ..solvers.sunsal import fcls as _fcls
 from ..solvers.sunsal import project_simplex
 from ..tiling import TileSpec
-from .base import UnmixModel
+from . import deq_training
+from .base import UnmixModel, note_solve
 from .registry import register_model
 
 #: Tile overlap used by ``cube.unmix.deq`` when none is given: measured by recipes/deq_seams.py
@@ -564,493 +563,38 @@ class DEQUnmix(UnmixModel):
                                                 "max_residual": 0.0, "max_iterations": 0}
 
     def _record(self, info: FixedPointInfo, warn: bool) -> None:
-        res = info.max_residual
+        self.record_solve({"converged": bool(info.all_converged), "residual": float(info.max_residual),
+                           "iterations": int(info.n_iter), "tol": float(info.tol)},
+                          warn=warn and not torch.is_grad_enabled())
+
+    def record_solve(self, rec: dict[str, Any], *, warn: bool = True) -> None:
+        """Count one forward solve ``{"converged", "residual", "iterations", "tol"}`` in
+        :attr:`solve_stats`, and warn (:class:`~xr_unmix.errors.ConvergenceWarning`) if it did not
+        converge. Also called with the records of solves run on ``distributed`` workers
+        (:mod:`xr_unmix._workers`), so that they reach the caller's model as local ones do."""
+        note_solve(rec)
         with self._lock:
             s = self._solve_stats
             s["n_solves"] += 1
-            s["n_unconverged"] += int(not info.all_converged)
-            s["max_residual"] = max(float(s["max_residual"]), res)
-            s["max_iterations"] = max(int(s["max_iterations"]), info.n_iter)
-        if warn and not info.all_converged and not torch.is_grad_enabled():
+            s["n_unconverged"] += int(not rec["converged"])
+            s["max_residual"] = max(float(s["max_residual"]), rec["residual"])
+            s["max_iterations"] = max(int(s["max_iterations"]), rec["iterations"])
+        if warn and not rec["converged"]:
             from .._warn import user_stacklevel
 
             warnings.warn(
-                f"DEQUnmix: the fixed-point solve stopped after {info.n_iter} iterations with relative "
-                f"residual {res:.3g} > tol={info.tol:g}; raise max_iter or loosen tol",
-                ConvergenceWarning, stacklevel=user_stacklevel(),
+                f"DEQUnmix: the fixed-point solve stopped after {rec['iterations']} iterations with "
+                f"relative residual {rec['residual']:.3g} > tol={rec['tol']:g}; raise max_iter or "
+                "loosen tol", ConvergenceWarning, stacklevel=user_stacklevel(),
             )
 
-    # -- training -------------------------------------------------------------------------------------
-    def _param_groups(self, lr: float, lr_endmembers: float, weight_decay: float) -> list[dict]:
-        groups: list[dict[str, Any]] = []
-        net = [p for n, p in self.named_parameters() if n != "E" and p.requires_grad]
-        if net:
-            groups.append({"params": net, "lr": lr, "weight_decay": weight_decay})
-        if self.E.requires_grad:
-            groups.append({"params": [self.E], "lr": lr_endmembers, "weight_decay": 0.0})
-        if not groups:
-            raise ValueError("nothing to train: no CNN (use_cnn=False) and fixed endmembers")
-        return groups
+    # -- training (xr_unmix.models.deq_training, on the shared loop of xr_unmix.models.training) ------
+    fit_scene = deq_training.fit_scene
+    fit = deq_training.fit
 
     def _project_endmembers(self) -> None:
         with torch.no_grad():
             self.E.clamp_(min=0)
-
-    def fit_scene(
-        self,
-        cube: Any,
-        *,
-        epochs: int = 200,
-        seed: int | None = None,
-        lr: float = 1e-3,
-        lr_endmembers: float = 5e-3,
-        alpha: float = 0.0,
-        anchor: float = 1.0,
-        weight_decay: float = 1e-4,
-        max_pixels: int = 128 * 128,
-        tile_size: int = 64,
-        tiles_per_epoch: int = 4,
-        train_max_iter: int | None = 10,
-        keep_best: bool = True,
-        jac_reg: float = 0.0,
-        progress: bool | None = None,
-    ) -> dict[str, Any]:
-        """Unsupervised training on one scene (no labels).
-
-        Loss: mean spectral angle between every valid pixel ``y`` and its reconstruction ``M a`` plus
-        ``alpha`` times their squared error (summed over bands, averaged over pixels). AdamW; the
-        endmembers (if learnable) have their own learning rate and are clipped to >= 0 after every step.
-        A scene with at most ``max_pixels`` pixels is used whole every epoch (warm-started from the
-        previous epoch's equilibrium); a larger one is sampled as ``tiles_per_epoch`` random
-        ``tile_size`` tiles per epoch, and the objective is tracked on a fixed set of tiles.
-
-        Divergence guard: the state with the lowest objective seen (the untrained model included, whose
-        output is FCLS) is restored at the end (``keep_best``), and a non-finite loss restores it and
-        halves the learning rates. So the returned model's objective is never worse than its start.
-
-        Parameters
-        ----------
-        cube : DataArray (band, y, x) or array (bands, H, W)
-            Reflectance; NaN in any band marks a pixel invalid (filled with 0, left out of the loss).
-        epochs : int
-        seed : int, optional
-            Seeds the tile sampling (the CNN's initialisation is seeded in :meth:`from_endmembers`).
-        lr, lr_endmembers, weight_decay, alpha : float
-        anchor : float
-            Weight of an optional endmember anchor: ``anchor * mean_r angle(M_r, M0_r)`` with ``M0`` the
-            endmembers at the start (e.g. VCA's), which keeps the refined spectra from drifting in shape.
-        max_pixels, tile_size, tiles_per_epoch : int
-        train_max_iter : int, optional
-            Forward iterations per epoch while training (default 10, as the paper; the solve is
-            warm-started from the previous epoch's equilibrium, so iterations accumulate). ``None``: the
-            configured ``max_iter``.
-        keep_best : bool
-        jac_reg : float
-            Weight of the Jacobian penalty :meth:`jacobian_penalty` (``||J||_F^2 / d`` at the equilibrium,
-            one Hutchinson sample per step) added to the training loss, not to the tracked objective:
-            promotes a contractive operator, i.e. fast, accurate solves and tiles that agree with the
-            whole scene. ``0``: off.
-        progress : bool, optional
-            tqdm bar (``None``: only on a terminal).
-
-        Returns
-        -------
-        dict
-            ``loss`` (objective per epoch, of the state before that epoch's step), ``residual`` (forward
-            relative residual per epoch), ``iterations`` (forward iterations per epoch),
-            ``backward_residual``, ``best_epoch`` (0 = the untrained start), ``best_loss``,
-            ``initial_loss``, ``n_restarts``, ``time_s``.
-        """
-        from tqdm.auto import tqdm
-
-        from .losses import spectral_angle_loss
-
-        src = _cube_array(cube, self.n_bands)  # numpy, or a lazy dask array for a dask-backed cube
-        dtype = self.E.dtype
-        dev = self.E.device
-        H, W = src.shape[1:]
-        whole = H * W <= max_pixels
-        gen = np.random.default_rng(seed)
-
-        def load(a: int, b: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-            blk = np.asarray(src[:, a:a + h, b:b + w], dtype=np.float32)  # reads only this window
-            ok = np.isfinite(blk).all(0)
-            return (torch.as_tensor(np.where(ok[None], blk, 0.0), dtype=dtype, device=dev),
-                    torch.as_tensor(ok, device=dev))
-
-        def sample(k: int) -> tuple[torch.Tensor, torch.Tensor]:
-            th, tw = min(tile_size, H), min(tile_size, W)
-            ys = gen.integers(0, H - th + 1, size=k)
-            xs = gen.integers(0, W - tw + 1, size=k)
-            tiles = [load(int(a), int(b), th, tw) for a, b in zip(ys, xs, strict=True)]
-            return torch.stack([t[0] for t in tiles]), torch.stack([t[1] for t in tiles])
-
-        def sample_valid(k: int) -> tuple[torch.Tensor, torch.Tensor]:
-            for _ in range(50):  # tiles of nodata only carry no signal: draw again
-                Yb, Vb = sample(k)
-                if bool(Vb.any()):
-                    return Yb, Vb
-            raise ValueError("50 random tile draws found no valid pixel; is the scene all nodata?")
-
-        def objective(Yb: torch.Tensor, Vb: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
-            # A: the equilibrium state (abundances, or the scaled abundances z of "scaled": M z = s M a)
-            E = self.endmember_matrix()
-            rec = torch.einsum("br,nrhw->nbhw", E, A)
-            y = Yb.permute(0, 2, 3, 1)[Vb]
-            r = rec.permute(0, 2, 3, 1)[Vb]
-            obj = spectral_angle_loss(r, y) + alpha * (r - y).pow(2).sum(-1).mean()
-            if anchor:
-                obj = obj + anchor * spectral_angle_loss(E.T, E0.T)
-            return obj
-
-        E0 = self.endmember_matrix().detach().clone()
-
-        if whole:
-            Yt, Vt = load(0, 0, H, W)
-            if not bool(Vt.any()):
-                raise ValueError("the scene has no valid pixel")
-            batch, vmask = Yt[None], Vt[None]
-            eval_batch = None
-        else:
-            eval_batch = sample_valid(max(tiles_per_epoch, 4))
-        opt = torch.optim.AdamW(self._param_groups(lr, lr_endmembers, weight_decay))
-        mi = train_max_iter
-        hist: dict[str, Any] = {"loss": [], "residual": [], "iterations": [], "backward_residual": [],
-                                "jacobian": [], "n_restarts": 0}
-        jgen = torch.Generator().manual_seed(0 if seed is None else int(seed))
-        best_state = copy.deepcopy(self.state_dict())
-        best_loss = math.inf
-        best_epoch = 0
-        warm: torch.Tensor | None = None
-        was_training = self.training
-        self.train()
-        t0 = time.perf_counter()
-        bar = tqdm(range(epochs + 1), desc="DEQUnmix.fit_scene", unit="epoch",
-                   disable=None if progress is None else not progress, leave=False)
-        try:
-            for epoch in bar:
-                if not whole:
-                    batch, vmask = sample_valid(tiles_per_epoch)
-                    warm = None
-                    with torch.no_grad():
-                        ev = objective(eval_batch[0], eval_batch[1],
-                                       self.equilibrium(eval_batch[0], max_iter=mi, warn=False))
-                        ev_conv = self.last_info.all_converged
-                A = self.equilibrium(batch, A0=warm, max_iter=mi, warn=False)
-                info = self.last_info
-                loss = objective(batch, vmask, A)
-                value = float(loss.detach())
-                if whole:
-                    ev, ev_conv = loss.detach(), info.all_converged
-                evf = float(ev)
-                hist["loss"].append(value)
-                hist["residual"].append(info.max_residual)
-                hist["iterations"].append(info.n_iter)
-                if epoch == 0:
-                    hist["initial_loss"] = evf
-                if not math.isfinite(value):
-                    self.load_state_dict(best_state)
-                    for g in opt.param_groups:
-                        g["lr"] *= 0.5
-                    hist["n_restarts"] += 1
-                    warm = None
-                    continue
-                # the state before this epoch's step is eligible when its solve converged (or it is the
-                # untrained start)
-                if evf < best_loss and (ev_conv or epoch == 0 or info.max_residual < 10 * self.config["tol"]):
-                    best_loss, best_epoch = evf, epoch
-                    best_state = copy.deepcopy(self.state_dict())
-                if epoch == epochs:
-                    break
-                opt.zero_grad(set_to_none=True)
-                if jac_reg > 0:
-                    pen = self.jacobian_penalty(batch, A, generator=jgen)
-                    hist["jacobian"].append(float(pen.detach()))
-                    loss = loss + jac_reg * pen
-                loss.backward()
-                opt.step()
-                self._project_endmembers()
-                hist["backward_residual"].append(self.backward_stats.last_residual)
-                if whole:
-                    warm = A.detach()
-                bar.set_postfix({"loss": f"{value:.4g}", "res": f"{info.max_residual:.1e}"},
-                                refresh=False)
-        finally:
-            bar.close()
-            self.train(was_training)
-        if keep_best:
-            self.load_state_dict(best_state)
-        hist.update(best_epoch=best_epoch, best_loss=best_loss, time_s=time.perf_counter() - t0,
-                    epochs=epochs, seed=seed, whole_scene=whole)
-        self.eval()
-        return hist
-
-    def fit(
-        self,
-        spectra: Any,
-        abundances: Any,
-        *,
-        epochs: int = 200,
-        batch_size: int = 64,
-        lr: float = 1e-3,
-        lr_endmembers: float = 0.0,
-        weight_decay: float = 1e-4,
-        seed: int | None = None,
-        train_max_iter: int | None = 10,
-        jac_reg: float = 0.0,
-        progress: bool | None = None,
-        optimizer: str = "adam",
-        ridge: float = 0.0,
-        schedule: str | None = None,
-        solve_tol: float = 1e-6,
-        solve_max_iter: int = 300,
-        b_tol: float = 1e-8,
-        b_max_iter: int = 200,
-    ) -> dict[str, Any]:
-        """Supervised training on labelled pixels or tiles.
-
-        Parameters
-        ----------
-        spectra : array (n_pixels, bands) or (n_tiles, bands, h, w)
-            Finite reflectance.
-        abundances : array (n_pixels, R) or (n_tiles, R, h, w)
-            Labels; in the tile form NaN marks an unlabelled pixel (it still feeds the spatial operator
-            but not the loss).
-        epochs, batch_size : int
-            Passes over the rows / tiles, and rows / tiles per step.
-        lr, lr_endmembers, weight_decay : float
-            AdamW on the CNN; the endmembers are trained only when ``learn_endmembers`` and
-            ``lr_endmembers > 0``.
-        seed : int, optional
-            Seeds the batch order.
-        train_max_iter : int, optional
-            Forward iterations while training.
-        jac_reg : float
-            Weight of the Jacobian penalty (as in :meth:`fit_scene`); ``0``: off.
-        progress : bool, optional
-        optimizer : {"adam", "lbfgs"}
-            ``"adam"`` (default): AdamW on shuffled batches, ``epochs`` passes. ``"lbfgs"``: full-batch
-            L-BFGS (``torch.optim.LBFGS``, strong-Wolfe line search, history 50, one single ``step``
-            call) for at most ``epochs`` iterations (``1.25 * epochs`` loss evaluations), ``lr`` its step
-            scale (1 is the usual choice). Every evaluation solves the forward problem from FCLS to
-            ``solve_tol`` (at most ``solve_max_iter`` iterations) and the implicit backward to ``b_tol``
-            (at most ``b_max_iter``), so that the loss is a smooth function of the parameters and the
-            gradient accurate enough for a line search; ``weight_decay`` becomes an L2 penalty
-            ``weight_decay * ||theta||^2`` on the network parameters (all but ``V`` / ``Vc`` and the
-            endmembers). ``batch_size``, ``train_max_iter``, ``jac_reg`` and ``seed`` play no part. Keep-
-            best guard: the state with the lowest training objective (data loss + penalties) among the
-            evaluations whose forward solve converged, the start included, is returned; a non-finite loss
-            stops the run there.
-        ridge : float
-            Adds ``ridge * mean_i ||V y_i||^2`` over the training spectra (the mean squared target shift,
-            as U-ADMM-AENet's ridge on ``W - W0``; with ``y_subspace`` close to ``ridge * ||Vc||^2``).
-            ``0``: off. Needs ``y_linear``.
-        schedule : {None, "cosine"}
-            Learning-rate schedule of the Adam path: constant ``lr`` (default), or cosine annealing from
-            ``lr`` to 0 over ``epochs`` (as U-ADMM-AENet's ``fit``): the last epochs take small steps, so
-            the returned state depends less on where a noisy full-lr trajectory happens to stop.
-        solve_tol, solve_max_iter, b_tol, b_max_iter : float, int
-            Forward / backward solve settings of ``optimizer="lbfgs"`` (the Adam path uses the model's).
-
-        Returns
-        -------
-        dict
-            ``loss`` (mean squared abundance error per epoch, summed over endmembers; with ``"lbfgs"``, of
-            every loss evaluation), ``residual`` (worst forward residual per epoch / evaluation),
-            ``time_s``, ``best_epoch`` (the returned state: lowest epoch loss -- with one full batch per
-            epoch the state whose loss that is, i.e. before that epoch's step, ``best_epoch=1`` being the
-            start; with mini-batches, the state at the end of that epoch; with ``"lbfgs"``, the index
-            of the evaluation, 0 = the start), ``best_loss``; with ``"lbfgs"`` also ``objective`` (loss +
-            penalties per evaluation) and ``optimizer``.
-        """
-        if optimizer not in ("adam", "lbfgs"):
-            raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {optimizer!r}")
-        if ridge and self.target_shift() is None:
-            raise ValueError("ridge needs y_linear=True")
-        if not ridge >= 0:
-            raise ValueError(f"ridge must be >= 0, got {ridge}")
-        if schedule not in (None, "cosine"):
-            raise ValueError(f"schedule must be None or 'cosine', got {schedule!r}")
-        if optimizer == "lbfgs" and schedule is not None:
-            raise ValueError("schedule is not supported with optimizer='lbfgs'")
-        from tqdm.auto import tqdm
-
-        from ._train import as_tensor, check_pairs
-
-        dtype = self.E.dtype
-        dev = self.E.device
-        Ya = np.asarray(getattr(spectra, "values", spectra))
-        if Ya.ndim == 2:
-            Y, A = check_pairs(spectra, abundances, n_bands=self.n_bands, n_endmembers=self.n_endmembers,
-                               dtype=dtype, device=dev)
-            M = torch.ones(A.shape[0], dtype=torch.bool, device=dev)
-        elif Ya.ndim == 4:
-            Y = as_tensor(spectra, "spectra", dtype, dev)
-            A = as_tensor(abundances, "abundances", dtype, dev)
-            if Y.shape[1] != self.n_bands or A.shape[1] != self.n_endmembers or \
-                    Y.shape[0] != A.shape[0] or Y.shape[2:] != A.shape[2:]:
-                raise ValueError(f"tiles must be (n, {self.n_bands}, h, w) and labels "
-                                 f"(n, {self.n_endmembers}, h, w); got {tuple(Y.shape)}, {tuple(A.shape)}")
-            if not torch.isfinite(Y).all():
-                raise ValueError("spectra contain NaN/inf; fill invalid pixels first")
-            M = torch.isfinite(A).all(1)
-            if not M.any():
-                raise ValueError("no labelled pixel (every label is NaN)")
-            A = torch.nan_to_num(A)
-        else:
-            raise ValueError(f"spectra must be (n_pixels, bands) or (n_tiles, bands, h, w); got {Ya.shape}")
-        if self.V_basis is not None and not self._subspace_trained():
-            # untrained: whitened basis of the training spectra (the labelled pixels)
-            Ys = Y.permute(0, 2, 3, 1)[M] if Y.ndim == 4 else Y
-            self.set_spectral_subspace(Ys.detach().cpu().double().numpy())
-        groups = self._param_groups(lr, lr_endmembers if lr_endmembers > 0 else 0.0, weight_decay)
-        groups = [g for g in groups if g["lr"] > 0]
-        if not groups:
-            raise ValueError("nothing to train")
-        Ys = Y.permute(0, 2, 3, 1)[M] if Y.ndim == 4 else Y  # the labelled spectra (for the ridge)
-        if optimizer == "lbfgs":
-            return self._fit_lbfgs(Y, A, M, Ys, groups, epochs=epochs, lr=lr, weight_decay=weight_decay,
-                                   ridge=ridge, solve_tol=solve_tol, solve_max_iter=solve_max_iter,
-                                   b_tol=b_tol, b_max_iter=b_max_iter, seed=seed)
-        opt = torch.optim.AdamW(groups)
-        sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(int(epochs), 1))
-                 if schedule == "cosine" else None)
-        gen = torch.Generator().manual_seed(int(seed)) if seed is not None else torch.Generator()
-        if seed is None:
-            gen.seed()
-        A0 = self.init_abundances(Y if Y.ndim == 4 else Y[:, :, None, None])
-        if Y.ndim == 2:
-            A0 = A0[:, :, 0, 0]
-        n = Y.shape[0]
-        hist: dict[str, Any] = {"loss": [], "residual": []}
-        best_state, best_loss, best_epoch = copy.deepcopy(self.state_dict()), math.inf, 0
-        was_training = self.training
-        self.train()
-        t0 = time.perf_counter()
-        bar = tqdm(range(1, epochs + 1), desc="DEQUnmix.fit", unit="epoch",
-                   disable=None if progress is None else not progress, leave=False)
-        try:
-            for epoch in bar:
-                perm = torch.randperm(n, generator=gen)
-                tot, cnt, worst = 0.0, 0, 0.0
-                # one full batch: the epoch's loss is that of the state before its step
-                before = copy.deepcopy(self.state_dict()) if n <= batch_size else None
-                for s in range(0, n, batch_size):
-                    idx = perm[s:s + batch_size]
-                    state = self.equilibrium(Y[idx], A0=A0[idx], max_iter=train_max_iter, warn=False)
-                    worst = max(worst, self.last_info.max_residual)
-                    A0[idx] = state.detach()  # warm start of the next epoch's solve
-                    pred = self.abundances_from_state(state)
-                    m = M[idx]
-                    if pred.ndim == 4:
-                        err = (pred - A[idx]).pow(2).sum(1)[m]
-                    else:
-                        err = (pred - A[idx]).pow(2).sum(1)
-                    loss = err.mean()
-                    opt.zero_grad(set_to_none=True)
-                    if ridge:
-                        loss_r = loss + ridge * self._ridge_penalty(Ys)
-                    else:
-                        loss_r = loss
-                    if jac_reg > 0:
-                        Yi = Y[idx] if Y.ndim == 4 else Y[idx][:, :, None, None]
-                        Ai = state if state.ndim == 4 else state[:, :, None, None]
-                        total = loss_r + jac_reg * self.jacobian_penalty(Yi, Ai, generator=gen)
-                    else:
-                        total = loss_r
-                    total.backward()
-                    opt.step()
-                    self._project_endmembers()
-                    tot += float(loss.detach()) * err.numel()
-                    cnt += err.numel()
-                if sched is not None:
-                    sched.step()
-                hist["loss"].append(tot / max(cnt, 1))
-                hist["residual"].append(worst)
-                if hist["loss"][-1] < best_loss:
-                    best_loss, best_epoch = hist["loss"][-1], epoch
-                    best_state = before if before is not None else copy.deepcopy(self.state_dict())
-                bar.set_postfix({"loss": f"{hist['loss'][-1]:.4g}"}, refresh=False)
-        finally:
-            bar.close()
-            self.train(was_training)
-        self.load_state_dict(best_state)
-        hist.update(best_epoch=best_epoch, best_loss=best_loss, time_s=time.perf_counter() - t0,
-                    epochs=epochs, seed=seed, schedule=schedule)
-        self.eval()
-        return hist
-
-    def _ridge_penalty(self, Ys: torch.Tensor) -> torch.Tensor:
-        """``mean_i ||V y_i||^2`` over the spectra ``Ys`` (n, bands)."""
-        V = self.target_shift()
-        return (Ys @ V.T).pow(2).sum(1).mean()
-
-    def _fit_lbfgs(self, Y: torch.Tensor, A: torch.Tensor, M: torch.Tensor, Ys: torch.Tensor,
-                   groups: list[dict], *, epochs: int, lr: float, weight_decay: float, ridge: float,
-                   solve_tol: float, solve_max_iter: int, b_tol: float, b_max_iter: int,
-                   seed: int | None) -> dict[str, Any]:
-        """Full-batch L-BFGS for :meth:`fit` (``optimizer="lbfgs"``; see there)."""
-        params = [p for g in groups for p in g["params"]]
-        shift = {id(p) for p in (self.V, self.Vc) if p is not None}
-        decay = [p for p in params if id(p) not in shift and p is not self.E]
-        A0 = self.init_abundances(Y if Y.ndim == 4 else Y[:, :, None, None])
-        if Y.ndim == 2:
-            A0 = A0[:, :, 0, 0]
-        opt = torch.optim.LBFGS(params, lr=float(lr), max_iter=max(int(epochs), 1),
-                                max_eval=max(int(epochs * 1.25), 1), history_size=50,
-                                line_search_fn="strong_wolfe", tolerance_grad=1e-12,
-                                tolerance_change=1e-14)
-        hist: dict[str, Any] = {"loss": [], "residual": [], "objective": [], "optimizer": "lbfgs"}
-        best = {"state": copy.deepcopy(self.state_dict()), "obj": math.inf, "loss": math.inf, "i": 0}
-        c = self.config
-        saved = (c["b_tol"], c["b_max_iter"])
-        c["b_tol"], c["b_max_iter"] = float(b_tol), int(b_max_iter)
-
-        def evaluate() -> tuple[torch.Tensor, torch.Tensor, bool]:
-            pred = self(Y, A0=A0, max_iter=int(solve_max_iter), tol=float(solve_tol), warn=False)
-            info = self.last_info
-            err = (pred - A).pow(2).sum(1)
-            loss = (err[M] if pred.ndim == 4 else err).mean()
-            obj = loss
-            if ridge:
-                obj = obj + ridge * self._ridge_penalty(Ys)
-            if weight_decay and decay:
-                obj = obj + weight_decay * sum(p.pow(2).sum() for p in decay)
-            ok = info.max_residual <= 10 * float(solve_tol)
-            hist["residual"].append(info.max_residual)
-            return loss, obj, ok
-
-        def closure() -> torch.Tensor:
-            opt.zero_grad(set_to_none=True)
-            loss, obj, ok = evaluate()
-            lv, ov = float(loss.detach()), float(obj.detach())
-            if not (math.isfinite(lv) and math.isfinite(ov)):
-                raise FloatingPointError(f"training loss became {lv} (L-BFGS)")
-            hist["loss"].append(lv)
-            hist["objective"].append(ov)
-            if ov < best["obj"] and (ok or not hist["objective"][:-1]):
-                best.update(state=copy.deepcopy(self.state_dict()), obj=ov, loss=lv,
-                            i=len(hist["loss"]) - 1)
-            obj.backward()
-            return obj
-
-        was_training = self.training
-        self.train()
-        t0 = time.perf_counter()
-        stopped = None
-        try:
-            opt.step(closure)  # one call runs all the iterations (as U-ADMM-AENet's training)
-        except FloatingPointError as exc:  # keep the best state seen so far
-            stopped = str(exc)
-        finally:
-            c["b_tol"], c["b_max_iter"] = saved
-            self.train(was_training)
-        self.load_state_dict(best["state"])
-        hist.update(best_epoch=best["i"], best_loss=best["loss"], best_objective=best["obj"],
-                    evals=len(hist["loss"]), stopped=stopped, time_s=time.perf_counter() - t0,
-                    epochs=epochs, seed=seed)
-        self.eval()
-        return hist
 
     def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy (keep-best states): the lock is dropped
         state = self.__dict__.copy()
@@ -1060,27 +604,3 @@ class DEQUnmix(UnmixModel):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
-
-
-def _cube_array(cube: Any, n_bands: int) -> Any:
-    """(bands, H, W) float array from a DataArray (any dim order, nodata -> NaN) or an array.
-
-    A dask-backed DataArray stays lazy (windows are read on demand), anything else becomes numpy.
-    """
-    import xarray as xr
-
-    if isinstance(cube, xr.DataArray):
-        from .._cube import prepare_cube
-
-        arr, _ = prepare_cube(cube, np.float32)
-        if not hasattr(arr, "dask"):
-            arr = np.asarray(arr)
-    else:
-        arr = np.asarray(cube, dtype=np.float32)
-    if arr.ndim != 3:
-        raise ValueError(f"the scene must be (bands, H, W); got shape {arr.shape}")
-    if arr.shape[0] != n_bands:
-        from ..errors import BandMismatchError
-
-        raise BandMismatchError(f"the model expects {n_bands} bands but the scene has {arr.shape[0]}")
-    return arr
