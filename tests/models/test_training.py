@@ -52,7 +52,7 @@ def test_diverging_step_restores_the_best_epochs_weights(how: str) -> None:
 
 
 def test_ineligible_states_are_not_kept_and_seed_is_private() -> None:
-    lin, x, y = _sgd_problem()
+    lin, _, _ = _sgd_problem()
     start = [p.detach().clone() for p in lin.parameters()]
     before = torch.random.get_rng_state()
 

@@ -223,7 +223,7 @@ def fit_scene(self: Any, cube: Any, *, epochs: int = 200, seed: int | None = Non
 
 def _summarise(hist: dict[str, Any], keep_best: bool) -> None:
     """``improved`` and the one-line ``summary`` of a :func:`fit_scene` run; warn if no improvement."""
-    start, best, at = hist["initial_loss"], hist["best_loss"], hist["best_epoch"]
+    start, at = hist["initial_loss"], hist["best_epoch"]
     hist["improved"] = bool(at is not None and at > 0)
     if hist["improved"]:
         hist["summary"] = (f"objective {start:.6g} at the start -> {hist['final_loss']:.6g} for the "
