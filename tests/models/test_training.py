@@ -115,3 +115,23 @@ def test_fit_scene_that_does_not_improve_says_so(scene) -> None:
     assert not h["improved"] and h["best_epoch"] == 0 and not h["whole_scene"]
     for k, v in m.state_dict().items():
         torch.testing.assert_close(v, start[k], rtol=0, atol=0)
+
+
+def test_fit_scene_bad_input(scene) -> None:
+    from xr_unmix.errors import BandMismatchError
+
+    cube, E, _ = scene
+    m = DEQUnmix.from_endmembers(E, seed=0, hidden=4)
+    nan = cube.where(cube < -1)  # every pixel NaN
+    with pytest.raises(ValueError, match=r"^the scene has no valid pixel \(all NaN or nodata\)$"):
+        m.fit_scene(nan, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="50 random tile draws found no valid pixel"):
+        m.fit_scene(nan, epochs=1, max_pixels=10, progress=False)
+    with pytest.raises(BandMismatchError, match="the model expects 30 bands but the scene has 19"):
+        m.fit_scene(cube.isel(band=slice(0, 19)), epochs=1, progress=False)
+    # a scene smaller than one training tile: the tiles are the scene, training runs
+    small = cube.isel(y=slice(0, 5), x=slice(0, 6))
+    h = m.fit_scene(small, epochs=2, max_pixels=10, tile_size=64, seed=0, progress=False)
+    assert len(h["loss"]) == 3 and np.isfinite(h["final_loss"])
+    with pytest.raises(ValueError, match=r"too small to sample tiles from"):
+        m.fit_scene(cube.isel(y=slice(0, 1)), epochs=1, max_pixels=4, progress=False)

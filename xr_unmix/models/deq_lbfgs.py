@@ -8,6 +8,7 @@ solve converged is a keep-best candidate (the start always is).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -30,8 +31,7 @@ def fit_lbfgs(model: Any, Y: torch.Tensor, A: torch.Tensor, M: torch.Tensor, Ys:
                             tolerance_change=1e-14)
     rec: dict[str, list[float]] = {"loss": [], "residual": [], "objective": []}
     best_i = {"i": 0}
-    c = model.config
-    saved = (c["b_tol"], c["b_max_iter"])
+    saved = model.solver
 
     def step(epoch: int, guard: KeepBest) -> Epoch:
         def closure() -> torch.Tensor:
@@ -57,12 +57,12 @@ def fit_lbfgs(model: Any, Y: torch.Tensor, A: torch.Tensor, M: torch.Tensor, Ys:
         opt.step(closure)  # one call runs all the iterations (as U-ADMM-AENet's training)
         return Epoch(guard.best_loss, eligible=False)  # the evaluations were scored in the closure
 
-    c["b_tol"], c["b_max_iter"] = float(b_tol), int(b_max_iter)
+    model.solver = dataclasses.replace(saved, b_tol=float(b_tol), b_max_iter=int(b_max_iter))
     try:
         hist = train_loop(model, step, epochs=1, tensors=params, seed=seed, desc="DEQUnmix.fit",
                           progress=progress)
     finally:
-        c["b_tol"], c["b_max_iter"] = saved
+        model.solver = saved
     best = best_i["i"]
     hist.update(rec, optimizer="lbfgs", best_epoch=best, best_objective=hist["best_loss"],
                 best_loss=rec["loss"][best] if rec["loss"] else math.nan, evals=len(rec["loss"]),

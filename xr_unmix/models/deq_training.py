@@ -327,7 +327,7 @@ def fit(self: Any, spectra: Any, abundances: Any, *, epochs: int = 200, batch_si
         raise ValueError("schedule is not supported with optimizer='lbfgs'")
     Y, A, M = _labels(self, spectra, abundances)
     Ys = Y.permute(0, 2, 3, 1)[M] if Y.ndim == 4 else Y  # the labelled spectra (ridge, subspace)
-    if self.V_basis is not None and not self._subspace_trained():
+    if self.V_basis is not None and not _subspace_trained(self):
         self.set_spectral_subspace(Ys.detach().cpu().double().numpy())
     groups = param_groups(self, lr, lr_endmembers, weight_decay)
     A0 = self.init_abundances(Y if Y.ndim == 4 else Y[:, :, None, None])
@@ -377,3 +377,10 @@ def fit(self: Any, spectra: Any, abundances: Any, *, epochs: int = 200, batch_si
                       progress=progress)
     hist.update(residual=residual, epochs=epochs, schedule=schedule)
     return hist
+
+
+def _subspace_trained(model: Any) -> bool:
+    """Whether what reads the whitened basis has left its start (then the basis stays as it is)."""
+    vc = model.Vc is not None and bool(model.Vc.detach().any())
+    last = model.cnn.convs[-1].weight.detach().any() if model.cnn is not None else False
+    return vc or bool(last)
