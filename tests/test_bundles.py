@@ -74,6 +74,33 @@ def test_one_spectrum_per_class_single_draw_equals_fcls(scene):
                                ds.fraction.values, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["admm", "deq"])
+def test_network_results_keep_the_class_coordinate(scene, kind):
+    """admm/deq carry the class coordinate of the model's endmembers (as sunsal/fcls/... carry the
+    library's), so that class fractions are one groupby away."""
+    cube, E, _ = scene
+    classes = np.array(["rock", "plant", "rock"], dtype=object)
+    base = xr_unmix.UADMMNet if kind == "admm" else xr_unmix.DEQUnmix
+
+    class Classed(base):  # a model whose endmembers carry classes
+        @property
+        def endmembers(self):
+            return super().endmembers.assign_coords({"class": ("endmember", classes)})
+
+    model = Classed.from_endmembers(E, seed=0) if kind == "deq" else Classed.from_endmembers(E)
+    ab = getattr(cube.unmix, kind)(model)
+    assert list(ab["class"].values) == list(classes) and ab["class"].dims == ("endmember",)
+    fr = ab.groupby("class").sum()
+    assert sorted(fr["class"].values) == ["plant", "rock"] and fr.rio.crs == ab.rio.crs
+    np.testing.assert_allclose(fr.sel({"class": "rock"}).values,
+                               ab.isel(endmember=[0, 2]).sum("endmember").values, rtol=1e-6)
+    if kind == "deq":
+        _, Em = cube.unmix.deq(model, return_endmembers=True)
+        assert list(Em["class"].values) == list(classes)
+    plain = getattr(cube.unmix, kind)(base.from_endmembers(E))  # no classes: none invented
+    assert "class" not in plain.coords
+
+
 def test_rowwise_library_file_to_class_fractions(tmp_path):
     E = make_endmembers(40, 6, seed=5)
     lib = E.assign_coords({"class": ("endmember", [*CLASSES, *CLASSES])})

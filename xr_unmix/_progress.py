@@ -34,7 +34,7 @@ class _Bar:
         from tqdm.auto import tqdm
 
         self.handle = None
-        if in_notebook():
+        if in_notebook() and kwargs.get("disable") is not True:
             from IPython.display import display
 
             self.tqdm = tqdm(display=False, **{**kwargs, "leave": False})
@@ -44,6 +44,13 @@ class _Bar:
 
     def update(self, n: int = 1) -> None:
         self.tqdm.update(n)
+
+    def set_postfix_str(self, s: str = "") -> None:
+        self.tqdm.set_postfix_str(s)
+
+    def write(self, s: str, **kwargs: Any) -> None:
+        """Print a line without breaking the bar (``tqdm.write``)."""
+        self.tqdm.write(s, **kwargs)
 
     def close(self) -> None:
         self.tqdm.close()

@@ -71,6 +71,8 @@ class UnmixAccessor:
     is never modified. Every method also takes ``dims=`` for a cube whose dims are named otherwise,
     e.g. ``cube.unmix.fcls(E, dims={"band": "wavelength", "y": "lat", "x": "lon"})``: the cube goes
     through :func:`xr_unmix.conform_cube` first (the result has dims ``(endmember, y, x)``).
+    ``da.unmix.plot(...)`` works on any DataArray, a result too: ``da.plot(...)`` titled without the
+    CRS coordinate (``spatial_ref = 0``).
     """
 
     def __init__(self, obj: xr.DataArray) -> None:
@@ -86,6 +88,7 @@ class UnmixAccessor:
     endmembers = _Lazy("extraction", "extract_endmembers")
     n_endmembers = _Lazy("extraction", "estimate_n_endmembers")
     bundles = _Lazy("bundles", "bundles")
+    plot = _Lazy("_plotting", "plot")
 
 
 #: the accessor's methods, by name (docs/api.md lists each; tests/test_docs.py checks it)

@@ -275,7 +275,8 @@ def apply_model(
                       if k in ("n_solves", "n_unconverged", "max_residual", "max_iterations")})
     if isinstance(model, str | os.PathLike):
         attrs["model_path"] = str(model)
-    return finish(out, cube, m.endmember_names, attrs, facts=facts)
+    return with_endmember_coords(finish(out, cube, m.endmember_names, attrs, facts=facts),
+                                 m.endmembers)
 
 
 def admm(cube: xr.DataArray, model: ModelLike, *, device: str = "cpu",
@@ -311,5 +312,5 @@ def deq(cube: xr.DataArray, model: ModelLike, *, device: str = "cpu", halo: int 
         return out
     E = m.endmembers
     band_coords = {k: v for k, v in cube.coords.items() if v.dims == ("band",)}
-    E = E.drop_vars([c for c in E.coords if c != "endmember"]).assign_coords(band_coords)
+    E = E.drop_vars([c for c, v in E.coords.items() if "band" in v.dims]).assign_coords(band_coords)
     return out, E

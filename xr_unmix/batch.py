@@ -278,7 +278,7 @@ def run_batch(
     OutputError
         The output folder or the report's folder is not writable.
     """
-    from tqdm.auto import tqdm
+    from ._progress import progress_bar
 
     fmts = [str(f).lower().lstrip(".") for f in ([formats] if isinstance(formats, str) else formats)]
     fmts = [g for f in fmts for g in (FORMATS if f == "both" else ["tif" if f in ("tiff", "cog")
@@ -336,7 +336,7 @@ def run_batch(
     t_batch = time.perf_counter()
     with dask_scheduler(scheduler, workers) as client:
         report["scheduler"] = describe_scheduler(client)
-        bar = tqdm(total=len(paths), unit="scene", desc="xr-unmix batch", disable=(
+        bar = progress_bar(total=len(paths), unit="scene", desc="xr-unmix batch", disable=(
             None if progress is None else not progress), dynamic_ncols=True)
         try:
             for scene, stem in zip(paths, stems, strict=True):
