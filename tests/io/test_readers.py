@@ -288,8 +288,8 @@ def test_guide_section_runs_as_written(tmp_path, monkeypatch):
     code = "\n".join(re.findall(r"```python\n(.*?)```", section, re.S))
     assert "open_cube" in code and "dims=" in code
     (tmp_path / "fixtures").mkdir()
-    for write in (fx.write_envi, fx.write_emit, fx.write_enmap):
-        write(tmp_path / "fixtures")
+    for fn in fx.WRITERS:
+        fn(tmp_path / "fixtures")
     (tmp_path / "sample_scenes").symlink_to(REPO / "sample_scenes")
     (tmp_path / "tests").symlink_to(REPO / "tests")
     monkeypatch.chdir(tmp_path)
