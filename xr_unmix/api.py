@@ -8,6 +8,7 @@ Each function validates its input (:mod:`xr_unmix._cube`), builds a plain-array 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -69,6 +70,7 @@ def sunsal(
     adaptive_mu: bool = True,
     device: str = "cpu",
     dtype: str = "float32",
+    progress: bool | None = None,
 ) -> xr.DataArray:
     """Unmix with SUnSAL (Bioucas-Dias & Figueiredo, 2010).
 
@@ -88,6 +90,10 @@ def sunsal(
     device : str
         ``"cpu"`` or ``"cuda"``.
     dtype : {"float32", "float64"}
+    progress : bool, optional
+        For an in-memory (numpy) cube, a tqdm bar over its pixels while it solves (``None``: only when
+        stderr is a terminal). A dask-backed cube is lazy: its writers' ``progress=`` shows a bar over
+        the tasks instead.
 
     Returns
     -------
@@ -107,7 +113,9 @@ def sunsal(
     check_units(cube, E.values)
     params = dict(lam=float(lam), anc=bool(anc), asc=bool(asc), max_iter=int(max_iter), tol=float(tol),
                   mu=mu, adaptive_mu=bool(adaptive_mu), device=device, dtype=np_dtype.name)
-    kernel = _SunsalKernel(E.values.astype(np_dtype), params)
+    eager = cube.chunks is None
+    show = bool(sys.stderr.isatty() if progress is None else progress) and eager
+    kernel = _SunsalKernel(E.values.astype(np_dtype), {**params, "progress": show} if show else params)
     out = map_tiles(data, kernel, E.sizes["endmember"], halo=0, dtype=np_dtype)
     attrs = {"method": "sunsal", **{k: v for k, v in params.items() if k not in ("device",)}}
     return with_endmember_coords(finish(out, cube, list(E.endmember.values), attrs, facts=facts), E)
@@ -144,7 +152,7 @@ _LS_DOC = """{summary}: :func:`sunsal` with ``lam=0, anc={anc}, asc={asc}``.
         Reflectance; NaN or nodata in any band marks a pixel invalid.
     endmembers : DataArray (band, endmember) or array (bands, R)
         Same band count as the cube.
-    max_iter, tol, mu, adaptive_mu, device, dtype
+    max_iter, tol, mu, adaptive_mu, device, dtype, progress
         As in :func:`sunsal`.
 
     Returns
@@ -165,23 +173,23 @@ def _least_squares(method: str, anc: bool, asc: bool, cube: xr.DataArray, endmem
 
 def fcls(cube: xr.DataArray, endmembers: Any, *, max_iter: int = 1000, tol: float = 1e-4,
          mu: float | None = None, adaptive_mu: bool = True, device: str = "cpu",
-         dtype: str = "float32") -> xr.DataArray:
+         dtype: str = "float32", progress: bool | None = None) -> xr.DataArray:
     return _least_squares("fcls", True, True, cube, endmembers, max_iter=max_iter, tol=tol, mu=mu,
-                          adaptive_mu=adaptive_mu, device=device, dtype=dtype)
+                          adaptive_mu=adaptive_mu, device=device, dtype=dtype, progress=progress)
 
 
 def nnls(cube: xr.DataArray, endmembers: Any, *, max_iter: int = 1000, tol: float = 1e-4,
          mu: float | None = None, adaptive_mu: bool = True, device: str = "cpu",
-         dtype: str = "float32") -> xr.DataArray:
+         dtype: str = "float32", progress: bool | None = None) -> xr.DataArray:
     return _least_squares("nnls", True, False, cube, endmembers, max_iter=max_iter, tol=tol, mu=mu,
-                          adaptive_mu=adaptive_mu, device=device, dtype=dtype)
+                          adaptive_mu=adaptive_mu, device=device, dtype=dtype, progress=progress)
 
 
 def ls(cube: xr.DataArray, endmembers: Any, *, max_iter: int = 1000, tol: float = 1e-4,
        mu: float | None = None, adaptive_mu: bool = True, device: str = "cpu",
-       dtype: str = "float32") -> xr.DataArray:
+       dtype: str = "float32", progress: bool | None = None) -> xr.DataArray:
     return _least_squares("ls", False, False, cube, endmembers, max_iter=max_iter, tol=tol, mu=mu,
-                          adaptive_mu=adaptive_mu, device=device, dtype=dtype)
+                          adaptive_mu=adaptive_mu, device=device, dtype=dtype, progress=progress)
 
 
 fcls.__doc__ = _LS_DOC.format(summary="Fully constrained least squares (abundances >= 0, summing "

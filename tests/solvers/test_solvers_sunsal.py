@@ -270,3 +270,33 @@ def test_polished_before_iterating() -> None:
     x, info = sunsal_solve(Y, E, dtype="float64", return_info=True)
     assert info.polished_fraction > 0.95 and info.mean_iterations < 1.0
     assert _rmse(x, _fcls_enum(Y, E)) < 1e-9
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_unconstrained_ls_with_a_nan_endmember_column_is_a_clear_error(bad: float) -> None:
+    # was: RuntimeError "false INTERNAL ASSERT FAILED ... torch.linalg.lstsq: Argument 4 has illegal value"
+    Y, E = _problem(3, R=3, n=10)
+    E[:, 1] = bad
+    with pytest.raises(ValueError, match=r"endmember matrix contains NaN or inf \(in column\(s\) \[1\]\)"):
+        unconstrained_ls(Y, E)
+
+
+def test_unconstrained_ls_nan_pixel_comes_out_nan_and_leaves_the_others() -> None:
+    Y, E = _problem(4, R=3, n=12)
+    Y[:, 4] = np.nan
+    out = unconstrained_ls(Y, E).numpy()
+    assert np.isnan(out[:, 4]).all()
+    keep = np.r_[0:4, 5:12]
+    np.testing.assert_allclose(out[:, keep], np.linalg.lstsq(E, Y[:, keep], rcond=None)[0], atol=1e-10)
+
+
+def test_accessor_ls_with_a_nan_endmember_column_is_a_clear_error() -> None:
+    import xarray as xr
+
+    import xr_unmix  # noqa: F401  (the accessor)
+
+    Y, E = _problem(5, R=3, n=20)
+    E[:, 2] = np.nan
+    cube = xr.DataArray(Y.reshape(-1, 4, 5), dims=("band", "y", "x"))
+    with pytest.raises(ValueError, match="endmembers contain 40 NaN/inf values"):
+        cube.unmix.ls(E)

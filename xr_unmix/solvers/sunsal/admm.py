@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -46,9 +47,12 @@ class Tally:
     worst: float = 0.0  #: largest final primal residual of the pixels that ran out of iterations
     max_used: int = 0  #: the most iterations any pixel used
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    bar: Any = field(default=None, repr=False)  #: a progress bar advanced by the pixels that finish
 
     def merge(self, n_conv: int = 0, n_pol: int = 0, total_it: float = 0.0, max_used: int = 0) -> None:
         with self.lock:
+            if self.bar is not None and n_conv:
+                self.bar.update(int(n_conv))
             self.n_conv += n_conv
             self.n_pol += n_pol
             self.total_it += total_it

@@ -53,6 +53,7 @@ def sunsal_solve(
     return_info: bool = False,
     warn: bool = True,
     polish: bool = True,
+    progress: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, SunsalInfo]:
     """Run SUnSAL on many pixels at once.
 
@@ -98,6 +99,10 @@ def sunsal_solve(
     polish : bool
         With ``tol > 0``: at each check, try the exact solve on the support of ``z`` and stop the pixels
         whose KKT conditions hold (module notes). Makes the answer exact to the working precision.
+    progress : bool
+        Show a tqdm bar (:mod:`xr_unmix._progress`) over the pixels, advanced as pixels finish (are
+        certified or meet the tolerance); it reaches ``n_pixels`` when the call returns. The results are
+        the same with and without it.
 
     Returns
     -------
@@ -128,7 +133,7 @@ def sunsal_solve(
         res = sunsal_solve(Y, E, lam=lam, anc=anc, asc=asc, mu=mu, max_iter=max_iter, tol=tol,
                            adaptive_mu=adaptive_mu, normalize=normalize, x0=x0, device=device,
                            dtype=torch.float64, batch_pixels=batch_pixels, return_info=return_info,
-                           warn=warn, polish=polish)
+                           warn=warn, polish=polish, progress=progress)
         return (res[0].float(), res[1]) if isinstance(res, tuple) else res.float()
     # A large library with ANC: a batched active-set solve of every pixel first (exact, a few steps per
     # non-zero abundance), with a float64 data term (with cond(E^T E) ~ 1e7-1e9, a float32 data term alone
@@ -138,7 +143,7 @@ def sunsal_solve(
     b_all, bad = data_term(inp, nrm, torch.float64 if use_as else dtype, batch_pixels)
 
     out = torch.empty((R, N), dtype=dtype, device=inp.dev)
-    tally = Tally()
+    tally = Tally(bar=_pixel_bar(N) if progress else None)
     admm = Admm(nrm, out, tally, polisher, anc=anc, asc=asc, tol=tol, adaptive_mu=adaptive_mu)
     left = Schedule(inp, nrm, admm, b_all, max_iter=max_iter, batch_pixels=batch_pixels).run(use_as)
     for ws in left:  # pixels that ran out of iterations (or tol == 0)
@@ -147,6 +152,9 @@ def sunsal_solve(
             tally.worst = max(tally.worst, float(ws.rp.max()))
         admm.finish(ws.idx, ws.z, ws.x)
     n_conv = int(tally.n_conv)
+    if tally.bar is not None:  # the pixels that ran out of iterations are done too
+        tally.bar.update(N - n_conv)
+        tally.bar.close()
     info = SunsalInfo(iterations=int(tally.max_used), converged_fraction=(n_conv / N if N and tol > 0 else 1.0),
                       max_primal_residual=float(tally.worst), polished_fraction=(tally.n_pol / N if N else 0.0),
                       mean_iterations=(float(tally.total_it) / N if N else 0.0))
@@ -164,6 +172,13 @@ def sunsal_solve(
     return (out, info) if return_info else out
 
 
+def _pixel_bar(n: int) -> object:
+    """A tqdm bar over ``n`` pixels (:func:`xr_unmix._progress.progress_bar`)."""
+    from ..._progress import progress_bar
+
+    return progress_bar(total=n, desc="SUnSAL", unit="px", unit_scale=True, mininterval=0.5, leave=False)
+
+
 def fcls(Y: ArrayLike, E: ArrayLike, **kwargs: object) -> torch.Tensor:
     """Fully constrained least squares (ANC + ASC, ``lam = 0``) via :func:`sunsal_solve`, shape (R, n)."""
     return sunsal_solve(Y, E, lam=0.0, anc=True, asc=True, **kwargs)  # type: ignore[arg-type,return-value]
@@ -176,7 +191,26 @@ def nnls(Y: ArrayLike, E: ArrayLike, **kwargs: object) -> torch.Tensor:
 
 def unconstrained_ls(Y: ArrayLike, E: ArrayLike, *, dtype: torch.dtype = torch.float64,
                      device: str = "cpu") -> torch.Tensor:
-    """Unconstrained least squares ``argmin ||y - E x||`` for every column of ``Y``, shape (R, n)."""
+    """Unconstrained least squares ``argmin ||y - E x||`` for every column of ``Y``, shape (R, n).
+
+    Raises
+    ------
+    ValueError
+        ``E`` not (bands, R) with the bands of ``Y``, or ``E`` with NaN/inf (LAPACK would fail on it
+        with an internal assertion). A pixel (column of ``Y``) with NaN/inf comes out NaN.
+    """
     Et = as_tensor(E, dtype, device)
     Yt = as_tensor(Y, dtype, device)
-    return torch.linalg.lstsq(Et, Yt).solution
+    if Et.ndim != 2 or Yt.ndim != 2 or Et.shape[0] != Yt.shape[0]:
+        raise ValueError(f"Y must be (bands, n_pixels) and E (bands, R) with the same bands; got "
+                         f"{tuple(Yt.shape)}, {tuple(Et.shape)}")
+    bad_e = ~torch.isfinite(Et)
+    if bool(bad_e.any()):
+        cols = sorted({int(c) for c in bad_e.nonzero()[:, 1]})
+        raise ValueError(f"the endmember matrix contains NaN or inf (in column(s) {cols[:10]}); clean or "
+                         "resample the endmembers first")
+    bad = ~torch.isfinite(Yt).all(0)
+    if bool(bad.any()):
+        Yt = torch.where(bad, torch.zeros((), dtype=Yt.dtype, device=Yt.device), Yt)
+    out = torch.linalg.lstsq(Et, Yt).solution
+    return out.index_fill_(1, bad.nonzero()[:, 0], float("nan")) if bool(bad.any()) else out
