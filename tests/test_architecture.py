@@ -55,11 +55,7 @@ FUNCTION_ALLOW: dict[str, str] = {
 
 #: function-level import edges (``importer -> imported``) that close a circle of the all-imports graph,
 #: with the reason; module-level circles have no allowlist
-LAZY_EDGE_ALLOW: dict[tuple[str, str], str] = {
-    ("xr_unmix.models.base", "xr_unmix.models._load_all"):
-        "load_model imports every model class to find the one a file names; a models/registry.py "
-        "that the model modules register into removes it (issue 14, models side)",
-}
+LAZY_EDGE_ALLOW: dict[tuple[str, str], str] = {}
 
 
 def _modules() -> dict[str, Path]:

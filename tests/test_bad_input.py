@@ -52,7 +52,7 @@ from xr_unmix.errors import (
     WavelengthMismatchError,
 )
 from xr_unmix.io import open_abundance, open_cube, read_wavelengths, to_cog, to_zarr
-from xr_unmix.testing import make_cube, write_cube_tif
+from xr_unmix.testing import make_cube, tamper_model_file, write_cube_tif
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -307,29 +307,14 @@ def test_numeric_band_descriptions_are_not_wavelengths(tmp_path: Path, scene) ->
     np.testing.assert_allclose(read_wavelengths(path), 400 + 10 * np.arange(1, 31))
 
 
-def _tamper(path: Path, out: Path, *, tensors=None, config=None) -> Path:
-    """Rewrite a model file with changed tensors and/or config (as an attacker or a bit flip would)."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads(f.metadata()["xr_unmix"])
-        ts = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (not a dict)
-    for k, fn in (tensors or {}).items():
-        ts[k] = fn(ts[k])
-    meta["config"].update(config or {})
-    save_file(ts, str(out), metadata={"xr_unmix": json.dumps(meta)})
-    return out
-
-
 def test_nan_weights_refused_by_load_model(tmp_path: Path, scene) -> None:
     import torch
 
     _, E, _ = scene
     saved = xr_unmix.UADMMNet.from_endmembers(E).save(tmp_path / "m.safetensors")
     name = next(k for k in xr_unmix.UADMMNet.from_endmembers(E).state_dict() if k.startswith("W"))
-    bad = _tamper(saved, tmp_path / "nan.safetensors",
-                  tensors={name: lambda t: torch.full_like(t, float("nan"))})
+    bad = tamper_model_file(saved, tmp_path / "nan.safetensors",
+                            tensors={name: lambda t: torch.full_like(t, float("nan"))})
     with pytest.raises(ModelFileError, match=f"nan.safetensors: tensor {name!r} holds .*NaN/inf"):
         xr_unmix.load_model(bad)
     # the normalisation keeps non-finite output non-finite (never a uniform 1/R)
@@ -480,7 +465,7 @@ def test_closed_port(files) -> None:
 def test_tampered_model_config_refused_before_building(tmp_path: Path, scene, config, words) -> None:
     _, E, _ = scene
     saved = xr_unmix.DEQUnmix.from_endmembers(E, seed=0).save(tmp_path / "deq.safetensors")
-    bad = _tamper(saved, tmp_path / "bad.safetensors", config=config)
+    bad = tamper_model_file(saved, tmp_path / "bad.safetensors", config=config)
     t0 = time.monotonic()
     with pytest.raises(ModelFileError, match=f"bad.safetensors: {words}"):
         xr_unmix.load_model(bad)

@@ -145,13 +145,59 @@ def test_large_model_is_broadcast_not_inlined(client, monkeypatch: pytest.Monkey
     model = UADMMNet.from_endmembers(E, layers=3)
     kernel = ModelKernel(model, "cpu", np.dtype("float32"))
     state = kernel.__getstate__()
-    assert state["payload"] is None and state["scattered"]
+    assert state["payload"] is None and state["broadcast"] == kernel.key
     assert len(cloudpickle.dumps(kernel)) < 1000  # the key only
     client.run(clear_model_cache)
     ab = cube.unmix.admm(model)
     np.testing.assert_allclose(client.compute(ab).result().values,
                                _threads(lambda: ab.compute()).values, atol=1e-6)
     assert max(i["builds"] for i in client.run(model_cache_info).values()) == 1
+
+
+def _run_state(state: dict, block: np.ndarray) -> np.ndarray:
+    """On a worker: the kernel as a task would rebuild it from ``state``, applied to ``block``."""
+    kernel = ModelKernel.__new__(ModelKernel)
+    kernel.__setstate__(state)
+    return kernel(block)
+
+
+def test_tampered_payload_refused_on_worker_as_in_a_file(client) -> None:
+    import hashlib
+
+    import torch
+
+    from xr_unmix.errors import ModelFileError
+    from xr_unmix.models.uadmm import UADMMNet
+    from xr_unmix.testing import tamper_model_bytes
+
+    cube, E, _ = make_cube(8, 8, seed=12)
+    block = cube.values
+    state = ModelKernel(UADMMNet.from_endmembers(E), "cpu", np.dtype("float32")).__getstate__()
+    assert isinstance(state["payload"], bytes)  # the model file's bytes, nothing else
+    np.testing.assert_allclose(client.submit(_run_state, state, block, pure=False).result(),
+                               xr_unmix.admm(cube, UADMMNet.from_endmembers(E)).values, atol=1e-6)
+    name = next(k for k in UADMMNet.from_endmembers(E).state_dict() if k.startswith("W"))
+    nan = tamper_model_bytes(state["payload"], tensors={name: lambda t: torch.full_like(t, np.nan)})
+    # altered on the way: the hash no longer matches
+    with pytest.raises(ModelFileError, match=r"worker payload \w+: its SHA-256 is \w+, not the"):
+        client.submit(_run_state, {**state, "payload": nan}, block, pure=False).result()
+    # altered with a matching hash: refused by the registry, with the words a file gets
+    forged = {**state, "payload": nan, "key": hashlib.sha256(nan).hexdigest()}
+    with pytest.raises(ModelFileError, match=f"tensor {name!r} holds .* NaN/inf values"):
+        client.submit(_run_state, forged, block, pure=False).result()
+
+
+def test_lost_broadcast_payload_is_a_bounded_error(client) -> None:
+    from xr_unmix.errors import ModelFileError
+    from xr_unmix.models.uadmm import UADMMNet
+
+    cube, E, _ = make_cube(8, 8, seed=13)
+    state = ModelKernel(UADMMNet.from_endmembers(E), "cpu", np.dtype("float32")).__getstate__()
+    lost = {**state, "payload": None, "broadcast": "no-such-payload-key", "fetch_timeout": 1.0}
+    t0 = time.monotonic()
+    with pytest.raises(ModelFileError, match="broadcast model was not installed on this worker within 1 s"):
+        client.submit(_run_state, lost, cube.values, pure=False).result(timeout=60)
+    assert time.monotonic() - t0 < 30
 
 
 async def _die() -> None:
@@ -161,6 +207,38 @@ async def _die() -> None:
 def _slow(block: np.ndarray) -> np.ndarray:
     time.sleep(0.15)
     return block
+
+
+def test_broadcast_payload_after_a_worker_restart(client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker restarted after the broadcast fetches the model from the other one (bounded wait)."""
+    import xr_unmix._workers as workers
+    from xr_unmix.models.uadmm import UADMMNet
+
+    monkeypatch.setattr(workers, "INLINE_MAX_BYTES", 0)
+    cube, E, _ = make_cube(32, 32, seed=14, chunks={"y": 8, "x": 16})
+    model = UADMMNet.from_endmembers(E, layers=3)
+    ab = cube.unmix.admm(model)  # the kernel (and its broadcast) made once, for both runs
+    expected = _threads(lambda: ab.compute()).values
+    state = ModelKernel(model, "cpu", np.dtype("float32")).__getstate__()
+    assert state["payload"] is None and state["broadcast"]
+    np.testing.assert_allclose(client.compute(ab).result().values, expected, atol=1e-6)
+    before = set(client.scheduler_info()["workers"])
+    victim = min(before)
+    client.run(_die, workers=[victim], wait=False)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        now = set(client.scheduler_info()["workers"])
+        if victim not in now and len(now) == 2:
+            break
+        time.sleep(0.2)
+    assert victim not in client.scheduler_info()["workers"], "the worker was not restarted"
+    client.wait_for_workers(2, timeout=60)
+    np.testing.assert_allclose(client.compute(ab).result(timeout=120).values, expected, atol=1e-6)
+    new = next(w for w in client.scheduler_info()["workers"] if w != victim and w not in before)
+    block = cube.values[:, :8, :8]
+    got = client.submit(_run_state, state, block, workers=[new], pure=False).result(timeout=60)
+    np.testing.assert_allclose(got, expected[:, :8, :8], atol=1e-6)
+    assert client.run(model_cache_info, workers=[new])[new]["builds"] == 1
 
 
 def test_worker_killed_mid_run_output_complete(client, tmp_path: Path) -> None:

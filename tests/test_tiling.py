@@ -6,7 +6,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from xr_unmix.tiling import map_tiles, taper
+from xr_unmix.tiling import TileSpec, map_tiles, taper
 
 
 def _pixelwise(block: np.ndarray) -> np.ndarray:
@@ -40,8 +40,8 @@ def test_shapes_and_chunks(cube: np.ndarray) -> None:
     out = map_tiles(cube, _pixelwise, 2)
     assert isinstance(out, np.ndarray) and out.shape == (2, 45, 53) and out.dtype == np.float32
     d = da.from_array(cube, chunks=(1, 16, 20))  # band axis split on purpose: merged inside
-    for halo, blend in [(0, None), (3, False), (3, True)]:
-        res = map_tiles(d, _pixelwise, 2, halo=halo, blend=blend, dtype=np.float64)
+    for halo, blend in [(0, False), (3, False), (3, True)]:
+        res = map_tiles(d, _pixelwise, 2, spec=TileSpec.spatial(halo, blend=blend), dtype=np.float64)
         assert res.chunks == ((2,), (16, 16, 13), (20, 20, 13))
         got = res.compute()
         assert got.shape == (2, 45, 53) and got.dtype == np.float64
@@ -49,7 +49,7 @@ def test_shapes_and_chunks(cube: np.ndarray) -> None:
 
 def test_small_chunks_merged_below_halo(cube: np.ndarray) -> None:
     d = da.from_array(cube, chunks=(3, 20, 25))  # last chunks: 5 and 3 px
-    res = map_tiles(d, _box3, 1, halo=4, blend=True)
+    res = map_tiles(d, _box3, 1, spec=TileSpec.spatial(4, blend=True))
     assert all(c >= 4 for c in res.chunks[1] + res.chunks[2])
     assert sum(res.chunks[1]) == 45 and sum(res.chunks[2]) == 53
 
@@ -59,7 +59,7 @@ def test_nan_pixel_only_poisons_itself(cube: np.ndarray, blend: bool) -> None:
     bad = cube.copy()
     bad[1, 7, 9] = np.nan  # one band of one pixel
     for arr in (bad, da.from_array(bad, chunks=(3, 16, 16))):
-        out = np.asarray(map_tiles(arr, _box3, 1, halo=2, blend=blend))
+        out = np.asarray(map_tiles(arr, _box3, 1, spec=TileSpec.spatial(2, blend=blend)))
         nan = np.isnan(out[0])
         assert nan[7, 9] and nan.sum() == 1
 
@@ -76,7 +76,7 @@ def test_all_nan_tile_gives_nan_tile_without_calling_kernel(cube: np.ndarray, bl
         return _pixelwise(block)
 
     lazy = da.from_array(bad, chunks=(3, 16, 16))
-    out = map_tiles(lazy, kernel, 2, halo=2, blend=blend).compute()
+    out = map_tiles(lazy, kernel, 2, spec=TileSpec.spatial(2, blend=blend)).compute()
     n_tiles = len(lazy.chunks[1]) * len(lazy.chunks[2])
     real = [s for s in calls if min(s) > 0]  # dask may probe with 0-size blocks for the meta
     assert len(real) == n_tiles - 1  # every tile but the all-invalid one reached the kernel
@@ -87,42 +87,45 @@ def test_all_nan_tile_gives_nan_tile_without_calling_kernel(cube: np.ndarray, bl
 @pytest.mark.parametrize("blend", [False, True])
 def test_halo_pixelwise_stitches_exactly(cube: np.ndarray, blend: bool) -> None:
     full = map_tiles(cube, _pixelwise, 2)
-    tiled = map_tiles(da.from_array(cube, chunks=(3, 10, 12)), _pixelwise, 2, halo=4,
-                      blend=blend).compute()
+    tiled = map_tiles(da.from_array(cube, chunks=(3, 10, 12)), _pixelwise, 2,
+                      spec=TileSpec.spatial(4, blend=blend)).compute()
     np.testing.assert_array_equal(tiled, full)  # bit for bit, blended or not
 
 
 def test_halo_covering_receptive_field_crops_exactly(cube: np.ndarray) -> None:
     full = map_tiles(cube, _box3, 1)
-    tiled = map_tiles(da.from_array(cube, chunks=(3, 10, 12)), _box3, 1, halo=1).compute()
+    tiled = map_tiles(da.from_array(cube, chunks=(3, 10, 12)), _box3, 1, spec=TileSpec.spatial(1)).compute()
     np.testing.assert_array_equal(tiled, full)
     # without halo, the tile borders are wrong: the test above can fail
-    bad = map_tiles(da.from_array(cube, chunks=(3, 10, 12)), _box3, 1, halo=0).compute()
+    bad = map_tiles(da.from_array(cube, chunks=(3, 10, 12)), _box3, 1, spec=TileSpec.spatial(0)).compute()
     assert np.abs(bad - full).max() > 1e-2
 
 
-def test_blend_flag_read_from_kernel_or_model(cube: np.ndarray) -> None:
+def test_blend_comes_from_the_spec_not_from_kernel_attributes(cube: np.ndarray) -> None:
     class K:
-        blend_tiles = True
-
-        def __call__(self, b: np.ndarray) -> np.ndarray:
-            return _diffuse(b)
-
-    class M:
-        blend_tiles = True
-
-    class K2:
-        model = M()
+        blend_tiles = True  # an attribute is not a contract: ignored
 
         def __call__(self, b: np.ndarray) -> np.ndarray:
             return _diffuse(b)
 
     d = da.from_array(cube, chunks=(3, 16, 16))
-    crop = map_tiles(d, _diffuse, 1, halo=3).compute()
-    blended = map_tiles(d, _diffuse, 1, halo=3, blend=True).compute()
+    crop = map_tiles(d, _diffuse, 1, spec=TileSpec.spatial(3)).compute()
+    blended = map_tiles(d, _diffuse, 1, spec=TileSpec.spatial(3, blend=True)).compute()
     assert np.abs(crop - blended).max() > 0
-    np.testing.assert_array_equal(map_tiles(d, K(), 1, halo=3).compute(), blended)
-    np.testing.assert_array_equal(map_tiles(d, K2(), 1, halo=3).compute(), blended)
+    np.testing.assert_array_equal(map_tiles(d, K(), 1, spec=TileSpec.spatial(3)).compute(), crop)
+
+
+def test_tile_spec_is_checked_and_frozen() -> None:
+    import dataclasses
+
+    with pytest.raises(ValueError, match="pixel-wise kernel needs no halo"):
+        TileSpec(halo=4)
+    with pytest.raises(ValueError, match="halo must be an integer >= 0"):
+        TileSpec.spatial(-1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        TileSpec().halo = 3  # type: ignore[misc]
+    with pytest.raises(TypeError, match="spec must be a TileSpec"):
+        map_tiles(np.ones((2, 3, 3)), _pixelwise, 2, {"halo": 2})  # type: ignore[arg-type]
 
 
 def test_blending_error_decays_with_halo_and_is_continuous(cube: np.ndarray) -> None:
@@ -130,13 +133,13 @@ def test_blending_error_decays_with_halo_and_is_continuous(cube: np.ndarray) -> 
     d = da.from_array(cube.astype(np.float64), chunks=(3, 16, 16))
     errs = {}
     for h in (1, 2, 4, 8):
-        out = map_tiles(d, _diffuse, 1, halo=h, blend=True, dtype=np.float64).compute()
+        out = map_tiles(d, _diffuse, 1, spec=TileSpec.spatial(h, blend=True), dtype=np.float64).compute()
         errs[h] = float(np.abs(out - full).max())
     assert errs[1] > errs[2] > errs[4] > errs[8]
     assert errs[8] < 0.05 * errs[1]
     # blending removes the jump at a tile border that cropping leaves (same halo)
-    crop = map_tiles(d, _diffuse, 1, halo=2, dtype=np.float64).compute()
-    blend = map_tiles(d, _diffuse, 1, halo=2, blend=True, dtype=np.float64).compute()
+    crop = map_tiles(d, _diffuse, 1, spec=TileSpec.spatial(2), dtype=np.float64).compute()
+    blend = map_tiles(d, _diffuse, 1, spec=TileSpec.spatial(2, blend=True), dtype=np.float64).compute()
     jump_crop = np.abs(np.diff(crop - full, axis=1))[0, 15].max()  # across the row-16 border
     jump_blend = np.abs(np.diff(blend - full, axis=1))[0, 15].max()
     assert jump_blend < 0.5 * jump_crop
@@ -148,11 +151,6 @@ def test_taper_is_a_partition_of_unity() -> None:
     b = taper(10 + h, h, True, False)
     assert a[0] < 0.05 and a[h + 5] == 1.0
     np.testing.assert_allclose(a[-2 * h:] + b[: 2 * h], 1.0)
-
-
-def test_negative_halo_rejected(cube: np.ndarray) -> None:
-    with pytest.raises(ValueError, match="halo"):
-        map_tiles(cube, _pixelwise, 2, halo=-1)
 
 
 def test_wrong_kernel_shape_is_an_error(cube: np.ndarray) -> None:
@@ -199,7 +197,6 @@ def test_masked_kernel_does_not_touch_input_and_fills_zero() -> None:
 
 def test_kernel_that_handles_nan_gets_the_raw_block(cube: np.ndarray) -> None:
     class K:
-        handles_nan = True
         calls = 0
 
         def __call__(self, b: np.ndarray) -> np.ndarray:
@@ -209,6 +206,6 @@ def test_kernel_that_handles_nan_gets_the_raw_block(cube: np.ndarray) -> None:
     c = cube.copy()
     c[:, :8, :8] = np.nan  # an all-invalid tile: still handed to the kernel
     c[1, 20, 20] = np.nan
-    out = map_tiles(da.from_array(c, chunks=(-1, 8, 8)), K(), 2).compute()
+    out = map_tiles(da.from_array(c, chunks=(-1, 8, 8)), K(), 2, TileSpec(handles_nan=True)).compute()
     assert K.calls == -(-c.shape[1] // 8) * -(-c.shape[2] // 8)
     assert np.isnan(out[:, :8, :8]).all() and np.isnan(out[1, 20, 20]) and not np.isnan(out[0, 20, 20])

@@ -27,7 +27,7 @@ _LAZY = {
     "UADMMNet": "models.uadmm",
     "MNNAE": "models.uadmm",
     "DEQUnmix": "models.deq",
-    "load_model": "models.base",
+    "load_model": "models.registry",
     "simulate": "simulate",
     "to_cog": "io",
     "to_zarr": "io",

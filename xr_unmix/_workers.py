@@ -8,22 +8,24 @@ Inside a task torch runs under the package's one thread policy, :func:`xr_unmix.
 Models on workers
 -----------------
 :class:`ModelKernel` is the picklable kernel that applies a network to a block. On local threads it uses
-the model object it was given. When pickled (what ``distributed`` does to ship tasks), it carries only
-the model's *state* -- for an :class:`~xr_unmix.models.UnmixModel` the class path, its JSON config and
-its weights as safetensors bytes -- plus a SHA-256 content hash. Each worker process rebuilds the model
-the first time a task needs it and keeps it in a per-process cache keyed by that hash (and the device),
+the model object it was given. When serialised (what ``distributed`` does to ship tasks), it carries the
+model *file bytes* of :func:`xr_unmix.models.registry.model_to_bytes` (safetensors tensors plus a JSON
+config: no code) and their SHA-256. A worker checks the hash, then rebuilds the model through
+:func:`xr_unmix.models.registry.model_from_bytes` -- the same checks as opening a file, so a tampered
+payload is refused with :class:`~xr_unmix.errors.ModelFileError` as a tampered file is. Models that are
+not registered xr_unmix models are refused when the kernel is made (they have no safe byte form).
+
+Each worker process keeps the models it built in a per-process cache keyed by the hash (and the device),
 so a run builds the model once per worker process, not once per chunk; a retrained model has another
 hash and is rebuilt. :func:`model_cache_info` reports the builds of the current process (query it on
-every worker with ``client.run(model_cache_info)``).
+every worker with ``client.run(model_cache_info)``). A payload over :data:`INLINE_MAX_BYTES` is broadcast
+to the workers once; a worker that lacks it (e.g. restarted after the broadcast) fetches it from another
+one, waiting at most :data:`FETCH_TIMEOUT_S` seconds.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import importlib
-import io
-import json
 import os
 import threading
 from collections import OrderedDict
@@ -31,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InputTypeError, ModelFileError
 from .runtime import check_cuda, on_distributed_worker, torch_thread_count, torch_threads  # noqa: F401
 
 #: models built in this process, by (content hash, device); bounded (least recently used dropped)
@@ -42,86 +45,62 @@ _builds = 0  #: how many models this process built from a payload (cache misses)
 #: payloads up to this size (bytes) travel inside each task; larger ones, when a ``distributed.Client``
 #: is active as the kernel is made, are broadcast to every worker once and tasks carry only their key
 INLINE_MAX_BYTES = 4 * 2**20
+#: longest wait (s) of a worker for a broadcast payload it does not hold (fetched from another worker)
+FETCH_TIMEOUT_S = 60.0
 
 
 # -- models on workers -----------------------------------------------------------------------------
 
-def _class_path(obj: Any) -> str:
-    cls = type(obj)
-    return f"{cls.__module__}:{cls.__qualname__}"
-
-
-def _import_class(path: str) -> type:
-    module, _, qualname = path.partition(":")
-    obj: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def model_payload(model: Any) -> tuple[dict[str, Any], str]:
-    """Serialise ``model`` for shipping to workers, and hash the result.
+def model_payload(model: Any) -> tuple[bytes, str]:
+    """The bytes that ship ``model`` to workers, and their SHA-256.
 
     Parameters
     ----------
-    model : torch.nn.Module
-        An :class:`~xr_unmix.models.UnmixModel` travels as ``{"kind": "xr_unmix", "class": "module:Class",
-        "config": {...}, "weights": <safetensors bytes>}`` (no pickled code); any other module as
-        ``{"kind": "pickle", "data": <torch.save bytes>}``.
+    model : UnmixModel
+        A registered xr_unmix model.
 
     Returns
     -------
-    payload : dict
+    payload : bytes
+        :func:`xr_unmix.models.registry.model_to_bytes` output (a model file's content).
     key : str
-        SHA-256 hex digest of the payload (class, config and weights).
+        SHA-256 hex digest of ``payload``.
     """
-    from .models.base import UnmixModel
+    from .models.registry import digest, model_to_bytes
 
-    h = hashlib.sha256()
-    if isinstance(model, UnmixModel):
-        from safetensors.torch import save
-
-        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        weights = save(tensors)
-        config = json.dumps({**model._base_config(), **model.config}, sort_keys=True, default=str)
-        payload = {"kind": "xr_unmix", "class": _class_path(model), "config": config,
-                   "weights": weights}
-        for part in (payload["class"], config):
-            h.update(part.encode())
-        h.update(weights)
-    else:
-        import torch
-
-        buf = io.BytesIO()
-        torch.save(model, buf)
-        payload = {"kind": "pickle", "data": buf.getvalue()}
-        h.update(payload["data"])
-    return payload, h.hexdigest()
+    data = model_to_bytes(model)
+    return data, digest(data)
 
 
-def _build(payload: dict[str, Any]) -> Any:
-    import torch
+def build_model(payload: bytes, key: str) -> Any:
+    """Check ``payload`` against its SHA-256 ``key``, then rebuild the model through the registry.
 
-    if payload["kind"] == "xr_unmix":
-        from safetensors.torch import load
+    Raises
+    ------
+    ModelFileError
+        The bytes do not hash to ``key`` (altered on the way or tampered with), or the registry refuses
+        them (as it would refuse a file with that content).
+    """
+    from .models.registry import digest, model_from_bytes
 
-        from .models import _load_all  # noqa: F401  (registers the model classes)
+    if not isinstance(payload, bytes | bytearray):
+        raise ModelFileError(f"worker payload {key[:12]}: expected model bytes, got "
+                             f"{type(payload).__name__}")
+    got = digest(bytes(payload))
+    if got != key:
+        raise ModelFileError(f"worker payload {key[:12]}: its SHA-256 is {got[:12]}, not the "
+                             f"{key[:12]} it was sent with (altered on the way or tampered with); "
+                             "refused")
+    return model_from_bytes(bytes(payload), source=f"worker payload {key[:12]}").eval()
 
-        cls = _import_class(payload["class"])
-        model = cls._from_config(json.loads(payload["config"]))
-        model.load_state_dict(load(payload["weights"]), strict=True)
-    else:
-        model = torch.load(io.BytesIO(payload["data"]), weights_only=False)
-    return model.eval()
 
-
-def cached_model(key: str, payload: dict[str, Any], device: str) -> Any:
+def cached_model(key: str, payload: bytes, device: str) -> Any:
     """The model for ``key`` on ``device``, built from ``payload`` once per process."""
     global _builds
     with _MODEL_CACHE_LOCK:
         model = _MODEL_CACHE.get((key, device))
         if model is None:
-            model = _build(payload).to(device)
+            model = build_model(payload, key).to(device)
             _builds += 1
             _MODEL_CACHE[(key, device)] = model
             while len(_MODEL_CACHE) > _MODEL_CACHE_SIZE:
@@ -156,11 +135,13 @@ class ModelKernel:
 
     Parameters
     ----------
-    model : torch.nn.Module
-        Usually an :class:`~xr_unmix.models.UnmixModel`; ``unmix_image((bands, h, w)) -> (R, h, w)``.
+    model : UnmixModel
+        A registered xr_unmix model (:func:`xr_unmix.models.register_model`);
+        ``unmix_image((bands, h, w)) -> (R, h, w)``. Any other module is refused
+        (:class:`~xr_unmix.errors.InputTypeError`): it has no byte form a worker could open safely.
     device : str
         ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; checked where the kernel runs (a worker without a GPU
-        raises a clear :class:`RuntimeError`).
+        raises :class:`~xr_unmix.errors.DeviceError`).
     dtype : numpy dtype
         Output dtype.
     batch_size : int, optional
@@ -169,38 +150,50 @@ class ModelKernel:
     Notes
     -----
     In the process that made it, the kernel uses ``model`` itself (a copy moved to ``device`` when the
-    model lives elsewhere, so the caller's model is not moved). Pickled, it carries the model's state
-    and content hash (see :func:`model_payload`) and rebuilds it through the per-process cache. A
-    payload over :data:`INLINE_MAX_BYTES` is broadcast to the workers of the client active when the
-    kernel is made (``client.scatter(..., broadcast=True)``), and tasks then carry only its key.
+    model lives elsewhere, so the caller's model is not moved). Pickled, it carries the model's bytes
+    and their hash (see :func:`model_payload`) and rebuilds it through the per-process cache
+    (:func:`build_model` checks the hash first). A payload over :data:`INLINE_MAX_BYTES` is broadcast
+    to the workers of the client active when the kernel is made (a worker plugin,
+    :mod:`xr_unmix._worker_plugin`, so that restarted workers get it too), and tasks then carry only
+    its key.
     """
 
     def __init__(self, model: Any, device: str, dtype: np.dtype, *,
                  batch_size: int | None = None) -> None:
+        from .models.registry import registered
+
+        cls = type(model)
+        if registered().get(cls.__name__) is not cls:
+            raise InputTypeError(
+                f"{cls.__module__}.{cls.__qualname__} is not a registered xr_unmix model; only those "
+                "can run on workers (decorate an UnmixModel subclass with "
+                "xr_unmix.models.register_model); xr_unmix never serialises code")
         self.model = model
+        self.spec = model.tile_spec
         self.device = str(device)
         self.dtype = np.dtype(dtype)
         self.batch_size = None if batch_size is None else int(batch_size)
-        self._payload: dict[str, Any] | None = None
+        self._payload: bytes | None = None
         self._key: str | None = None
         self._local: Any = None
         self._local_lock = threading.Lock()
-        self._scattered: Any = None  #: a distributed Future of the payload (large models)
+        self._broadcast: str | None = None  #: key of the payload installed on the workers (large models)
         self._broadcast_if_large()
 
     def _broadcast_if_large(self) -> None:
-        """With an active client and a payload over :data:`INLINE_MAX_BYTES`: scatter it to all workers."""
+        """With an active client and a payload over :data:`INLINE_MAX_BYTES`: install it on every worker."""
         from .cluster import active_client
 
         client = active_client()
         if client is None:
             return
         self._ensure_payload()
-        assert self._payload is not None
-        size = sum(len(v) for v in self._payload.values() if isinstance(v, bytes | str))
-        if size > INLINE_MAX_BYTES:
-            # in a list: a dict given directly would be scattered value by value
-            self._scattered = client.scatter([self._payload], broadcast=True, hash=False)[0]
+        assert self._payload is not None and self._key is not None
+        if len(self._payload) > INLINE_MAX_BYTES:
+            from ._worker_plugin import register
+
+            register(client, self._key, self._payload)
+            self._broadcast = self._key
 
     @property
     def key(self) -> str:
@@ -215,34 +208,42 @@ class ModelKernel:
 
     def __getstate__(self) -> dict[str, Any]:
         self._ensure_payload()
-        if self._scattered is not None:  # a Future here, its key once unpickled (re-pickled)
-            skey = self._scattered if isinstance(self._scattered, str) else str(self._scattered.key)
-            return {"payload": None, "scattered": skey, "key": self._key,
-                    "device": self.device, "dtype": self.dtype.str, "batch_size": self.batch_size}
-        return {"payload": self._payload, "scattered": None, "key": self._key,
-                "device": self.device, "dtype": self.dtype.str, "batch_size": self.batch_size}
+        payload = None if self._broadcast is not None else self._payload
+        return {"payload": payload, "broadcast": self._broadcast, "key": self._key, "spec": self.spec,
+                "device": self.device, "dtype": self.dtype.str, "batch_size": self.batch_size,
+                "fetch_timeout": FETCH_TIMEOUT_S}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.model = None
         self._payload = state["payload"]
-        self._scattered = state.get("scattered")  # the key of the broadcast payload, or None
+        self._broadcast = state.get("broadcast")  # the key of the installed payload, or None
         self._key = state["key"]
+        self.spec = state["spec"]
+        self.fetch_timeout = float(state.get("fetch_timeout", FETCH_TIMEOUT_S))
         self.device = state["device"]
         self.dtype = np.dtype(state["dtype"])
         self.batch_size = state.get("batch_size")
         self._local = None
         self._local_lock = threading.Lock()
 
-    def _fetch_payload(self) -> dict[str, Any]:
-        """The broadcast payload: from this worker's memory, else from another worker."""
-        from distributed import Future, get_worker, worker_client
+    def _fetch_payload(self) -> bytes:
+        """The broadcast payload, as the worker plugin installed it (waiting at most ``fetch_timeout`` s).
 
-        key = self._scattered
-        worker = get_worker()
-        if key in worker.data:
-            return worker.data[key]
-        with worker_client() as client:  # e.g. a worker restarted after the broadcast
-            return client.gather(Future(key, client=client))
+        Raises
+        ------
+        ModelFileError
+            Not installed on this worker in time (the plugin was unregistered, or the worker cannot
+            reach the scheduler).
+        """
+        from ._worker_plugin import wait_payload
+
+        payload = wait_payload(str(self._broadcast), self.fetch_timeout)
+        if payload is None:
+            raise ModelFileError(
+                f"worker payload {str(self._key)[:12]}: the broadcast model was not installed on "
+                f"this worker within {self.fetch_timeout:g} s; run the computation again from the "
+                "client")
+        return payload
 
     def __dask_tokenize__(self) -> tuple[str, str, str, str, int]:
         return ("xr_unmix.ModelKernel", self.key, self.device, self.dtype.str, self.batch_size or 0)
@@ -251,7 +252,7 @@ class ModelKernel:
         import torch
 
         device = _check_device(self.device)
-        if self.model is None:  # unpickled: a worker process
+        if self.model is None:  # rebuilt from its state: a worker process
             assert self._key is not None
             with _MODEL_CACHE_LOCK:
                 hit = _MODEL_CACHE.get((self._key, device))
@@ -279,7 +280,7 @@ class ModelKernel:
             Y = torch.as_tensor(block, dtype=mdtype, device=self.device)
             b, h, w = Y.shape
             n = self.batch_size
-            if n and getattr(model, "pixelwise", False) and h * w > n:
+            if n and self.spec.pixelwise and h * w > n:
                 flat = Y.reshape(b, 1, h * w)  # column slices keep the (bands, pixels) layout
                 out = torch.cat([model.unmix_image(flat[:, :, i:i + n])
                                  for i in range(0, h * w, n)], dim=2).reshape(-1, h, w)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from ._cube import as_endmembers, check_dims, check_units, check_wavelengths, fi
 from ._workers import ModelKernel
 from .errors import InputTypeError, ParameterError
 from .runtime import torch_threads
-from .tiling import map_tiles
+from .tiling import TileSpec, map_tiles
 
 #: Most ADMM iterations :func:`sunsal` accepts (``tol=0`` runs exactly ``max_iter``): a bound on the
 #: work per pixel, so that a mistyped ``max_iter=1e9`` is refused instead of running for days.
@@ -37,12 +38,12 @@ def _np_dtype(dtype: Any) -> np.dtype:
 class _SunsalKernel:
     """Picklable kernel: SUnSAL on every pixel of a block.
 
-    ``handles_nan``: :func:`~xr_unmix.solvers.sunsal_solve` returns NaN for a pixel with NaN/inf in any
-    band by itself, so :func:`~xr_unmix.tiling.masked_kernel` passes the raw block (no mask pass, no
-    zero-filled copy of every block).
+    Tiled with ``SPEC``: pixel-wise, and ``handles_nan`` since :func:`~xr_unmix.solvers.sunsal_solve`
+    returns NaN for a pixel with NaN/inf in any band by itself (no mask pass, no zero-filled copy of
+    every block).
     """
 
-    handles_nan = True
+    SPEC = TileSpec(handles_nan=True)
 
     def __init__(self, E: np.ndarray, params: dict[str, Any]) -> None:
         self.E = E
@@ -116,7 +117,7 @@ def sunsal(
     eager = cube.chunks is None
     show = bool(sys.stderr.isatty() if progress is None else progress) and eager
     kernel = _SunsalKernel(E.values.astype(np_dtype), {**params, "progress": show} if show else params)
-    out = map_tiles(data, kernel, E.sizes["endmember"], halo=0, dtype=np_dtype)
+    out = map_tiles(data, kernel, E.sizes["endmember"], _SunsalKernel.SPEC, dtype=np_dtype)
     attrs = {"method": "sunsal", **{k: v for k, v in params.items() if k not in ("device",)}}
     return with_endmember_coords(finish(out, cube, list(E.endmember.values), attrs, facts=facts), E)
 
@@ -236,7 +237,8 @@ def apply_model(
     device : str
         ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     halo : int, optional
-        Tile overlap; default the model's ``halo`` (its receptive field, 0 for pixel-wise nets).
+        Tile overlap; default the model's ``tile_spec.halo`` (0 for pixel-wise nets). Stitching
+        (blend or crop) always follows the model's ``tile_spec``.
     method : str, optional
         Name recorded in ``attrs["method"]``.
     batch_size : int, optional
@@ -245,11 +247,12 @@ def apply_model(
 
     Notes
     -----
-    For models that record fixed-point solves (``solve_stats``, e.g. :class:`~xr_unmix.DEQUnmix`) and
-    a numpy-backed cube (computed at once), the stats of this call are copied into the result's attrs
-    (``solver_n_solves``, ``solver_n_unconverged``, ``solver_max_residual``, ``solver_max_iterations``)
-    and the model's ``solve_stats`` are reset first. For a lazy result they accumulate on the model as
-    the tiles are computed (local threads), and every non-converged solve warns.
+    For models that record inner solves (a non-empty ``solve_stats``, e.g. :class:`~xr_unmix.DEQUnmix`)
+    and a numpy-backed cube (computed at once), the stats of this call are copied into the result's
+    attrs (``solver_n_solves``, ``solver_n_unconverged``, ``solver_max_residual``,
+    ``solver_max_iterations``) and the model's ``solve_stats`` are reset first. For a lazy result they
+    accumulate on the model as the tiles are computed (local threads), and every non-converged solve
+    warns.
     """
     m = _resolve_model(model, expected)
     data, facts = prepare_cube(cube, np.float32)
@@ -259,32 +262,42 @@ def apply_model(
     if batch_size is not None:
         if int(batch_size) < 1:
             raise ParameterError(f"batch_size must be >= 1, got {batch_size}")
-        if not getattr(m, "pixelwise", False):
+        if not m.tile_spec.pixelwise:
             raise ParameterError(f"batch_size is for pixel-wise models; {type(m).__name__} sees "
                              "neighbourhoods (set the tile size through the cube's chunks)")
     m.eval()
-    h = m.halo if halo is None else int(halo)
-    if h < 0:
-        raise ParameterError(f"halo must be >= 0, got {h}")
+    spec = _spec(m.tile_spec, halo)
+    h = spec.halo
     eager = not hasattr(data, "dask")
-    track = eager and hasattr(m, "solve_stats") and hasattr(m, "reset_solve_stats")
+    track = eager and bool(m.solve_stats)
     if track:
         m.reset_solve_stats()
     kernel = ModelKernel(m, device, np.dtype(np.float32), batch_size=batch_size)
-    out = map_tiles(data, kernel, m.n_endmembers, halo=h,
-                    blend=bool(getattr(m, "blend_tiles", False)))
+    out = map_tiles(data, kernel, m.n_endmembers, spec)
     attrs = {"method": method or type(m).__name__, "model": type(m).__name__, "halo": h,
              **{f"model_{k}": v for k, v in m.config.items() if isinstance(v, int | float | str | bool)}}
     if batch_size is not None:
         attrs["batch_size"] = int(batch_size)
     if track:
         attrs.update({f"solver_{k}": (float(v) if isinstance(v, float) else int(v))
-                      for k, v in dict(m.solve_stats).items()
-                      if k in ("n_solves", "n_unconverged", "max_residual", "max_iterations")})
+                      for k, v in dict(m.solve_stats).items() if k in m.SOLVE_STAT_KEYS})
     if isinstance(model, str | os.PathLike):
         attrs["model_path"] = str(model)
     return with_endmember_coords(finish(out, cube, m.endmember_names, attrs, facts=facts),
                                  m.endmembers)
+
+
+def _spec(spec: TileSpec, halo: int | None) -> TileSpec:
+    """The model's ``spec``, with the halo a caller asked for (``None``: the model's own)."""
+    if halo is None:
+        return spec
+    try:
+        h = int(halo)
+    except (TypeError, ValueError) as exc:
+        raise ParameterError(f"halo must be an integer >= 0, got {halo!r}") from exc
+    if h < 0:
+        raise ParameterError(f"halo must be >= 0, got {h}")
+    return replace(spec, halo=h, pixelwise=spec.pixelwise and h == 0)
 
 
 def admm(cube: xr.DataArray, model: ModelLike, *, device: str = "cpu",
@@ -303,8 +316,9 @@ def deq(cube: xr.DataArray, model: ModelLike, *, device: str = "cpu", halo: int 
         return_endmembers: bool = False) -> xr.DataArray | tuple[xr.DataArray, xr.DataArray]:
     """Unmix with a trained :class:`xr_unmix.DEQUnmix` (or a path to one), tiles overlapping by ``halo``.
 
-    Overlapping tiles are blended (the model's ``blend_tiles``), not cropped: a DEQ's receptive field
-    grows with every iteration. Default halo: the model's ``halo`` (measured; see docs/deq.md).
+    Overlapping tiles are blended (the model's ``tile_spec``), not cropped: a DEQ's receptive field
+    grows with every iteration. Default halo: the model's ``tile_spec.halo`` (measured; see
+    docs/deq.md; 0 for a pixel-wise operator, ``kernel_size=1``).
 
     With ``return_endmembers=True`` returns ``(abundances, endmembers)``: the model's (possibly
     refined) endmembers as a DataArray ``(band, endmember)`` carrying the cube's band coordinates

@@ -344,7 +344,7 @@ def bundles(
         spectra = brightness_normalize(spectra, bands)
     kernel = BundleKernel(spectra, class_index, len(names), draws, method=method, mode=mode,
                           norm_bands=bands, penalty=mesma_penalty)
-    out = map_tiles(data, kernel, kernel.n_out, halo=0, dtype=np.float32)
+    out = map_tiles(data, kernel, kernel.n_out, dtype=np.float32)
     attrs = {"method": f"bundles_{mode}", "solver": method, "n_mc": n,
              "max_endmembers": k[0] if len(k) == 1 else ",".join(map(str, k)),
              **({"mesma_penalty": float(mesma_penalty)} if mode == "mesma" and len(k) > 1 else {}),

@@ -110,3 +110,52 @@ def write_cube_tif(cube: xr.DataArray, path: Any, *, nodata: float | None = None
             for i, w in enumerate(np.asarray(cube.wavelength.values), start=1):
                 dst.update_tags(i, wavelength=f"{float(w):.4f}", wavelength_units="Nanometers")
     return path
+
+
+def tamper_model_bytes(data: bytes, *, tensors: dict[str, Callable[[Any], Any]] | None = None,
+                       config: dict[str, Any] | None = None, meta: dict[str, Any] | None = None,
+                       raw_meta: str | None = None) -> bytes:
+    """Serialised model bytes (a model file's content, or a worker payload) altered as an attacker or a
+    bit flip would: for the tests that a tampered model is refused, in a file and on a worker alike.
+
+    Parameters
+    ----------
+    data : bytes
+        Output of :func:`xr_unmix.models.model_to_bytes` (or a ``.safetensors`` model file's bytes).
+    tensors : dict, optional
+        ``{name: fn}``: each named tensor replaced by ``fn(tensor)`` (a ``torch.Tensor``).
+    config : dict, optional
+        Entries merged into the JSON config.
+    meta : dict, optional
+        Entries merged into the JSON header (``class``, ``format_version``, ...).
+    raw_meta : str, optional
+        Replaces the whole ``xr_unmix`` metadata string (e.g. JSON that is not an object).
+
+    Returns
+    -------
+    bytes
+        A well-formed safetensors blob with the changes (the tensors' bytes rewritten as needed).
+    """
+    import json
+
+    from safetensors.torch import load, save
+
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    ts = load(bytes(data))
+    for k, fn in (tensors or {}).items():
+        ts[k] = fn(ts[k])
+    if raw_meta is None:
+        m = json.loads(header["__metadata__"]["xr_unmix"])
+        m.update(meta or {})
+        m["config"].update(config or {})
+        raw_meta = json.dumps(m)
+    return save(ts, metadata={"xr_unmix": raw_meta})
+
+
+def tamper_model_file(path: Any, out: Any, **changes: Any) -> Any:
+    """Write ``out``: the model file ``path`` altered by :func:`tamper_model_bytes` (``changes``)."""
+    from pathlib import Path
+
+    Path(out).write_bytes(tamper_model_bytes(Path(path).read_bytes(), **changes))
+    return out

@@ -9,19 +9,23 @@ Two ways of stitching the overlapping tiles back:
 
 - **crop** (default): each tile keeps only its own core. Exact wherever the halo covers the kernel's
   spatial receptive field (and trivially for pixel-wise kernels).
-- **blend** (``blend=True``, or a kernel -- or a kernel's ``model`` -- with ``blend_tiles = True``, as
-  :class:`xr_unmix.DEQUnmix`): every tile predicts its whole extended region; the predictions of the up to
+- **blend** (``TileSpec(blend=True)``, as :class:`xr_unmix.DEQUnmix` declares): every tile predicts its whole extended region; the predictions of the up to
   nine tiles covering a pixel are averaged with a taper window that is 1 in a tile's interior and falls
   smoothly (``sin^2``) to 0 over the ``2 * halo`` pixels shared with its neighbour, reaching 0 ``halo // 2``
   pixels before its cut edge (the weights of two neighbours sum to one there; see :func:`taper`). For a kernel with an unbounded receptive field (a deep
   equilibrium model) this removes the discontinuity at tile borders and puts little weight on each
   tile's least reliable (outermost) pixels. The average is taken in float64, so a pixel-wise kernel still
   stitches back bit for bit.
+
+The contract between an estimator and this module is a :class:`TileSpec`: its halo, whether tiles are
+blended, whether it is pixel-wise, and whether it finds invalid pixels itself. Every model declares one
+(:attr:`xr_unmix.models.base.UnmixModel.tile_spec`); :func:`map_tiles` takes it, nothing is probed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,6 +33,42 @@ import numpy as np
 from .runtime import blas_threads, task_blas_threads  # noqa: F401  (blas_threads: kept importable here)
 
 Kernel = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    """How an estimator is tiled: the model <-> tiling contract.
+
+    Parameters
+    ----------
+    halo : int
+        Overlap of neighbouring tiles in pixels (>= the kernel's spatial receptive field; 0 for a
+        pixel-wise kernel).
+    blend : bool
+        Stitch overlapping tiles by weighted blending instead of cropping (see the module notes; only
+        matters with a dask input and ``halo > 0``).
+    pixelwise : bool
+        Each output pixel depends on that input pixel only (then a tile may be cut into pixel batches).
+    handles_nan : bool
+        The kernel takes blocks with invalid pixels (NaN/inf in any band) and returns NaN for them
+        itself: no mask pass and no filled copy of the block.
+    """
+
+    halo: int = 0
+    blend: bool = False
+    pixelwise: bool = True
+    handles_nan: bool = False
+
+    def __post_init__(self) -> None:
+        if int(self.halo) != self.halo or self.halo < 0:
+            raise ValueError(f"halo must be an integer >= 0, got {self.halo}")
+        if self.pixelwise and self.halo:
+            raise ValueError(f"a pixel-wise kernel needs no halo, got halo={self.halo}")
+
+    @classmethod
+    def spatial(cls, halo: int, *, blend: bool = False) -> TileSpec:
+        """A kernel that sees a neighbourhood: tiles overlap by ``halo`` px (blended or cropped)."""
+        return cls(halo=int(halo), blend=bool(blend), pixelwise=False)
 
 
 def invalid_pixels(block: np.ndarray) -> np.ndarray | None:
@@ -63,19 +103,20 @@ def invalid_pixels(block: np.ndarray) -> np.ndarray | None:
     return cand.reshape(block.shape[1:])
 
 
-def masked_kernel(block: np.ndarray, kernel: Kernel, n_out: int, dtype: Any) -> np.ndarray:
+def masked_kernel(block: np.ndarray, kernel: Kernel, n_out: int, dtype: Any, *,
+                  handles_nan: bool = False) -> np.ndarray:
     """Apply ``kernel`` to ``block`` ``(bands, h, w)`` with NaN-in, NaN-out per pixel.
 
     Invalid pixels (NaN or inf in any band) are filled with 0 before the kernel runs (so one bad pixel
     cannot poison a solve that mixes pixels) and set to NaN afterwards. A block with no valid pixel
     returns all-NaN without calling the kernel.
 
-    A kernel with a true ``handles_nan`` attribute takes the block as it is, invalid pixels included,
-    and must return NaN for them itself (a pixel-wise solver can find them in its own data term at no
-    extra cost): no mask pass and no filled copy of the block here.
+    With ``handles_nan`` (:attr:`TileSpec.handles_nan`) the kernel takes the block as it is, invalid
+    pixels included, and must return NaN for them itself (a pixel-wise solver can find them in its own
+    data term at no extra cost): no mask pass and no filled copy of the block here.
     """
     h, w = block.shape[1:]
-    if getattr(kernel, "handles_nan", False):
+    if handles_nan:
         out = np.asarray(kernel(block), dtype=dtype)
         if out.shape != (n_out, h, w):
             raise RuntimeError(f"kernel returned shape {out.shape}, expected {(n_out, h, w)}")
@@ -110,8 +151,8 @@ def _crop(a: np.ndarray, halo: int, block_info: dict[Any, Any] | None) -> np.nda
 
 
 def _tile_block(block: np.ndarray, *, kernel: Kernel, halo: int, n_out: int, out_dtype: Any,
-                block_info: dict[Any, Any] | None = None) -> np.ndarray:
-    out = masked_kernel(block, kernel, n_out, out_dtype)
+                handles_nan: bool, block_info: dict[Any, Any] | None = None) -> np.ndarray:
+    out = masked_kernel(block, kernel, n_out, out_dtype, handles_nan=handles_nan)
     return _crop(out, halo, block_info)
 
 
@@ -156,10 +197,10 @@ def taper(n: int, halo: int, lo: bool, hi: bool) -> np.ndarray:
     return w
 
 
-def _weighted_block(block: np.ndarray, *, kernel: Kernel, halo: int, n_out: int,
+def _weighted_block(block: np.ndarray, *, kernel: Kernel, halo: int, n_out: int, handles_nan: bool,
                     block_info: dict[Any, Any] | None = None) -> np.ndarray:
     """Stage 1 of blending: ``[prediction * window, window]`` over the tile's extended region."""
-    out = masked_kernel(block, kernel, n_out, np.float64)
+    out = masked_kernel(block, kernel, n_out, np.float64, handles_nan=handles_nan)
     (_, iy, ix) = block_info[0]["chunk-location"]  # type: ignore[index]
     (_, ny, nx) = block_info[0]["num-chunks"]  # type: ignore[index]
     wy = taper(out.shape[1], halo, iy > 0, iy < ny - 1)
@@ -183,7 +224,7 @@ def _starts(chunks: tuple[int, ...]) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(chunks)]).astype(int)
 
 
-def _blend(data: Any, kernel: Kernel, n_out: int, halo: int, dtype: Any) -> Any:
+def _blend(data: Any, kernel: Kernel, n_out: int, halo: int, dtype: Any, handles_nan: bool) -> Any:
     import dask.array as da
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
@@ -199,6 +240,7 @@ def _blend(data: Any, kernel: Kernel, n_out: int, halo: int, dtype: Any) -> Any:
         _weighted_block, data, depth={0: 0, 1: halo, 2: halo}, boundary="none", trim=False,
         allow_rechunk=False, chunks=((n_out + 1,), ext_sizes(ych), ext_sizes(xch)), dtype=np.float64,
         meta=np.empty((0, 0, 0), dtype=np.float64), kernel=kernel, halo=halo, n_out=n_out,
+        handles_nan=handles_nan,
     )
     ys, xs = _starts(ych), _starts(xch)
     # extent of every extended tile, in image coordinates
@@ -228,17 +270,8 @@ def _blend(data: Any, kernel: Kernel, n_out: int, halo: int, dtype: Any) -> Any:
                     meta=np.empty((0, 0, 0), dtype=dtype))
 
 
-def _wants_blend(kernel: Kernel, blend: bool | None) -> bool:
-    if blend is not None:
-        return bool(blend)
-    flag = getattr(kernel, "blend_tiles", None)
-    if flag is None:
-        flag = getattr(getattr(kernel, "model", None), "blend_tiles", False)
-    return bool(flag)
-
-
-def map_tiles(data: Any, kernel: Kernel, n_out: int, *, halo: int = 0,
-              dtype: Any = np.float32, blend: bool | None = None) -> Any:
+def map_tiles(data: Any, kernel: Kernel, n_out: int, spec: TileSpec | None = None, *,
+              dtype: Any = np.float32) -> Any:
     """Run ``kernel`` over ``data`` ``(bands, y, x)``, tile by tile when ``data`` is a Dask array.
 
     Parameters
@@ -249,24 +282,22 @@ def map_tiles(data: Any, kernel: Kernel, n_out: int, *, halo: int = 0,
         ``(bands, h, w)`` finite array -> ``(n_out, h, w)`` array.
     n_out : int
         Number of output channels (endmembers).
-    halo : int
-        Overlap in pixels between neighbouring tiles (>= the kernel's spatial receptive field).
+    spec : TileSpec, optional
+        Halo, blending and NaN handling of the kernel; default ``TileSpec()`` (pixel-wise: no halo).
     dtype
         Output dtype.
-    blend : bool, optional
-        Stitch overlapping tiles by weighted blending instead of cropping (see the module notes; only
-        matters with a dask input and ``halo > 0``). Default: the kernel's ``blend_tiles`` attribute, or
-        that of its ``model`` attribute, else ``False``.
 
     Returns
     -------
     Same kind as ``data``, shape (n_out, y, x); a dask result is lazy and chunked like ``data`` in y/x
-    (chunks smaller than ``halo`` are merged into a neighbour first).
+    (chunks smaller than ``spec.halo`` are merged into a neighbour first).
     """
-    if halo < 0:
-        raise ValueError(f"halo must be >= 0, got {halo}")
+    spec = TileSpec() if spec is None else spec
+    if not isinstance(spec, TileSpec):
+        raise TypeError(f"spec must be a TileSpec, got {type(spec).__name__}")
+    halo, nan = spec.halo, spec.handles_nan
     if not hasattr(data, "dask"):
-        return masked_kernel(np.asarray(data), kernel, n_out, dtype)
+        return masked_kernel(np.asarray(data), kernel, n_out, dtype, handles_nan=nan)
     import dask.array as da
 
     if len(data.chunks[0]) != 1:
@@ -276,15 +307,11 @@ def map_tiles(data: Any, kernel: Kernel, n_out: int, *, halo: int = 0,
         if (ych, xch) != data.chunks[1:]:
             data = data.rechunk((data.chunks[0], ych, xch))
     out_chunks = ((n_out,), *data.chunks[1:])
-    if halo and _wants_blend(kernel, blend):
-        return _blend(data, kernel, n_out, halo, dtype)
+    if halo and spec.blend:
+        return _blend(data, kernel, n_out, halo, dtype, nan)
+    kw = {"kernel": kernel, "halo": halo, "n_out": n_out, "out_dtype": dtype, "handles_nan": nan,
+          "dtype": dtype, "chunks": out_chunks, "meta": np.empty((0, 0, 0), dtype=dtype)}
     if halo == 0:
-        return da.map_blocks(
-            _tile_block, data, kernel=kernel, halo=0, n_out=n_out, out_dtype=dtype, dtype=dtype,
-            chunks=out_chunks, meta=np.empty((0, 0, 0), dtype=dtype),
-        )
-    return da.map_overlap(
-        _tile_block, data, depth={0: 0, 1: halo, 2: halo}, boundary="none", trim=False,
-        allow_rechunk=False, chunks=out_chunks, dtype=dtype, meta=np.empty((0, 0, 0), dtype=dtype),
-        kernel=kernel, halo=halo, n_out=n_out, out_dtype=dtype,
-    )
+        return da.map_blocks(_tile_block, data, **kw)
+    return da.map_overlap(_tile_block, data, depth={0: 0, 1: halo, 2: halo}, boundary="none",
+                          trim=False, allow_rechunk=False, **kw)

@@ -1,14 +1,12 @@
 """Pickle-free model files: round trip and clear failures on foreign, truncated or tampered files."""
 
-import json
-import struct
-
 import numpy as np
 import pytest
 import torch
 
 from xr_unmix.errors import BandMismatchError, ModelFileError
-from xr_unmix.models.base import UnmixModel, load_model, register_model
+from xr_unmix.models import UnmixModel, load_model, model_from_bytes, model_to_bytes, register_model
+from xr_unmix.testing import tamper_model_bytes, tamper_model_file
 
 
 @register_model
@@ -69,37 +67,47 @@ def test_missing_random_truncated_foreign_tampered(tmp_path):
     with pytest.raises(ModelFileError, match="not an xr_unmix model"):
         load_model(foreign)
     # tamper with the config: claim more bands than the weights have
-    raw = p.read_bytes()
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + n])
-    meta = json.loads(header["__metadata__"]["xr_unmix"])
-    meta["config"]["n_bands"] = 31
-    meta["config"]["wavelengths"] = None
-    header["__metadata__"]["xr_unmix"] = json.dumps(meta)
-    hb = json.dumps(header).encode()
-    hb += b" " * (-len(hb) % 8)
-    tampered = tmp_path / "tampered.safetensors"
-    tampered.write_bytes(struct.pack("<Q", len(hb)) + hb + raw[8 + n:])
+    tampered = tamper_model_file(p, tmp_path / "tampered.safetensors",
+                                 config={"n_bands": 31, "wavelengths": None})
     with pytest.raises(ModelFileError, match=r"config does not fit its tensors .*\[3, 30\] in the file"):
         load_model(tampered)
-    meta["class"] = "os.system"
-    header["__metadata__"]["xr_unmix"] = json.dumps(meta)
-    hb = json.dumps(header).encode()
-    hb += b" " * (-len(hb) % 8)
-    tampered.write_bytes(struct.pack("<Q", len(hb)) + hb + raw[8 + n:])
-    with pytest.raises(ModelFileError, match="unknown model class"):
+    tamper_model_file(p, tampered, meta={"class": "os.system"})
+    with pytest.raises(ModelFileError, match="unknown model class 'os.system'"):
         load_model(tampered)
+
+
+def test_bytes_round_trip_is_the_file_format(tmp_path):
+    m = _model()
+    data = model_to_bytes(m)
+    p = m.save(tmp_path / "m.safetensors")
+    assert p.read_bytes() == data  # one serializer: a file holds exactly the payload bytes
+    back = model_from_bytes(data)
+    y = torch.rand(5, 30)
+    torch.testing.assert_close(back(y), m(y), rtol=0, atol=0)
+    with pytest.raises(ModelFileError, match="^payload: tensor 'lin.weight' holds 90 NaN"):
+        model_from_bytes(tamper_model_bytes(data, tensors={"lin.weight": lambda t: t * np.nan}),
+                         source="payload")
+    with pytest.raises(ModelFileError, match="header length .* does not fit"):
+        model_from_bytes(b"\xff" * 8 + data[8:], source="payload")
+
+
+def test_unregistered_module_cannot_become_bytes():
+    class Plain(_Linear):  # an UnmixModel subclass nobody registered
+        pass
+
+    with pytest.raises(TypeError, match="not a registered xr_unmix model class .* never serialises code"):
+        model_to_bytes(Plain(3, 2))
 
 
 def test_save_is_atomic(tmp_path, monkeypatch):
     m = _model()
     target = tmp_path / "m.safetensors"
-    import safetensors.torch
+    import os
 
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    monkeypatch.setattr(os, "fsync", boom)  # the scratch file is written, publishing it fails
     with pytest.raises(OSError, match="disk full"):
         m.save(target)
     assert not target.exists() and list(tmp_path.iterdir()) == []
@@ -108,13 +116,16 @@ def test_save_is_atomic(tmp_path, monkeypatch):
 @pytest.mark.parametrize("meta", ['{"format": "xr_unmix-model", "class": 3, "config": []}',
                                   '["not", "a", "dict"]', '{"format_version": "x"}'])
 def test_tampered_metadata_is_a_model_file_error(tmp_path, meta):
-    import torch
-    from safetensors.torch import save_file
+    p = _model().save(tmp_path / "m.safetensors")
+    bad = tamper_model_file(p, tmp_path / "bad.safetensors", raw_meta=meta)
+    with pytest.raises(ModelFileError, match="not an xr_unmix model|format_version 'x' is not a number"):
+        load_model(bad)
 
-    from xr_unmix.errors import ModelFileError
-    from xr_unmix.models.base import load_model
 
-    p = tmp_path / "m.safetensors"
-    save_file({"W": torch.zeros(2, 2)}, str(p), metadata={"xr_unmix": meta})
-    with pytest.raises(ModelFileError):
-        load_model(p)
+def test_kernel_refuses_a_module_that_is_not_a_registered_model():
+    from xr_unmix._workers import ModelKernel
+    from xr_unmix.errors import InputTypeError
+
+    with pytest.raises(InputTypeError, match=r"torch.nn.modules.linear.Linear is not a registered "
+                                             r"xr_unmix model.* never serialises code"):
+        ModelKernel(torch.nn.Linear(3, 2), "cpu", np.dtype("float32"))

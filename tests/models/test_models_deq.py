@@ -14,6 +14,7 @@ from xr_unmix.models.base import load_model
 from xr_unmix.models.deq import DEQUnmix
 from xr_unmix.solvers.sunsal import fcls, project_simplex
 from xr_unmix.testing import make_cube, make_endmembers
+from xr_unmix.tiling import TileSpec
 
 
 @pytest.fixture(autouse=True)
@@ -77,7 +78,21 @@ def test_output_on_simplex_and_shapes(scene) -> None:
         pix = model(torch.as_tensor(cube.values[:, :2, :3].reshape(20, -1).T.copy()), warn=False)
     assert out.shape == (3, 24, 28) and pix.shape == (6, 3)
     assert float(out.min()) >= 0 and torch.allclose(out.sum(0), torch.ones(24, 28), atol=1e-5)
-    assert model.halo == model.config["halo"] > 0 and model.blend_tiles
+    assert model.tile_spec == TileSpec(halo=model.config["halo"], blend=True, pixelwise=False)
+    assert model.config["halo"] > 0
+
+
+@pytest.mark.parametrize("kw", [{"kernel_size": 1}, {"use_cnn": False}])
+def test_pixelwise_operator_is_tiled_without_halo(scene, kw) -> None:
+    cube, E, _ = scene
+    m = DEQUnmix.from_endmembers(E, seed=0, hidden=4, **kw)
+    assert m.tile_spec == TileSpec() and m.halo == 0  # not 16 px blended
+    out = cube.chunk({"y": 8, "x": 8}).unmix.deq(m)
+    assert out.attrs["halo"] == 0
+    # no overlap and no blending: the 8 px chunks are kept (a 16 px halo would merge them)
+    assert out.data.chunks[1:] == ((8, 8, 8), (8, 8, 8, 4))
+    assert not any("blend" in k or "overlap" in k for k in out.data.dask.layers)
+    np.testing.assert_allclose(out.values, cube.unmix.deq(m).values, atol=2e-3)
 
 
 def test_implicit_gradient_matches_unrolled_backprop() -> None:

@@ -1,5 +1,13 @@
-"""Unmixing networks: plain ``torch.nn.Module`` subclasses that know nothing of xarray."""
+"""Unmixing networks: plain ``torch.nn.Module`` subclasses that know nothing of xarray.
 
-from .base import UnmixModel, load_model, register_model
+Importing this package imports every built-in model module, so that their classes are registered in
+:mod:`xr_unmix.models.registry` (the only way a model becomes bytes and back) before any file or worker
+payload is read.
+"""
 
-__all__ = ["UnmixModel", "load_model", "register_model"]
+from . import deq, uadmm  # noqa: F401  (each registers its classes)
+from .base import TileSpec, UnmixModel
+from .registry import load_model, model_from_bytes, model_to_bytes, register_model, save_model
+
+__all__ = ["TileSpec", "UnmixModel", "load_model", "model_from_bytes", "model_to_bytes",
+           "register_model", "save_model"]

@@ -46,7 +46,9 @@ from ..errors import ConvergenceWarning
 from ..solvers.fixed_point import BackwardStats, FixedPointInfo, deq_fixed_point
 from ..solvers.sunsal import fcls as _fcls
 from ..solvers.sunsal import project_simplex
-from .base import UnmixModel, register_model
+from ..tiling import TileSpec
+from .base import UnmixModel
+from .registry import register_model
 
 #: Tile overlap used by ``cube.unmix.deq`` when none is given: measured by recipes/deq_seams.py
 #: (max |tiled - whole| on Jasper Ridge with a trained model, blended tiles; see docs/deq.md).
@@ -174,10 +176,6 @@ class DEQUnmix(UnmixModel):
         Tile overlap for ``cube.unmix.deq`` (see :data:`DEFAULT_HALO`).
     """
 
-    pixelwise = False
-    #: Overlapping tiles are blended (weighted) rather than cropped: the receptive field is unbounded.
-    blend_tiles = True
-
     def __init__(
         self,
         n_bands: int,
@@ -300,8 +298,15 @@ class DEQUnmix(UnmixModel):
 
     # -- the operator ---------------------------------------------------------------------------------
     @property
-    def halo(self) -> int:
-        return int(self.config["halo"])
+    def tile_spec(self) -> TileSpec:
+        """Spatial CNN (``kernel_size`` 3): tiles overlap by the configured ``halo`` and are blended,
+        the receptive field growing with every iteration. Pixel-wise operator (``kernel_size=1`` or no
+        CNN): no halo, no blending (each pixel's fixed point is its own; tiles agree with the whole
+        scene to the solve's tolerance)."""
+        c = self.config
+        if not c["use_cnn"] or c["kernel_size"] == 1:
+            return TileSpec()
+        return TileSpec.spatial(int(c["halo"]), blend=True)
 
     def endmember_matrix(self) -> torch.Tensor:
         """``(bands, R)`` endmembers, clipped at 0."""
@@ -546,16 +551,22 @@ class DEQUnmix(UnmixModel):
         return lam
 
     # -- convergence records --------------------------------------------------------------------------
+    @property
+    def solve_stats(self) -> dict[str, Any]:
+        """``n_solves``, ``n_unconverged``, ``max_residual``, ``max_iterations`` of the forward solves
+        since :meth:`reset_solve_stats` (this process)."""
+        return self._solve_stats
+
     def reset_solve_stats(self) -> None:
         """Clear :attr:`solve_stats`."""
         with self._lock:
-            self.solve_stats: dict[str, Any] = {"n_solves": 0, "n_unconverged": 0,
+            self._solve_stats: dict[str, Any] = {"n_solves": 0, "n_unconverged": 0,
                                                 "max_residual": 0.0, "max_iterations": 0}
 
     def _record(self, info: FixedPointInfo, warn: bool) -> None:
         res = info.max_residual
         with self._lock:
-            s = self.solve_stats
+            s = self._solve_stats
             s["n_solves"] += 1
             s["n_unconverged"] += int(not info.all_converged)
             s["max_residual"] = max(float(s["max_residual"]), res)
@@ -1041,7 +1052,7 @@ class DEQUnmix(UnmixModel):
         self.eval()
         return hist
 
-    def __getstate__(self) -> dict[str, Any]:  # picklable for dask workers (lock dropped)
+    def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy (keep-best states): the lock is dropped
         state = self.__dict__.copy()
         state.pop("_lock", None)
         return state

@@ -32,8 +32,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from .base import UnmixModel, register_model
+from .base import UnmixModel
 from .losses import PAPER_ALPHAS, CompositeLoss
+from .registry import register_model
 
 #: Adam defaults of :meth:`UADMMNet.fit` / :meth:`MNNAE.fit` (``optimizer="adam"``), chosen by
 #: measurement on Jasper Ridge (docs/uadmm.md).
