@@ -75,30 +75,28 @@ def test_one_spectrum_per_class_single_draw_equals_fcls(scene):
 
 
 @pytest.mark.parametrize("kind", ["admm", "deq"])
-def test_network_results_keep_the_class_coordinate(scene, kind):
+def test_network_results_keep_the_class_coordinate(scene, kind, monkeypatch):
     """admm/deq carry the class coordinate of the model's endmembers (as sunsal/fcls/... carry the
     library's), so that class fractions are one groupby away."""
     cube, E, _ = scene
     classes = np.array(["rock", "plant", "rock"], dtype=object)
-    base = xr_unmix.UADMMNet if kind == "admm" else xr_unmix.DEQUnmix
-
-    class Classed(base):  # a model whose endmembers carry classes
-        @property
-        def endmembers(self):
-            return super().endmembers.assign_coords({"class": ("endmember", classes)})
-
-    model = Classed.from_endmembers(E, seed=0) if kind == "deq" else Classed.from_endmembers(E)
+    cls = xr_unmix.UADMMNet if kind == "admm" else xr_unmix.DEQUnmix
+    model = cls.from_endmembers(E, seed=0) if kind == "deq" else cls.from_endmembers(E)
+    plain = getattr(cube.unmix, kind)(model)  # no classes: none invented
+    assert "class" not in plain.coords
+    base = cls.endmembers  # the property; a model whose endmembers carry classes:
+    monkeypatch.setattr(cls, "endmembers", property(
+        lambda self: base.fget(self).assign_coords({"class": ("endmember", classes)})))
     ab = getattr(cube.unmix, kind)(model)
     assert list(ab["class"].values) == list(classes) and ab["class"].dims == ("endmember",)
     fr = ab.groupby("class").sum()
     assert sorted(fr["class"].values) == ["plant", "rock"] and fr.rio.crs == ab.rio.crs
     np.testing.assert_allclose(fr.sel({"class": "rock"}).values,
                                ab.isel(endmember=[0, 2]).sum("endmember").values, rtol=1e-6)
+    xr.testing.assert_allclose(ab.drop_vars("class"), plain)
     if kind == "deq":
         _, Em = cube.unmix.deq(model, return_endmembers=True)
         assert list(Em["class"].values) == list(classes)
-    plain = getattr(cube.unmix, kind)(base.from_endmembers(E))  # no classes: none invented
-    assert "class" not in plain.coords
 
 
 def test_rowwise_library_file_to_class_fractions(tmp_path):
