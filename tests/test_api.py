@@ -128,8 +128,8 @@ def test_float64_solve_of_float32_cube_equals_float64_cube(scene):
     a = cube.unmix.fcls(E, dtype="float64").values
     b = cube.astype("float64").unmix.fcls(E, dtype="float64").values
     np.testing.assert_allclose(a, b, atol=1e-12)
-    lazy = cube.chunk({"y": 10, "x": 12}).unmix.fcls(E, dtype="float64").values
-    np.testing.assert_allclose(lazy, b, atol=1e-12)
+    assert_tiled_equals_full(cube, lambda c: c.unmix.fcls(E, dtype="float64"), tol=1e-12,
+                             chunks={"y": 10, "x": 12})
 
 
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
@@ -137,10 +137,11 @@ def test_non_finite_pixel_is_nan_on_numpy_and_dask(scene, bad):
     cube, E, _ = scene
     c = cube.copy()
     c[7, 11, 13] = bad
-    for arr in (c, c.chunk({"y": 10, "x": 12})):
-        ab = arr.unmix.sunsal(E, lam=1e-3).values
-        assert np.isnan(ab[:, 11, 13]).all()
-        assert np.isfinite(ab).sum() == ab.size - ab.shape[0]
+    ab = c.unmix.sunsal(E, lam=1e-3).values
+    assert np.isnan(ab[:, 11, 13]).all()
+    assert np.isfinite(ab).sum() == ab.size - ab.shape[0]
+    # tiled: the same map, NaN at the same pixel only
+    assert_tiled_equals_full(c, lambda a: a.unmix.sunsal(E, lam=1e-3), chunks={"y": 10, "x": 12})
 
 
 def test_top_level_names():
@@ -157,7 +158,7 @@ def test_top_level_names():
 
 def test_make_cube_chunks():
     cube, _, _ = make_cube(chunks={"y": 8, "x": 8})
-    assert cube.chunks is not None
+    assert cube.chunks == ((30,), (8, 8, 8), (8, 8, 8, 8))
 
 
 def test_admm_batch_size_gives_the_same_map(scene):
@@ -211,3 +212,38 @@ def test_stored_integers_against_reflectance_endmembers_warn(scene):
         warnings.simplefilter("error")
         ints.unmix.fcls(E * 10000)  # same units: no warning
         (ints * 1e-4).unmix.fcls(E)
+
+
+@pytest.mark.parametrize("name", ["sunsal", "fcls", "nnls", "ls", "admm", "deq"])
+@pytest.mark.parametrize("lazy", [False, True])
+def test_missing_gpu_is_a_device_error_everywhere(scene, monkeypatch, name, lazy):
+    """``device="cuda"`` where torch sees no GPU: DeviceError from every estimator, numpy or Dask,
+    and from the checks the CLI and batch make first."""
+    import torch
+
+    from xr_unmix import pipeline
+    from xr_unmix.errors import DeviceError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cube, E, _ = scene
+    cube = cube.chunk({"y": 12}) if lazy else cube
+    if name == "admm":
+        args = (xr_unmix.UADMMNet.from_endmembers(E),)
+    elif name == "deq":
+        args = (xr_unmix.DEQUnmix.from_endmembers(E, seed=0),)
+    else:
+        args = (E,)
+    with pytest.raises(DeviceError, match="torch sees no CUDA GPU"):
+        getattr(cube.unmix, name)(*args, device="cuda").compute()
+    with pytest.raises(DeviceError, match="torch sees no CUDA GPU") as exc:
+        pipeline.check_device("cuda:0")
+    assert exc.value.param == "device"
+
+
+@pytest.mark.parametrize("scene", [{"ny": 12, "nx": 10, "n_bands": 20, "n_endmembers": 4,
+                                    "snr_db": 40, "seed": 3}], indirect=True)
+def test_scene_fixture_takes_a_shape(scene):
+    cube, E, truth = scene
+    assert cube.sizes == {"band": 20, "y": 12, "x": 10} and E.sizes["endmember"] == 4
+    assert truth.sizes["endmember"] == 4
+    np.testing.assert_allclose(cube.unmix.fcls(E).values, truth.values, atol=0.05)  # 40 dB noise

@@ -52,6 +52,7 @@ from xr_unmix.errors import (
     WavelengthMismatchError,
 )
 from xr_unmix.io import open_abundance, open_cube, read_wavelengths, to_cog, to_zarr
+from xr_unmix.testing import assert_cli_error as assert_one_line
 from xr_unmix.testing import make_cube, tamper_model_file, write_cube_tif
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,15 +62,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 def cli(*args: str) -> object:
     return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_one_line(r: object, pattern: str) -> str:
-    """A CLI user error: exit status 2, one line ``Error: ...`` matching ``pattern``, no traceback."""
-    out = r.output.strip()  # type: ignore[attr-defined]
-    assert r.exit_code == 2, out  # type: ignore[attr-defined]
-    assert "Traceback" not in out and len(out.splitlines()) == 1, out
-    assert out.startswith("Error: ") and re.search(pattern, out), out
-    return out
 
 
 def leftovers(folder: Path) -> list[str]:

@@ -146,9 +146,7 @@ def test_interrupted_batch_resumes(scenes, monkeypatch: pytest.MonkeyPatch) -> N
     kw = dict(out_dir=out, method="fcls", endmembers=str(scenes["em"]), formats=["tif"], chunk=16,
               progress=False)
     names = [str(d / f"{n}.tif") for n in "abc"]
-    import xr_unmix.io
-
-    monkeypatch.setattr(xr_unmix.io, "write", _interrupting(xr_unmix.io.write))
+    monkeypatch.setattr(batch_mod, "write", _interrupting(batch_mod.write))
     with pytest.raises(KeyboardInterrupt):
         run_batch(names, **kw)
     monkeypatch.undo()
@@ -187,7 +185,7 @@ def test_cli_batch_exit_codes(scenes, tmp_path: Path) -> None:
                                "--format", "zarr"])
     assert bad.exit_code == 1
     assert "1 scene(s) failed" in bad.output
-    assert (tmp_path / "o2" / "c.zarr").exists()
+    assert open_abundance(tmp_path / "o2" / "c.zarr").sizes == {"endmember": 3, "y": 40, "x": 32}
 
 
 def test_cli_batch_rejects_bad_parameters(scenes, tmp_path: Path) -> None:
@@ -198,3 +196,107 @@ def test_cli_batch_rejects_bad_parameters(scenes, tmp_path: Path) -> None:
                                   str(scenes["em"]), "--out-dir", str(tmp_path / "o"),
                                   "--format", "png"])
     assert r.exit_code == 2 and "formats must be among" in r.output
+
+
+@pytest.mark.parametrize("spec", ["s3://bucket/scenes/*.tif", "/vsizip/scenes.zip/*.tif",
+                                  'NETCDF:"f.nc":reflectance', "https://host/a.tif"])
+def test_remote_specs_are_refused_up_front(scenes, tmp_path: Path, spec: str) -> None:
+    out = tmp_path / "o"
+    with pytest.raises(xr_unmix.errors.InputError, match="cannot be globbed"):
+        run_batch([str(scenes["dir"] / "a.tif"), spec], out_dir=out, endmembers=str(scenes["em"]))
+    assert not out.exists()  # nothing started: no folder, no report
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"{scenes['dir'] / 'a.tif'}\n{spec}\n")
+    with pytest.raises(xr_unmix.errors.InputError, match=r"^scene .*a batch takes local files"):
+        expand_scenes([f"@{lst}"])
+    r = CliRunner().invoke(main, ["batch", spec, "--endmembers", str(scenes["em"]),
+                                  "--out-dir", str(out)])
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith(f"Error: scene {spec}: a GDAL/fsspec path") and \
+        r.output.count("\n") == 1, r.output
+    assert not out.exists()
+
+
+def _saved_models(E: xr.DataArray, tmp_path: Path) -> dict[str, Path]:
+    """Untrained U-ADMM and DEQ models for ``E``, saved as model files."""
+    from xr_unmix.models.deq import DEQUnmix
+    from xr_unmix.models.uadmm import UADMMNet
+
+    return {"admm": UADMMNet.from_endmembers(E).save(tmp_path / "admm.safetensors"),
+            "deq": DEQUnmix.from_endmembers(E, seed=0).save(tmp_path / "deq.safetensors")}
+
+
+@pytest.mark.parametrize("method", ["admm", "deq"])
+def test_batch_with_model_files(scenes, tmp_path: Path, method: str) -> None:
+    from xr_unmix.endmembers import read_endmembers
+    from xr_unmix.models.base import load_model
+
+    d, out = scenes["dir"], scenes["out"]
+    path = _saved_models(read_endmembers(scenes["em"]), tmp_path)[method]
+    kw = dict(out_dir=out, method=method, model=str(path), formats=["tif"], chunk=16,
+              progress=False)
+    report = run_batch([str(d / "a.tif"), str(d / "b.tif")], **kw)
+    assert _statuses(report) == {"a.tif": "done", "b.tif": "done"}
+    net = load_model(path)
+    for name in "ab":
+        expected = getattr(xr_unmix, method)(open_cube(d / f"{name}.tif", chunks=16), net).values
+        np.testing.assert_allclose(open_cube(out / f"{name}.tif").values, expected, atol=1e-5)
+    assert _statuses(run_batch([str(d / "a.tif")], **kw)) == {"a.tif": "skipped"}
+    # another model file (same class, other weights) makes the outputs outdated
+    (tmp_path / "other").mkdir()
+    other = _saved_models(read_endmembers(scenes["em"]) * 1.01, tmp_path / "other")[method]
+    path.write_bytes(other.read_bytes())
+    assert _statuses(run_batch([str(d / "a.tif")], **kw)) == {"a.tif": "done"}
+
+
+def test_batch_with_vca_endmembers(scenes) -> None:
+    from xr_unmix.extraction import extract_endmembers
+
+    d, out = scenes["dir"], scenes["out"]
+    kw = dict(out_dir=out, method="fcls", endmembers="vca:3", seed=0, formats=["zarr"], chunk=16,
+              progress=False)
+    report = run_batch([str(d / "a.tif"), str(d / "b.tif")], **kw)
+    assert _statuses(report) == {"a.tif": "done", "b.tif": "done"}
+    for name in "ab":  # extracted per scene, with the batch's seed
+        cube = open_cube(d / f"{name}.tif", chunks=16)
+        expected = xr_unmix.fcls(cube, extract_endmembers(cube, 3, seed=0))
+        got = open_abundance(out / f"{name}.zarr")
+        assert got.sizes["endmember"] == 3
+        np.testing.assert_allclose(got.values, expected.values, atol=1e-6)
+    assert report["parameters"]["endmembers"] == "vca:3"
+    sidecar = json.loads((out / "a.done.json").read_text())
+    assert sidecar["fingerprint"]["endmembers_sha256"] is None
+    assert sidecar["fingerprint"]["seed"] == 0
+    assert _statuses(run_batch([str(d / "a.tif")], **kw)) == {"a.tif": "skipped"}
+    # another seed: other endmembers, so the scene is redone
+    assert _statuses(run_batch([str(d / "a.tif")], **{**kw, "seed": 1})) == {"a.tif": "done"}
+
+
+def test_batch_bar_is_emptied_in_a_notebook(scenes, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """In Jupyter the scenes' bar is a widget shown under a display id, emptied at the end: a saved
+    notebook keeps neither the widget nor text-bar lines."""
+    import IPython.display
+    import tqdm.auto
+    import tqdm.notebook
+
+    shown: list[tuple[object, dict]] = []
+
+    class Handle:
+        def update(self, obj: object, **kw: object) -> None:
+            shown.append((obj, kw))
+
+    def display(obj: object, **kw: object) -> Handle:
+        shown.append((obj, kw))
+        return Handle()
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", tqdm.notebook.tqdm)
+    monkeypatch.setattr(IPython.display, "display", display)
+    report = run_batch([str(scenes["dir"] / "a.tif")], out_dir=scenes["out"], method="fcls",
+                       endmembers=str(scenes["em"]), chunk=16, progress=True)
+    assert _statuses(report) == {"a.tif": "done"}
+    assert len(shown) == 2, shown
+    assert isinstance(shown[0][0], tqdm.notebook.TqdmHBox) and shown[0][1] == {"display_id": True}
+    assert shown[1] == ({}, {"raw": True})  # the display emptied when the batch ended
+    err = capsys.readouterr().err
+    assert "%|" not in err and "\r" not in err, err

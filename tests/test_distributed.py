@@ -357,3 +357,57 @@ def test_bundles_on_cluster_equal_threads_and_numpy(client) -> None:
     for v in ("fraction", "uncertainty"):
         np.testing.assert_array_equal(distributed[v].values, threaded[v].values)
         np.testing.assert_allclose(distributed[v].values, eager[v].values, rtol=0, atol=1e-9)
+
+
+def _fail_one_block(block: np.ndarray, block_info=None) -> np.ndarray:
+    if block_info[None]["chunk-location"][1:] == (1, 1):
+        raise RuntimeError("block (1, 1) failed on purpose")
+    time.sleep(0.05)
+    return block
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "tif"])
+def test_failed_task_on_cluster_leaves_no_output(client, tmp_path: Path, fmt: str) -> None:
+    """A tile's task raises on a worker: the writer raises that error (in bounded time), and nothing
+    at the output path, or beside it, looks like a product."""
+    from xr_unmix.io import to_cog
+
+    cube, E, _ = make_cube(32, 48, seed=12, chunks={"y": 8, "x": 16})
+    bad = cube.copy(data=cube.data.map_blocks(_fail_one_block, dtype=cube.dtype))
+    out = tmp_path / f"a.{fmt}"
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"block \(1, 1\) failed on purpose"):
+        (to_zarr if fmt == "zarr" else to_cog)(bad.unmix.fcls(E), out)
+    assert time.monotonic() - t0 < 60
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+    time.sleep(0.5)  # nothing still running writes a chunk after the error
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def _sleep_then(path: str, seconds: float) -> int:
+    import time as _time
+
+    _time.sleep(seconds)
+    with open(path, "a") as f:
+        f.write("late\n")
+    return 0
+
+
+def test_compute_settled_gives_up_waiting_after_settle_timeout(client, tmp_path: Path) -> None:
+    """A task that runs on after a failure is waited for at most ``settle_timeout`` seconds."""
+    from dask import delayed
+
+    from xr_unmix.runtime import compute_settled
+
+    log = tmp_path / "late.txt"
+    graph = delayed(lambda *xs: xs)(delayed(_sleep_then, pure=False)(str(log), 4.0),
+                                    delayed(_fail_fast, pure=False)())
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="on purpose"):
+        compute_settled(graph, settle_timeout=1.0)
+    waited = time.monotonic() - t0
+    assert 0.9 <= waited < 3.5, waited  # waited for the running task, then gave up at the bound
+    assert not log.exists()  # it was still running when compute_settled returned
+    deadline = time.monotonic() + 10
+    while not log.exists() and time.monotonic() < deadline:  # let it end before the next test
+        time.sleep(0.1)

@@ -209,3 +209,66 @@ def test_kernel_that_handles_nan_gets_the_raw_block(cube: np.ndarray) -> None:
     out = map_tiles(da.from_array(c, chunks=(-1, 8, 8)), K(), 2, TileSpec(handles_nan=True)).compute()
     assert K.calls == -(-c.shape[1] // 8) * -(-c.shape[2] // 8)
     assert np.isnan(out[:, :8, :8]).all() and np.isnan(out[1, 20, 20]) and not np.isnan(out[0, 20, 20])
+
+
+# -- every estimator: tiled == untiled (xr_unmix.testing.assert_tiled_equals_full) ---------------
+
+def _library(E):
+    """Two members per class (the endmembers and a brighter copy): a bundle library."""
+    import xarray as xr
+
+    lib = xr.concat([E, E * 1.05], dim="endmember")
+    names = [str(n) for n in E.endmember.values]
+    return lib.assign_coords(endmember=[f"{n}_{i}" for i in range(2) for n in names],
+                             **{"class": ("endmember", np.array(names * 2, dtype=object))})
+
+
+def _estimator(name: str, E):
+    """``cube -> result`` for an estimator; the models untrained (their tiling does not need weights)."""
+    if name == "admm":
+        from xr_unmix.models.uadmm import UADMMNet
+
+        net = UADMMNet.from_endmembers(E)
+        return lambda c: c.unmix.admm(net)
+    if name == "deq":
+        from xr_unmix.models.deq import DEQUnmix
+
+        model = DEQUnmix.from_endmembers(E, seed=0)
+        return lambda c: c.unmix.deq(model)
+    if name == "bundles":
+        lib = _library(E)
+        return lambda c: c.unmix.bundles(lib, n_mc=4, seed=1)
+    return lambda c: getattr(c.unmix, name)(E)
+
+
+@pytest.mark.parametrize("name", ["sunsal", "fcls", "nnls", "ls", "admm", "deq", "bundles"])
+def test_every_estimator_tiled_equals_full(scene, name: str) -> None:
+    from xr_unmix.testing import assert_tiled_equals_full
+
+    cube, E, _ = scene
+    cube = cube.copy()
+    cube[4, 5, 6] = np.nan  # one band of one pixel: NaN in every layer there, only there
+    fn = _estimator(name, E)
+    # thirds, and tiles smaller than a spatial model's halo (merged, not wrong)
+    diff = assert_tiled_equals_full(cube, fn, tol=1e-5, chunks=[{"y": 8, "x": 11}, {"y": 5, "x": 7}])
+    assert diff <= 1e-5
+    full = fn(cube)
+    layers = full.data_vars.values() if hasattr(full, "data_vars") else [full]
+    assert all(bool(np.isnan(v.values[..., 5, 6]).all()) for v in layers)
+
+
+def test_assert_tiled_equals_full_can_fail(scene) -> None:
+    """The check itself fails on an estimator that sees its tile's edge."""
+    from xr_unmix.testing import assert_tiled_equals_full
+
+    cube, _, _ = scene
+
+    def edge_aware(c):  # mean of each block: depends on the tiling
+        import xarray as xr
+
+        data = c.data.map_blocks(lambda b: np.broadcast_to(b.mean((1, 2), keepdims=True), b.shape)) \
+            if c.chunks else np.broadcast_to(c.values.mean((1, 2), keepdims=True), c.shape)
+        return xr.DataArray(data, dims=c.dims)
+
+    with pytest.raises(AssertionError, match="tiled differs from full"):
+        assert_tiled_equals_full(cube, edge_aware)

@@ -11,6 +11,7 @@ written ten times a second leaves as hundreds of lines. :class:`DaskProgress` is
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Any
 
 from dask.callbacks import Callback
@@ -45,12 +46,12 @@ class _Bar:
     def update(self, n: int = 1) -> None:
         self.tqdm.update(n)
 
-    def set_postfix_str(self, s: str = "") -> None:
-        self.tqdm.set_postfix_str(s)
+    def set_postfix_str(self, text: str) -> None:
+        self.tqdm.set_postfix_str(text)
 
-    def write(self, s: str, **kwargs: Any) -> None:
-        """Print a line without breaking the bar (``tqdm.write``)."""
-        self.tqdm.write(s, **kwargs)
+    def write(self, line: str) -> None:
+        """Print ``line`` on stderr above a text bar (in Jupyter: as a plain line, kept)."""
+        self.tqdm.write(line, file=sys.stderr)
 
     def close(self) -> None:
         self.tqdm.close()

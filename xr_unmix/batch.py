@@ -13,8 +13,6 @@ an error while computing) is recorded with its error and the batch goes on. The 
 from __future__ import annotations
 
 import datetime as _dt
-import glob
-import hashlib
 import json
 import os
 import platform
@@ -22,118 +20,23 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from . import pipeline
-from .io import atomic as _atomic
+from ._progress import progress_bar
+from ._scenes import expand_scenes, file_sha256, output_stems, scene_fingerprint
 from .errors import MissingInputError, OutputError, ParameterError
-from .runtime import dask_scheduler, describe_scheduler
+from .io import atomic as _atomic
+from .io import open_abundance, write, zarr_complete
+from .runtime import dashboard_line, dask_scheduler, describe_scheduler
 
 PathLike = str | os.PathLike[str]
 
 FORMATS = ("tif", "zarr")
 REPORT_NAME = "xr_unmix_batch_report.json"
 _SIDECAR = ".done.json"
-_GLOB_CHARS = set("*?[")
-
-
-# -- inputs ----------------------------------------------------------------------------------------
-
-def expand_scenes(specs: Iterable[PathLike]) -> tuple[list[Path], list[str]]:
-    """Expand scene specifications into a de-duplicated, ordered list of paths.
-
-    Parameters
-    ----------
-    specs : iterable of str or path
-        Each one a path, a glob pattern (``*``, ``?``, ``[..]``, ``**`` recursive; matches sorted), or
-        ``@FILE``: a text file with one path or pattern per line (blank lines and ``#`` comments
-        ignored; relative entries are taken relative to the current directory if they exist there,
-        else relative to the list file's directory).
-
-    Returns
-    -------
-    scenes : list of Path
-        In the order given; a path named twice is kept once. Plain paths are kept even if they do not
-        exist (the scene then fails, reported, without stopping the batch).
-    unmatched : list of str
-        Patterns or list files that produced nothing (reported as failures by :func:`run_batch`).
-    """
-    out: list[Path] = []
-    unmatched: list[str] = []
-    seen: set[str] = set()
-
-    def add(p: Path) -> int:
-        key = os.path.abspath(p)
-        if key not in seen:
-            seen.add(key)
-            out.append(p)
-        return 1
-
-    def one(spec: str, base: Path | None) -> int:
-        """Add what ``spec`` names; return how many paths it named (duplicates included)."""
-        spec = spec.strip()
-        if not spec:
-            return 0
-        if spec.startswith("@"):
-            lst = Path(spec[1:])
-            if base is not None and not lst.is_absolute() and not lst.exists():
-                lst = base / lst
-            n = 0
-            if lst.is_file():
-                for line in lst.read_text().splitlines():
-                    line = line.split("#", 1)[0].strip()
-                    if line:
-                        n += one(line, lst.parent)
-            if n == 0:
-                unmatched.append(spec)
-            return n
-        cand = Path(spec)
-        if base is not None and not cand.is_absolute() and not cand.exists() and (
-                (base / spec).exists() or glob.glob(str(base / spec))):
-            cand = base / spec
-        if _GLOB_CHARS & set(spec):
-            hits = [Path(h) for h in sorted(glob.glob(str(cand), recursive=True))
-                    if Path(h).is_file()]
-            if not hits:
-                unmatched.append(spec)
-            return sum(add(h) for h in hits)
-        return add(cand)
-
-    for s in specs:
-        one(os.fspath(s), None)
-    return out, unmatched
-
-
-def output_stems(scenes: Sequence[Path]) -> list[str]:
-    """File stems of the outputs, one per scene: the scene's stem, made unique when two collide.
-
-    A colliding stem gets ``__`` and 8 hex digits of the SHA-1 of the absolute path appended, so the
-    name is the same on every run (resume relies on it).
-    """
-    stems = [p.name.split(".")[0] or p.name for p in scenes]
-    counts: dict[str, int] = {}
-    for s in stems:
-        counts[s] = counts.get(s, 0) + 1
-    return [s if counts[s] == 1 else
-            f"{s}__{hashlib.sha1(os.path.abspath(p).encode()).hexdigest()[:8]}"
-            for s, p in zip(stems, scenes, strict=True)]
-
-
-def _file_sha256(path: PathLike | None) -> str | None:
-    if path is None or not Path(path).is_file():
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _scene_fingerprint(scene: Path) -> dict[str, Any]:
-    st = scene.stat()
-    return {"path": os.path.abspath(scene), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 # -- completeness ----------------------------------------------------------------------------------
@@ -154,8 +57,6 @@ def output_readable(path: Path, n_layers: int | None = None) -> bool:
                 if ok:  # touch the last tile: a truncated file fails here
                     src.read(src.count, window=((src.height - 1, src.height), (src.width - 1, src.width)))
                 return bool(ok)
-        from .io import open_abundance, zarr_complete
-
         da = open_abundance(path)
         return (n_layers is None or int(da.shape[0]) == n_layers) and zarr_complete(path)
     except Exception:  # noqa: BLE001  (unreadable for whatever reason: not complete)
@@ -171,10 +72,6 @@ def _is_complete(sidecar: Path, fingerprint: dict[str, Any], outputs: dict[str, 
         return False
     n = meta.get("n_endmembers")
     return all(output_readable(p, n) for p in outputs.values())
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    _atomic.write_json(path, obj)
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -230,7 +127,7 @@ def run_batch(
     Parameters
     ----------
     scenes : sequence of str or path
-        Paths, glob patterns and ``@list.txt`` files (see :func:`expand_scenes`).
+        Paths, glob patterns and ``@list.txt`` files (see :func:`expand_scenes`); local files only.
     out_dir : str or path
         Output directory (created). Gets ``<stem>.tif`` / ``<stem>.zarr`` per scene, a
         ``<stem>.done.json`` sidecar per completed scene, and the run report.
@@ -244,7 +141,8 @@ def run_batch(
         unmixed once whatever the formats (:func:`xr_unmix.io.write`).
     scheduler, workers
         A running Dask scheduler's address, or a number of worker processes for a LocalCluster started
-        for the batch; neither: the active ``distributed.Client`` if any, else local threads.
+        for the batch (its dashboard link is printed on stderr, one line); neither: the active
+        ``distributed.Client`` if any, else local threads.
     device : {"cpu", "cuda"}
     chunk : int or "auto"
         Spatial tile size in pixels; ``"auto"`` sizes tiles to ~64 MB of input whatever the band count
@@ -261,7 +159,8 @@ def run_batch(
         Where to write the JSON report (default ``OUT_DIR/xr_unmix_batch_report.json``). It is rewritten
         after every scene, so an interrupted batch leaves the state it reached.
     progress : bool, optional
-        Show a progress bar over the batch's scenes (``None``: only on a terminal).
+        Show a progress bar over the batch's scenes (``None``: only on a terminal). In Jupyter the bar
+        is a widget that is emptied when the batch ends (:mod:`xr_unmix._progress`).
 
     Returns
     -------
@@ -275,23 +174,53 @@ def run_batch(
     ParameterError, MissingInputError, DeviceError
         Bad parameters (unknown format or method, a method without the endmembers/model it needs, a
         negative ``lam``, ``cuda`` without a GPU): checked before any scene runs.
+    InputError
+        A scene spec is a GDAL / fsspec path, which a batch cannot glob (checked before any scene runs).
     OutputError
         The output folder or the report's folder is not writable.
     """
-    from ._progress import progress_bar
-
-    fmts = [str(f).lower().lstrip(".") for f in ([formats] if isinstance(formats, str) else formats)]
-    fmts = [g for f in fmts for g in (FORMATS if f == "both" else ["tif" if f in ("tiff", "cog")
-                                                                    else f])]
-    bad = [f for f in fmts if f not in FORMATS]
-    if bad or not fmts:
-        raise ParameterError(f"formats must be among {FORMATS}; got {list(formats)}")
-    fmts = list(dict.fromkeys(fmts))
+    fmts = _formats(formats)
     if chunk != "auto":
         chunk = pipeline.parse_chunk(chunk)
     pipeline.check_request(method, endmembers=endmembers, model=model, lam=lam, device=device,
                            local=scheduler is None)
+    paths, unmatched = expand_scenes(scenes)
+    out, rpath = _output_folder(out_dir, report_path)
+    params = {"method": method, "endmembers": endmembers, "model": model, "formats": fmts,
+              "device": device, "chunk": chunk if chunk == "auto" else int(chunk),
+              "resample": bool(resample), "lam": float(lam), "seed": seed,
+              "overwrite": bool(overwrite)}
+    report = _Report(rpath, scenes, paths, unmatched, params, out)
+    t_batch = time.perf_counter()
+    with dask_scheduler(scheduler, workers) as client:
+        report.data["scheduler"] = describe_scheduler(client)
+        if workers:
+            print(dashboard_line(client), file=sys.stderr)
+        bar = progress_bar(total=len(paths), unit="scene", desc="xr-unmix batch",
+                           disable=None if progress is None else not progress, dynamic_ncols=True)
+        try:
+            for scene, stem in zip(paths, output_stems(paths), strict=True):
+                _run_entry(report, bar, scene, stem, out, fmts, params, local=scheduler is None)
+        finally:
+            bar.close()
+            report.data["finished"] = _now()
+            report.data["seconds"] = round(time.perf_counter() - t_batch, 3)
+            report.save()
+    return report.data
 
+
+def _formats(formats: str | Sequence[str]) -> list[str]:
+    """The output formats, ``tif`` and/or ``zarr`` (``both``, ``tiff`` and ``cog`` spelt out)."""
+    fmts = [str(f).lower().lstrip(".") for f in ([formats] if isinstance(formats, str) else formats)]
+    fmts = [g for f in fmts
+            for g in (FORMATS if f == "both" else ["tif" if f in ("tiff", "cog") else f])]
+    if not fmts or any(f not in FORMATS for f in fmts):
+        raise ParameterError(f"formats must be among {FORMATS}; got {list(formats)}")
+    return list(dict.fromkeys(fmts))
+
+
+def _output_folder(out_dir: PathLike, report_path: PathLike | None) -> tuple[Path, Path]:
+    """Create the output folder; check that it and the report's folder are writable."""
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -303,97 +232,88 @@ def run_batch(
             raise OutputError(f"cannot write to the {what} {d}: it is not writable (or missing)")
     if rpath.is_dir():
         raise OutputError(f"the report path {rpath} is a directory; give a file name")
-    paths, unmatched = expand_scenes(scenes)
-    stems = output_stems(paths)
-    params = {"method": method, "endmembers": endmembers, "model": model, "formats": fmts,
-              "device": device, "chunk": chunk if chunk == "auto" else int(chunk), "resample": bool(resample), "lam": float(lam),
-              "seed": seed, "overwrite": bool(overwrite)}
-    # what the results depend on: a change re-runs the scene even if its outputs exist
-    result_params = {"method": method, "lam": float(lam), "resample": bool(resample), "seed": seed,
-                     "endmembers": None if endmembers is None else str(endmembers),
-                     "endmembers_sha256": _file_sha256(endmembers) if endmembers else None,
-                     "model_sha256": _file_sha256(model) if model else None}
-    report: dict[str, Any] = {
-        "started": _now(), "finished": None, "host": socket.gethostname(),
-        "inputs": {"specs": [os.fspath(s) for s in scenes],
-                   "scenes": [os.path.abspath(p) for p in paths], "unmatched": unmatched},
-        "parameters": params, "out_dir": os.path.abspath(out), "versions": versions(),
-        "scheduler": None, "scenes": [], "summary": {}, "report_path": str(rpath),
-    }
-    entries: list[dict[str, Any]] = [
-        {"scene": spec, "outputs": {}, "status": "failed", "seconds": 0.0, "pixels": None,
-         "error": "no file matches this pattern / list" if not spec.startswith("@")
-         else "list file missing or empty"} for spec in unmatched]
-    report["scenes"] = entries
+    return out, rpath
 
-    def summarise() -> None:
-        st = [e["status"] for e in entries]
-        report["summary"] = {k: st.count(k) for k in ("done", "skipped", "failed")} | {
-            "total": len(paths) + len(unmatched)}
 
-    summarise()
-    _write_json(rpath, report)
-    t_batch = time.perf_counter()
-    with dask_scheduler(scheduler, workers) as client:
-        report["scheduler"] = describe_scheduler(client)
-        bar = progress_bar(total=len(paths), unit="scene", desc="xr-unmix batch", disable=(
-            None if progress is None else not progress), dynamic_ncols=True)
-        try:
-            for scene, stem in zip(paths, stems, strict=True):
-                outputs = {f: out / f"{stem}.{f}" for f in fmts}
-                entry: dict[str, Any] = {"scene": os.path.abspath(scene),
-                                         "outputs": {f: str(p) for f, p in outputs.items()},
-                                         "status": "running", "seconds": None, "pixels": None,
-                                         "error": None, "started": _now()}
-                entries.append(entry)
-                bar.set_postfix_str(scene.name)
-                t0 = time.perf_counter()
-                try:
-                    entry.update(_run_scene(scene, outputs, out / f"{stem}{_SIDECAR}", params,
-                                            result_params, overwrite=overwrite,
-                                            local=scheduler is None))
-                except KeyboardInterrupt:
-                    entry.update(status="interrupted", error="interrupted by the user")
-                    raise
-                except Exception as exc:  # noqa: BLE001  (a failed scene must not stop the batch)
-                    msg = " ".join(str(exc).split()) or type(exc).__name__
-                    entry.update(status="failed", error=f"{type(exc).__name__}: {msg}",
-                                 traceback=traceback.format_exc(limit=6))
-                    bar.write(f"FAILED {scene}: {entry['error']}", file=sys.stderr)
-                finally:
-                    entry["seconds"] = round(time.perf_counter() - t0, 3)
-                    if entry["status"] == "done" and entry.get("pixels"):
-                        entry["mpx_per_s"] = round(entry["pixels"] / 1e6 / max(entry["seconds"],
-                                                                                1e-9), 3)
-                    summarise()
-                    _write_json(rpath, report)
-                    bar.update(1)
-        finally:
-            bar.close()
-            report["finished"] = _now()
-            report["seconds"] = round(time.perf_counter() - t_batch, 3)
-            summarise()
-            _write_json(rpath, report)
-    return report
+class _Report:
+    """The batch's JSON report, rewritten (atomically) after every scene."""
+
+    def __init__(self, path: Path, specs: Sequence[PathLike], paths: list[Path],
+                 unmatched: list[str], params: dict[str, Any], out: Path) -> None:
+        self.path = path
+        self.total = len(paths) + len(unmatched)
+        self.entries: list[dict[str, Any]] = [
+            {"scene": spec, "outputs": {}, "status": "failed", "seconds": 0.0, "pixels": None,
+             "error": "no file matches this pattern / list" if not spec.startswith("@")
+             else "list file missing or empty"} for spec in unmatched]
+        self.data: dict[str, Any] = {
+            "started": _now(), "finished": None, "host": socket.gethostname(),
+            "inputs": {"specs": [os.fspath(s) for s in specs],
+                       "scenes": [os.path.abspath(p) for p in paths], "unmatched": unmatched},
+            "parameters": params, "out_dir": os.path.abspath(out), "versions": versions(),
+            "scheduler": None, "scenes": self.entries, "summary": {}, "report_path": str(path),
+        }
+        # what the results depend on: a change re-runs the scene even if its outputs exist
+        em, model = params["endmembers"], params["model"]
+        self.result_params = {
+            "method": params["method"], "lam": params["lam"], "resample": params["resample"],
+            "seed": params["seed"], "endmembers": None if em is None else str(em),
+            "endmembers_sha256": file_sha256(em) if em else None,
+            "model_sha256": file_sha256(model) if model else None}
+        self.save()
+
+    def save(self) -> None:
+        st = [e["status"] for e in self.entries]
+        self.data["summary"] = {k: st.count(k) for k in ("done", "skipped", "failed")} | {
+            "total": self.total}
+        _atomic.write_json(self.path, self.data)
+
+
+def _run_entry(report: _Report, bar: Any, scene: Path, stem: str, out: Path, fmts: list[str],
+               params: dict[str, Any], *, local: bool) -> None:
+    """One scene of the batch: its report entry, its failure recorded (the batch goes on)."""
+    outputs = {f: out / f"{stem}.{f}" for f in fmts}
+    entry: dict[str, Any] = {"scene": os.path.abspath(scene),
+                             "outputs": {f: str(p) for f, p in outputs.items()},
+                             "status": "running", "seconds": None, "pixels": None, "error": None,
+                             "started": _now()}
+    report.entries.append(entry)
+    bar.set_postfix_str(scene.name)
+    t0 = time.perf_counter()
+    try:
+        entry.update(_run_scene(scene, outputs, out / f"{stem}{_SIDECAR}", params,
+                                report.result_params, overwrite=params["overwrite"], local=local))
+    except KeyboardInterrupt:
+        entry.update(status="interrupted", error="interrupted by the user")
+        raise
+    except Exception as exc:  # noqa: BLE001  (a failed scene must not stop the batch)
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        entry.update(status="failed", error=f"{type(exc).__name__}: {msg}",
+                     traceback=traceback.format_exc(limit=6))
+        bar.write(f"FAILED {scene}: {entry['error']}")
+    finally:
+        entry["seconds"] = round(time.perf_counter() - t0, 3)
+        if entry["status"] == "done" and entry.get("pixels"):
+            entry["mpx_per_s"] = round(entry["pixels"] / 1e6 / max(entry["seconds"], 1e-9), 3)
+        report.save()
+        bar.update(1)
 
 
 def _run_scene(scene: Path, outputs: dict[str, Path], sidecar: Path, params: dict[str, Any],
                result_params: dict[str, Any], *, overwrite: bool,
                local: bool = True) -> dict[str, Any]:
     """Unmix one scene into its outputs unless they are complete; returns the entry's updates."""
-    from .io import write
-
     if not scene.is_file():
         raise MissingInputError(f"no such scene file: {scene}")
     for p in (*outputs.values(), sidecar):
         _atomic.clean_stale(p)  # scratch of a killed run
-    fingerprint = {"scene": _scene_fingerprint(scene), **result_params,
+    fingerprint = {"scene": scene_fingerprint(scene), **result_params,
                    "formats": sorted(outputs)}
     if not overwrite and _is_complete(sidecar, fingerprint, outputs):
         meta = json.loads(sidecar.read_text())
         return {"status": "skipped", "pixels": meta.get("pixels"),
                 "error": None, "note": "outputs complete (resume)"}
-    _remove_path(sidecar)  # stale: another run's parameters, or incomplete outputs
+    sidecar.unlink(missing_ok=True)  # stale: another run's parameters, or incomplete outputs
     ab = pipeline.unmix_scene(scene, method=params["method"], endmembers=params["endmembers"],
                               model=params["model"], lam=params["lam"], device=params["device"],
                               chunk=params["chunk"], resample=params["resample"],
@@ -402,12 +322,7 @@ def _run_scene(scene: Path, outputs: dict[str, Path], sidecar: Path, params: dic
     names = [str(v) for v in ab.endmember.values]
     # existing outputs of an incomplete or outdated run are replaced (only once the new one is whole)
     write(ab, cog=outputs.get("tif"), zarr=outputs.get("zarr"), overwrite=True)  # unmixed once
-    _write_json(sidecar, {"fingerprint": fingerprint, "n_endmembers": len(names),
-                          "endmembers": names, "pixels": pixels, "written": _now(),
-                          "outputs": {f: str(p) for f, p in outputs.items()}})
+    _atomic.write_json(sidecar, {"fingerprint": fingerprint, "n_endmembers": len(names),
+                                 "endmembers": names, "pixels": pixels, "written": _now(),
+                                 "outputs": {f: str(p) for f, p in outputs.items()}})
     return {"status": "done", "pixels": pixels, "endmembers": names}
-
-
-def _remove_path(p: Path) -> None:
-    if p.exists():
-        p.unlink()

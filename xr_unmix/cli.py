@@ -15,9 +15,13 @@ from typing import Any, NoReturn
 
 import click
 
-from . import __version__, pipeline
+from . import __version__, bundle_runs, pipeline
+from .batch import run_batch
+from .demo import run_demo
+from .endmembers import read_endmembers
 from .errors import BandMismatchError, OutputExistsError, XrUnmixError
-from .runtime import dask_scheduler, set_torch_threads
+from .runtime import dashboard_line, dask_scheduler, set_torch_threads
+from .simulate import simulate
 
 METHODS = tuple(pipeline.METHODS)
 
@@ -87,6 +91,23 @@ def _parse_chunk(chunk: str | int) -> int | str:
         _usage(message(exc))
 
 
+# options that ``run`` and ``batch`` share
+_METHOD = click.option("--method", type=click.Choice(METHODS), default="fcls", show_default=True)
+_MODEL = click.option(
+    "--model", type=click.Path(exists=True, dir_okay=False),
+    help="Trained model file (.safetensors, from `xr-unmix train`) for --method admm or deq.")
+_LAM = click.option("--lam", type=float, default=0.0, show_default=True,
+                    help="SUnSAL l1 weight (>= 0).")
+_SCHEDULER = click.option("--scheduler", default=None, help="Address of a running Dask scheduler.")
+_WORKERS = click.option("--workers", type=click.IntRange(min=1), default=None,
+                        help="Start a LocalCluster with N worker processes (prints its dashboard link).")
+_DEVICE = click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu",
+                       show_default=True)
+_CHUNK = click.option(
+    "--chunk", default="auto", show_default=True,
+    help="Spatial tile size (px), or auto: tiles of ~64 MB of input (256 px at 200 bands).")
+
+
 @click.group(cls=_Cli)
 @click.version_option(__version__, prog_name="xr-unmix")
 def main() -> None:
@@ -98,13 +119,13 @@ def _run_bundles(scene: str, library: str, out: Path, *, method: str, n_mc: int,
                  chunk: int | str, scheduler: str | None, workers: int | None, overwrite: bool,
                  conflicts: dict[str, Any]) -> None:
     """``run --library``: bundle unmixing, class fractions and their uncertainty written."""
-    from . import bundle_runs
-
     mode = "mesma" if mesma else "sma"
     bundle_runs.check_bundle_request(library, out, method=method, n_mc=n_mc,
                                      max_endmembers=max_endmembers, normalization=normalization,
                                      mode=mode, overwrite=overwrite, conflicts=conflicts)
-    with dask_scheduler(scheduler, workers):
+    with dask_scheduler(scheduler, workers) as client:
+        if workers:
+            click.echo(dashboard_line(client), err=True)
         ds = bundle_runs.unmix_bundles_scene(
             scene, library, chunk=chunk, n_mc=n_mc, max_endmembers=max_endmembers,
             normalization=normalization, method=method, mode=mode, seed=0 if seed is None else seed)
@@ -119,18 +140,15 @@ def _run_bundles(scene: str, library: str, out: Path, *, method: str, n_mc: int,
 @main.command()
 @click.argument("scene")
 @click.option("--endmembers", "endmembers", help="CSV / ENVI .sli file, or vca:N to extract N.")
-@click.option("--method", type=click.Choice(METHODS), default="fcls", show_default=True)
-@click.option("--model", type=click.Path(exists=True, dir_okay=False),
-              help="Trained model file (.safetensors, from `xr-unmix train`) for --method admm or deq.")
+@_METHOD
+@_MODEL
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path),
               help="Output .tif (COG) or .zarr.")
-@click.option("--lam", type=float, default=0.0, show_default=True, help="SUnSAL l1 weight (>= 0).")
-@click.option("--scheduler", default=None, help="Address of a running Dask scheduler.")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Start a LocalCluster with N worker processes.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--chunk", default="auto", show_default=True,
-              help="Spatial tile size (px), or auto: tiles of ~64 MB of input (256 px at 200 bands).")
+@_LAM
+@_SCHEDULER
+@_WORKERS
+@_DEVICE
+@_CHUNK
 @click.option("--batch-size", "batch_size", type=click.IntRange(min=1), default=None,
               help="admm: pixels per forward pass (default: a whole tile).")
 @click.option("--resample", is_flag=True,
@@ -182,7 +200,9 @@ def run(scene: str, endmembers: str | None, method: str, model: str | None, out:
     pipeline.check_output(out, overwrite=overwrite)
     if quality:
         pipeline.check_output(pipeline.quality_path(out), overwrite=overwrite)
-    with dask_scheduler(scheduler, workers):
+    with dask_scheduler(scheduler, workers) as client:
+        if workers:
+            click.echo(dashboard_line(client), err=True)
         ab, E = pipeline.unmix_scene(scene, method=method, endmembers=endmembers, model=model,
                                      lam=lam, device=device, chunk=chunk_px, resample=resample,
                                      seed=seed, batch_size=batch_size, return_endmembers=True,
@@ -236,8 +256,6 @@ def train(endmembers: str, method: str, out: Path, scene: str | None, labels: st
       --scene              unsupervised on the scene (deq; endmembers may be vca:N)
       neither              supervised on synthetic mixtures of the endmembers (admm, deq)
     """
-    from .endmembers import read_endmembers
-
     if labels and not scene:
         _usage("--labels needs --scene (the spectra the labels belong to)")
     if layers is not None and method != "admm":
@@ -287,8 +305,6 @@ def train(endmembers: str, method: str, out: Path, scene: str | None, labels: st
                       "(synthetic mixtures of the endmembers)")
             history = model.fit_scene(cube, **fit_kw)
         else:
-            from .simulate import simulate
-
             Y, A = simulate(E, n_pixels, snr_db=snr_db, seed=seed)
             history = model.fit(Y, A, **fit_kw)
     except ValueError as exc:  # bad labels, all-NaN scene ...: say so, no traceback
@@ -304,22 +320,19 @@ def train(endmembers: str, method: str, out: Path, scene: str | None, labels: st
 @main.command()
 @click.argument("scenes", nargs=-1, required=True)
 @click.option("--endmembers", "endmembers", help="CSV / ENVI endmember spectra, or vca:N.")
-@click.option("--method", type=click.Choice(METHODS), default="fcls", show_default=True)
-@click.option("--model", type=click.Path(exists=True, dir_okay=False),
-              help="Trained model file (.safetensors, from `xr-unmix train`) for --method admm or deq.")
+@_METHOD
+@_MODEL
 @click.option("--out-dir", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Folder for OUT_DIR/<scene stem>.tif|.zarr, the sidecars and the report.")
 @click.option("--format", "formats", default="tif", show_default=True,
               help="Outputs per scene: tif, zarr, or both (= tif,zarr: unmixed once, both written).")
-@click.option("--scheduler", default=None, help="Address of a running Dask scheduler.")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Start a LocalCluster with N workers.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--chunk", default="auto", show_default=True,
-              help="Spatial tile size (px), or auto: tiles of ~64 MB of input (256 px at 200 bands).")
+@_SCHEDULER
+@_WORKERS
+@_DEVICE
+@_CHUNK
 @click.option("--resample", is_flag=True,
               help="Resample the endmember spectra onto each scene's wavelengths (linear interpolation).")
-@click.option("--lam", type=float, default=0.0, show_default=True, help="SUnSAL l1 weight (>= 0).")
+@_LAM
 @click.option("--seed", type=int, default=None, help="Seed for vca:N.")
 @click.option("--overwrite", is_flag=True, help="Recompute scenes whose outputs are complete.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -332,8 +345,6 @@ def batch(scenes: tuple[str, ...], endmembers: str | None, method: str, model: s
 
     Exits with status 1 if any scene failed (after finishing the others).
     """
-    from .batch import run_batch
-
     chunk = _parse_chunk(chunk)  # type: ignore[assignment]
     report = run_batch(list(scenes), out_dir=out_dir, method=method, endmembers=endmembers,
                        model=model, formats=[f.strip() for f in formats.split(",") if f.strip()],
@@ -356,8 +367,6 @@ def batch(scenes: tuple[str, ...], endmembers: str | None, method: str, model: s
               help="Folder for the demo's COG, Zarr, quality layer and PNG.")
 def demo(out: Path) -> None:
     """Unmix the bundled sample scene end to end (COG, Zarr, PNG, RMSE against the truth)."""
-    from .demo import run_demo
-
     run_demo(out)
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from ._units import to_nm
+
 _HERE = Path(__file__).resolve().parent
 
 
@@ -96,7 +98,7 @@ def load_usgs_library(which: str = "pruned_10_deg",
     folder = _require(Path(root) if root else data_root() / "usgs_library")
     full = scipy.io.loadmat(_require(folder / "USGS_1995_Library.mat"))
     order = np.argsort(full["datalib"][:, 0], kind="stable")
-    wl_nm = full["datalib"][order, 0] * 1000.0
+    wl_nm = to_nm(full["datalib"][order, 0], "um")  # the library stores micrometres
 
     def _names(raw: np.ndarray) -> list[str]:
         return [bytes(r).decode("latin1").rstrip() for r in raw]

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ._units import to_nm, wavelength_unit
+
 __all__ = ["LIBRARIES", "identify", "label_endmembers", "load_library"]
 
 #: Names accepted by :func:`load_library`.
@@ -59,8 +61,8 @@ def load_library(name: str = "usgs") -> xr.DataArray:
 
         spectra = earthlib.library if name == "earthlib" else earthlib.full_library
         wl = np.asarray(spectra.sensor.band_centers, dtype=np.float64)
-        if str(spectra.sensor.wavelength_unit).lower().startswith("micro"):
-            wl = np.round(wl * 1000.0, 4)  # float32 micrometres: 0.4 -> 400.0000060
+        if wavelength_unit(str(spectra.sensor.wavelength_unit)) == "um":
+            wl = np.round(to_nm(wl, "um"), 4)  # float32 micrometres: 0.4 -> 400.0000060
         from .endmembers import _unique_names  # earthlib repeats names ('ash', 'difubr')
 
         names = np.array(_unique_names([str(n) for n in spectra.names]), dtype=object)

@@ -17,14 +17,22 @@ from typing import Any, Literal
 import numpy as np
 import xarray as xr
 
+from . import api
+from ._cube import check_units, check_wavelengths
+from .endmembers import read_endmembers, resample_spectra
 from .errors import (
     BandMismatchError,
     InputError,
     InputTypeError,
     MissingInputError,
+    OutputExistsError,
     ParameterError,
     XrUnmixError,
 )
+from .extraction import endmembers_from_spec, is_extraction_spec
+from .io import atomic as _atomic
+from .io import open_abundance, open_cube, write
+from .io.paths import check_raster_path
 from .runtime import check_cuda
 
 PathLike = str | os.PathLike[str]
@@ -76,13 +84,6 @@ def parse_chunk(chunk: str | int) -> int | str:
     if value < 1:
         raise ParameterError(f"chunk {chunk!r}: must be a positive number of pixels").about("chunk")
     return value
-
-
-def is_extraction_spec(spec: str) -> bool:
-    """Whether an endmember spec asks for extraction (``vca``, ``vca:N``, ``vca:auto``)."""
-    from .extraction import is_extraction_spec as _is
-
-    return _is(spec)
 
 
 def check_endmember_spec(spec: str) -> None:
@@ -160,9 +161,6 @@ def open_scene(path: PathLike, chunk: int | str | None = "auto") -> xr.DataArray
     """:func:`xr_unmix.io.open_cube` (``chunk=None``: numpy-backed), with a missing or unreadable
     file as a package error. ``path``: a local file or any path GDAL opens (``NETCDF:f.nc:var``,
     ``/vsicurl/...``, ``s3://...``; :func:`xr_unmix.io.paths.check_raster_path`)."""
-    from .io import open_cube
-    from .io.paths import check_raster_path
-
     path = check_raster_path(path)
     try:
         return open_cube(path, chunks=None if chunk is None else parse_chunk(chunk))
@@ -180,10 +178,6 @@ def load_endmembers(spec: str, cube: xr.DataArray, *, resample: bool = False,
     band count and (when both have them) wavelengths must match the cube's
     (:class:`BandMismatchError`, :class:`~xr_unmix.errors.WavelengthMismatchError`).
     """
-    from ._cube import check_wavelengths
-    from .endmembers import read_endmembers, resample_spectra
-    from .extraction import endmembers_from_spec
-
     check_endmember_spec(spec)
     if is_extraction_spec(spec):
         try:
@@ -254,9 +248,6 @@ def unmix_scene(
     ``return_endmembers=True`` returns ``(abundances, endmembers)``: the endmembers used (read,
     extracted or the model's), for the reconstruction-error layer.
     """
-    from . import api
-    from ._cube import check_units
-
     m = check_request(method, endmembers=endmembers, model=model, lam=lam, batch_size=batch_size,
                       device=device, local=local)
     cube = open_scene(scene, chunk)
@@ -296,8 +287,6 @@ def write_output(result: xr.DataArray, out: PathLike, *, quality: xr.DataArray |
     it (:func:`quality_path`), made from the written abundances: the estimator runs once. Returns the
     written paths (the map, then its quality layer).
     """
-    from .io import write
-
     kind = "cog" if output_format(out) == "tif" else "zarr"
     return write(result, **{kind: out}, quality=quality, endmembers=endmembers,
                  overwrite=overwrite, progress=progress)
@@ -331,8 +320,6 @@ def labelled_training_data(cube: xr.DataArray, labels: PathLike, E: xr.DataArray
     are matched to the endmembers by name when its band descriptions are endmember names, else taken
     in order.
     """
-    from .io import open_abundance
-
     truth = open_abundance(labels)
     if truth.sizes["y"] != cube.sizes["y"] or truth.sizes["x"] != cube.sizes["x"]:
         raise InputError(f"the labels are {truth.sizes['y']}x{truth.sizes['x']} px but the scene is "
@@ -369,9 +356,6 @@ def labelled_training_data(cube: xr.DataArray, labels: PathLike, E: xr.DataArray
 
 def check_output(out: PathLike, *, overwrite: bool) -> None:
     """Refuse, before any work, an output path that the writer would refuse at the end."""
-    from .io import atomic as _atomic
-    from .errors import OutputExistsError
-
     p = Path(out)
     kind: Literal["cog", "zarr"] = "cog" if output_format(p) == "tif" else "zarr"
     if os.path.lexists(p):

@@ -1,8 +1,9 @@
-"""Helpers for tests, in this package and downstream: synthetic cubes and tiling checks."""
+"""Helpers for tests, in this package and downstream: synthetic cubes, tiling checks, CLI errors."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -73,23 +74,63 @@ def make_cube(
     return cube, E, truth
 
 
-def assert_tiled_equals_full(cube: xr.DataArray, fn: Callable[[xr.DataArray], xr.DataArray],
-                             tol: float = 1e-6, *, chunks: dict[str, int] | None = None) -> float:
-    """Assert that ``fn`` on a chunked copy of ``cube`` equals ``fn`` on the in-memory cube.
+def _layers(result: xr.DataArray | xr.Dataset) -> dict[str, xr.DataArray]:
+    if isinstance(result, xr.Dataset):
+        return {str(k): v for k, v in result.data_vars.items()}
+    return {"": result}
 
-    Returns the largest absolute difference (NaNs must coincide).
+
+def assert_tiled_equals_full(
+    cube: xr.DataArray,
+    fn: Callable[[xr.DataArray], xr.DataArray | xr.Dataset],
+    tol: float = 1e-6,
+    *,
+    chunks: dict[str, int] | Sequence[dict[str, int]] | None = None,
+) -> float:
+    """Assert that an estimator on a tiled (Dask) copy of ``cube`` equals it on the in-memory cube.
+
+    One check for every estimator: a solver (``lambda c: c.unmix.fcls(E)``, ``sunsal``, ``nnls``,
+    ``ls``), a model (``lambda c: c.unmix.admm(net)``, ``c.unmix.deq(model)``) or bundle unmixing
+    (``lambda c: c.unmix.bundles(lib, seed=0)``, a Dataset: every data variable is compared).
+
+    Parameters
+    ----------
+    cube : DataArray (band, y, x)
+        The scene, numpy- or Dask-backed (it is computed for the reference run).
+    fn : callable
+        ``cube -> DataArray (endmember, y, x)`` or a ``Dataset`` of such layers.
+    tol : float
+        Largest absolute difference allowed (a spatial model tiled with a finite halo differs a little
+        from its untiled run; a pixel-wise estimator should not differ beyond rounding).
+    chunks : dict or sequence of dicts, optional
+        The tilings to check, each ``{"y": ny, "x": nx}``; default one, a third of each side.
+
+    Returns
+    -------
+    float
+        The largest absolute difference over every tiling and layer. NaNs must coincide, the tiled
+        result must be lazy (Dask-backed) until computed, and shapes and layer names must agree.
     """
-    full = fn(cube.compute() if cube.chunks else cube)
-    tiled = fn(cube.chunk(chunks or {"y": max(1, cube.sizes["y"] // 3),
-                                     "x": max(1, cube.sizes["x"] // 3)}))
-    assert tiled.chunks is not None, "the tiled result is not lazy"
-    a, b = np.asarray(full.values), np.asarray(tiled.values)
-    assert a.shape == b.shape, f"shapes differ: {a.shape} vs {b.shape}"
-    nan_a, nan_b = np.isnan(a), np.isnan(b)
-    assert (nan_a == nan_b).all(), "NaN patterns differ between tiled and full results"
-    diff = float(np.abs(a[~nan_a] - b[~nan_b]).max()) if (~nan_a).any() else 0.0
-    assert diff <= tol, f"tiled differs from full by {diff} > {tol}"
-    return diff
+    full = _layers(fn(cube.compute() if cube.chunks else cube))
+    if chunks is None:
+        chunks = {"y": max(1, cube.sizes["y"] // 3), "x": max(1, cube.sizes["x"] // 3)}
+    worst = 0.0
+    for ch in [chunks] if isinstance(chunks, dict) else list(chunks):
+        lazy = fn(cube.chunk(ch))
+        assert all(v.chunks is not None for v in _layers(lazy).values()), \
+            f"the tiled result is not lazy (chunks {ch})"
+        tiled = _layers(lazy.compute())
+        assert tiled.keys() == full.keys(), f"layers differ: {sorted(tiled)} vs {sorted(full)}"
+        for name, ref in full.items():
+            a, b = np.asarray(ref.values), np.asarray(tiled[name].values)
+            what = f"{name or 'result'} with chunks {ch}"
+            assert a.shape == b.shape, f"{what}: shapes differ: {a.shape} vs {b.shape}"
+            nan_a, nan_b = np.isnan(a), np.isnan(b)
+            assert (nan_a == nan_b).all(), f"{what}: NaN patterns differ between tiled and full"
+            diff = float(np.abs(a[~nan_a] - b[~nan_b]).max()) if (~nan_a).any() else 0.0
+            assert diff <= tol, f"{what}: tiled differs from full by {diff} > {tol}"
+            worst = max(worst, diff)
+    return worst
 
 
 def write_cube_tif(cube: xr.DataArray, path: Any, *, nodata: float | None = None) -> Any:
@@ -110,6 +151,20 @@ def write_cube_tif(cube: xr.DataArray, path: Any, *, nodata: float | None = None
             for i, w in enumerate(np.asarray(cube.wavelength.values), start=1):
                 dst.update_tags(i, wavelength=f"{float(w):.4f}", wavelength_units="Nanometers")
     return path
+
+
+def assert_cli_error(result: Any, pattern: str) -> str:
+    """Assert that a ``click.testing.Result`` is a user error of the command line.
+
+    A user error exits with status 2 and prints exactly one line, ``Error: ...``, that matches the
+    regular expression ``pattern`` (:func:`re.search`), and no traceback. Returns that line.
+    """
+    out = result.output.strip()
+    assert result.exit_code == 2, f"exit status {result.exit_code}, not 2: {out}"
+    assert "Traceback" not in out and len(out.splitlines()) == 1, f"not one line: {out}"
+    assert out.startswith("Error: "), out
+    assert re.search(pattern, out), f"{pattern!r} not in {out!r}"
+    return out
 
 
 def tamper_model_bytes(data: bytes, *, tensors: dict[str, Callable[[Any], Any]] | None = None,

@@ -42,13 +42,13 @@ def _scene(R: int = 4, L: int = 100, H: int = 40, W: int = 50, snr_db: float = 3
 
 
 @pytest.fixture(scope="module")
-def scene() -> tuple[xr.DataArray, np.ndarray]:
+def vca_scene() -> tuple[xr.DataArray, np.ndarray]:
     return _scene()
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_vca_recovers_pure_pixels_at_30db(scene, seed):
-    cube, E = scene
+def test_vca_recovers_pure_pixels_at_30db(vca_scene, seed):
+    cube, E = vca_scene
     Eh = extract_endmembers(cube, 4, seed=seed)
     m = match(Eh, E)
     assert (m.sad < 0.02).all(), m.sad
@@ -56,8 +56,8 @@ def test_vca_recovers_pure_pixels_at_30db(scene, seed):
     assert abs(Eh.attrs["snr_db"] - 30.0) < 1.0  # the paper's SNR estimator on a 30 dB scene
 
 
-def test_vca_on_a_plain_matrix(scene):
-    cube, E = scene
+def test_vca_on_a_plain_matrix(vca_scene):
+    cube, E = vca_scene
     Y = cube.values.reshape(cube.sizes["band"], -1)
     Eh, idx = vca(Y, 4, seed=0)
     assert Eh.shape == (Y.shape[0], 4) and idx.shape == (4,) and idx.dtype.kind == "i"
@@ -82,8 +82,8 @@ def test_low_snr_uses_pca_branch():
     np.testing.assert_allclose(lazy.values, Eh.values, rtol=1e-9, atol=1e-12)
 
 
-def test_provenance_coordinates(scene):
-    cube, _ = scene
+def test_provenance_coordinates(vca_scene):
+    cube, _ = vca_scene
     Eh = extract_endmembers(cube, 4, seed=0)
     assert Eh.dims == ("band", "endmember")
     assert list(Eh.endmember.values) == ["vca0", "vca1", "vca2", "vca3"]
@@ -95,8 +95,8 @@ def test_provenance_coordinates(scene):
     assert (sad(Eh.values, pix) < 0.06).all()  # each endmember is (the denoised) pixel it names
 
 
-def test_dask_ten_chunks_equals_numpy(scene):
-    cube, _ = scene
+def test_dask_ten_chunks_equals_numpy(vca_scene):
+    cube, _ = vca_scene
     lazy = cube.chunk({"y": 20, "x": 10})  # 2 x 5 = 10 chunks
     assert lazy.data.npartitions == 10
     a = extract_endmembers(cube, 4, seed=7)
@@ -106,8 +106,8 @@ def test_dask_ten_chunks_equals_numpy(scene):
     np.testing.assert_allclose(a.values, b.values, rtol=1e-9, atol=1e-12)
 
 
-def test_sample_mode_same_pixels_numpy_and_dask(scene):
-    cube, _ = scene
+def test_sample_mode_same_pixels_numpy_and_dask(vca_scene):
+    cube, _ = vca_scene
     a = extract_endmembers(cube, 4, seed=5, sample=600)
     b = extract_endmembers(cube.chunk({"y": 7, "x": 13}), 4, seed=5, sample=600)
     np.testing.assert_array_equal(a.values, b.values)
@@ -132,12 +132,13 @@ def test_dask_is_not_computed_whole():
     a = extract_endmembers(lazy, 4, seed=1)
     b = extract_endmembers(cube, 4, seed=1)
     np.testing.assert_array_equal(a.pixel_row.values, b.pixel_row.values)
-    assert isinstance(estimate_n_endmembers(lazy), int)
+    n = estimate_n_endmembers(lazy)
+    assert isinstance(n, int) and n == estimate_n_endmembers(cube)  # dask == numpy, block by block
 
 
 @pytest.mark.parametrize("chunked", [False, True])
-def test_invalid_pixels_never_chosen(scene, chunked):
-    cube, _ = scene
+def test_invalid_pixels_never_chosen(vca_scene, chunked):
+    cube, _ = vca_scene
     bad = cube.copy(data=cube.values.copy())
     # an extreme pixel VCA would pick first, made invalid by one NaN band
     bad.values[:, 3, 4] = 50.0
@@ -151,8 +152,8 @@ def test_invalid_pixels_never_chosen(scene, chunked):
     assert np.isfinite(Eh.values).all()
 
 
-def test_nodata_value_is_invalid(scene):
-    cube, _ = scene
+def test_nodata_value_is_invalid(vca_scene):
+    cube, _ = vca_scene
     ints = (cube * 10000).round().astype(np.int16)
     ints.values[:, 0, 0] = 32000  # extreme: would be picked
     ints.values[5, 0, 0] = -9999
@@ -171,8 +172,8 @@ def test_hysime_counts_endmembers():
     np.testing.assert_allclose(Ek.T @ Ek, np.eye(5), atol=1e-8)
 
 
-def test_accessor_forwards(scene):
-    cube, _ = scene
+def test_accessor_forwards(vca_scene):
+    cube, _ = vca_scene
     Eh = cube.unmix.endmembers(4, seed=0)
     np.testing.assert_array_equal(Eh.values, extract_endmembers(cube, 4, seed=0).values)
     assert cube.unmix.n_endmembers() == 4
@@ -181,8 +182,8 @@ def test_accessor_forwards(scene):
 # -- bad input ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("n", [0, 1, -3])
-def test_n_below_two(scene, n):
-    cube, _ = scene
+def test_n_below_two(vca_scene, n):
+    cube, _ = vca_scene
     with pytest.raises(ValueError, match="at least 2"):
         extract_endmembers(cube, n)
     with pytest.raises(ValueError, match="at least 2"):
@@ -197,9 +198,9 @@ def test_n_above_band_count():
         vca(cube.values.reshape(6, -1), 7)
 
 
-def test_n_must_be_int(scene):
+def test_n_must_be_int(vca_scene):
     with pytest.raises(TypeError):
-        extract_endmembers(scene[0], 3.5)
+        extract_endmembers(vca_scene[0], 3.5)
 
 
 @pytest.mark.parametrize("chunked", [False, True])
@@ -221,11 +222,11 @@ def test_fewer_valid_pixels_than_n():
         extract_endmembers(xr.DataArray(v, dims=("band", "y", "x")), 3)
 
 
-def test_unknown_methods(scene):
+def test_unknown_methods(vca_scene):
     with pytest.raises(ValueError, match="vca"):
-        extract_endmembers(scene[0], 3, method="nfindr")
+        extract_endmembers(vca_scene[0], 3, method="nfindr")
     with pytest.raises(ValueError, match="hysime"):
-        estimate_n_endmembers(scene[0], method="vd")
+        estimate_n_endmembers(vca_scene[0], method="vd")
 
 
 @pytest.mark.parametrize("snr_db", [30.0, 8.0])
@@ -245,8 +246,8 @@ def test_streaming_search_equals_cached_search(monkeypatch, snr_db):
         np.testing.assert_allclose(other.values, cached.values, rtol=1e-9, atol=1e-12)
 
 
-def test_vca_on_a_dask_matrix(scene):
-    cube, _ = scene
+def test_vca_on_a_dask_matrix(vca_scene):
+    cube, _ = vca_scene
     Y = cube.values.reshape(cube.sizes["band"], -1)
     E1, i1 = vca(Y, 4, seed=3)
     E2, i2 = vca(da.from_array(Y, chunks=(-1, 700)), 4, seed=3)
@@ -254,10 +255,10 @@ def test_vca_on_a_dask_matrix(scene):
     np.testing.assert_allclose(E1, E2, rtol=1e-9, atol=1e-12)
 
 
-def test_endmembers_from_spec(scene):
+def test_endmembers_from_spec(vca_scene):
     from xr_unmix.extraction import endmembers_from_spec, is_extraction_spec
 
-    cube, _ = scene
+    cube, _ = vca_scene
     assert is_extraction_spec("vca:4") and is_extraction_spec("VCA") and not is_extraction_spec("e.csv")
     E = endmembers_from_spec(cube, "vca:3", seed=1)
     assert E.sizes["endmember"] == 3 and E.attrs["spec"] == "vca:3"
