@@ -43,12 +43,14 @@ _p.add_argument("--repeat", type=int, default=3)
 _p.add_argument("--seed", type=int, default=0)
 _p.add_argument("--library", action="store_true",
                 help="the large-library case instead: USGS 1995 spectra (R = 62 and --lib-r), lam = --lam, "
-                     "ANC+ASC (the accessor's default) and ANC only, against plain numpy ADMM")
+                     "ANC+ASC (the accessor's default) and ANC only, against plain numpy ADMM at equal "
+                     "accuracy (recipes/_bench_library.py)")
 _p.add_argument("--lib-size", type=int, default=64, help="library case: cube is size x size pixels")
 _p.add_argument("--lib-r", type=int, default=200, help="library case: spectra drawn from usgs_3deg")
 _p.add_argument("--lam", type=float, default=1e-3, help="library case: l1 weight")
-_p.add_argument("--admm-iters", type=str, default="100,300,1000",
-                help="library case: iteration counts of the plain numpy ADMM reference")
+_p.add_argument("--admm-max", type=int, default=3000,
+                help="library case: most iterations of the plain numpy ADMM (run until xr_unmix's accuracy)")
+_p.add_argument("--admm-check", type=int, default=50, help="library case: ADMM iterations between checks")
 ARGS = _p.parse_args()
 
 for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -260,124 +262,11 @@ def main() -> None:
               f"x{r['px_s'] / ref_nnls['px_s']:7.1f} scipy nnls; max dev <= numpy ADMM's: {eq}")
 
 
-def library_problem(R: int, n: int, bands: int, snr: float, seed: int) -> tuple[np.ndarray, np.ndarray,
-                                                                                 np.ndarray]:
-    """USGS 1995 spectra resampled onto ``bands`` band centres over 400-2450 nm (R = 62: the 10-degree
-    pruned library; else R spectra drawn from the 3-degree one), and a cube of ``n`` pixels mixing 2-5 of
-    them (Dirichlet(1)) at ``snr`` dB. Returns E (bands, R), Y (bands, n) float32, A (R, n)."""
-    from xr_unmix.endmembers import resample_spectra
-    from xr_unmix.library import load_library
-
-    rng = np.random.default_rng(seed)
-    lib = load_library("usgs" if R == 62 else "usgs_3deg")
-    E = resample_spectra(lib, np.linspace(400, 2450, bands)).values
-    if R != 62:
-        E = E[:, np.sort(rng.choice(E.shape[1], R, replace=False))]
-    A = np.zeros((R, n))
-    for i in range(n):
-        k = int(rng.integers(2, 6))
-        A[rng.choice(R, k, replace=False), i] = rng.dirichlet(np.ones(k))
-    clean = E @ A
-    sigma = np.sqrt(np.mean(clean**2) / 10 ** (snr / 10))
-    return E, (clean + rng.normal(0, sigma, clean.shape)).astype(np.float32), A
-
-
-def lasso_admm_numpy(Y: np.ndarray, E: np.ndarray, lam: float, asc: bool, iters: int) -> np.ndarray:
-    """Reference: plain vectorized numpy SUnSAL (float64, fixed mu = 0.01 ||E||_2^2, as the reference
-    code on the normalized problem), ANC and optionally ASC, ``iters`` iterations from 0; returns z."""
-    R = E.shape[1]
-    mu = 0.01 * np.linalg.norm(E, 2) ** 2
-    IF = np.linalg.inv(E.T @ E + mu * np.eye(R))
-    b = E.T @ Y.astype(np.float64)
-    if asc:
-        one = np.ones((R, 1))
-        c = IF @ one / (one.T @ IF @ one)
-        P = IF - c @ (one.T @ IF)
-    else:
-        P, c = IF, 0.0
-    PB = P @ b + c
-    z = np.zeros((R, Y.shape[1]))
-    d = np.zeros_like(z)
-    for _ in range(iters):
-        x = PB + mu * (P @ (z + d))
-        z = np.maximum(x - d - lam / mu, 0)
-        d -= x - z
-    return z
-
-
-def kkt_violation(X: np.ndarray, Y: np.ndarray, E: np.ndarray, lam: float, asc: bool) -> np.ndarray:
-    """Largest violation of the KKT conditions per pixel (independent of the solver): gradient
-    g = E^T (E x - y) + lam; x >= 0; g_j + nu = 0 on the support, >= 0 off it (nu = 0 without ASC)."""
-    g = E.T @ (E @ X - Y.astype(np.float64)) + lam
-    on = X > 0
-    cnt = np.maximum(on.sum(0), 1)
-    nu = -(g * on).sum(0) / cnt if asc else np.zeros(X.shape[1])
-    gn = g + nu
-    viol = np.maximum(np.abs(gn * on).max(0), np.maximum(-(gn * ~on), 0).max(0))
-    viol = np.maximum(viol, np.maximum(-X, 0).max(0))
-    if asc:
-        viol = np.maximum(viol, np.abs(X.sum(0) - 1))
-    return viol
-
-
-def library_main() -> None:
-    a = ARGS
-    n = a.lib_size * a.lib_size
-    iters = [int(v) for v in a.admm_iters.split(",")]
-    print(f"# bench_sunsal --library: {a.lib_size}x{a.lib_size} px, {a.bands} bands, USGS 1995 spectra, "
-          f"lam={a.lam:g}, SNR {a.snr:g} dB, seed {a.seed}; 2-5 spectra per pixel")
-    print(f"# threads: torch t={a.threads} for the xr_unmix rows (pixel batches on t threads), "
-          f"OMP/OPENBLAS/MKL_NUM_THREADS=1 (numpy reference single-threaded); cpu_count={os.cpu_count()}; "
-          f"load average at start {os.getloadavg()[0]:.2f} (shared machine: other jobs run beside)")
-    torch.set_num_threads(a.threads)
-    print(f"{'case':28s} {'method':30s} {'seconds':>8s} {'px/s':>9s} {'max|dev|':>9s} {'KKT viol':>9s} "
-          f"{'at max_iter':>11s} {'mean it':>8s}")
-    import warnings
-
-    from xr_unmix.errors import ConvergenceWarning
-    from xr_unmix.solvers import sunsal_solve
-
-    for R in (62, a.lib_r):
-        E, Y, A = library_problem(R, n, a.bands, a.snr, a.seed)
-        cube = xr.DataArray(Y.reshape(a.bands, a.lib_size, a.lib_size), dims=("band", "y", "x"))
-        for asc in (True, False):
-            case = f"R={R} {'ANC+ASC' if asc else 'ANC'} cond={np.linalg.cond(E.T @ E):.1e}"
-            ref, info = sunsal_solve(Y, E, lam=a.lam, asc=asc, dtype="float64", return_info=True)
-            ref = ref.numpy()
-            kref = float(kkt_violation(ref, Y, E, a.lam, asc).max())
-            rows = []
-            for dt in ("float32", "float64"):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", ConvergenceWarning)
-                    t0 = time.perf_counter()
-                    X = cube.unmix.sunsal(E, lam=a.lam, asc=asc, dtype=dt).values.reshape(R, n)
-                    dt_s = time.perf_counter() - t0
-                    _, inf = sunsal_solve(Y, E, lam=a.lam, asc=asc, dtype=dt, return_info=True)
-                X = X.astype(np.float64)
-                rows.append((f"xr_unmix accessor {dt}", dt_s, X, 1 - inf.converged_fraction,
-                             inf.mean_iterations))
-            for it in iters:
-                t0 = time.perf_counter()
-                X = lasso_admm_numpy(Y, E, a.lam, asc, it)
-                rows.append((f"numpy ADMM x{it} (float64)", time.perf_counter() - t0, X, 1.0, it))
-            for name, sec, X, at_max, mit in rows:
-                dev = float(np.abs(X - ref).max())
-                kkt = float(kkt_violation(X, Y, E, a.lam, asc).max())
-                print(f"{case:28s} {name:30s} {sec:8.2f} {n / sec:9.0f} {dev:9.2e} {kkt:9.2e} "
-                      f"{at_max:11.1%} {mit:8.1f}", flush=True)
-            ours = rows[0]
-            dev_ours = float(np.abs(ours[2] - ref).max())
-            eq = [r for r in rows[2:] if float(np.abs(r[2] - ref).max()) <= dev_ours]
-            if eq:
-                print(f"# {case}: numpy ADMM reaches xr_unmix float32's accuracy at x{eq[0][4]}: xr_unmix is "
-                      f"x{eq[0][1] / ours[1]:.1f} faster")
-            else:
-                print(f"# {case}: numpy ADMM does not reach xr_unmix float32's max |dev| {dev_ours:.1e} within "
-                      f"x{iters[-1]} iterations; xr_unmix float32 is >= x{rows[-1][1] / ours[1]:.1f} faster "
-                      f"(its max|dev| {float(np.abs(rows[-1][2] - ref).max()):.1e}). Reference: xr_unmix "
-                      f"float64, KKT-certified to {kref:.1e}, {info.polished_fraction:.1%} certified")
-    print(f"# load average at end {os.getloadavg()[0]:.2f} (cpu_count {os.cpu_count()})")
-
-
 if __name__ == "__main__":
-    library_main() if ARGS.library else main()
+    if ARGS.library:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from _bench_library import library_main
+
+        library_main(ARGS)
+    else:
+        main()

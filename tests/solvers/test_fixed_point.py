@@ -130,3 +130,23 @@ def test_bad_arguments() -> None:
         fixed_point_iter(f, torch.zeros(1, 2), beta=0)
     with pytest.raises(ValueError, match="backward"):
         deq_fixed_point(f, torch.zeros(1, 2), backward="magic")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("max_iter", [1, 7, 300])
+def test_inference_returns_f_of_the_solution_without_another_call(max_iter: int) -> None:
+    # was: one more application of f after the solve (half of a DEQ tile that converges at once)
+    W, U, x = _problem()
+    calls = []
+
+    def f(z: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return torch.tanh(z @ W.T + x @ U.T)
+
+    kw = {"tol": 1e-10, "max_iter": max_iter}
+    with torch.no_grad():
+        z, info = deq_fixed_point(f, torch.zeros(3, 12, dtype=torch.float64), solver_kwargs=kw)
+        assert len(calls) == info.n_iter
+        z_star, info2 = anderson(f, torch.zeros(3, 12, dtype=torch.float64), **kw)
+        expected = f(z_star)
+    assert info2.n_iter == info.n_iter
+    torch.testing.assert_close(z, expected, rtol=0, atol=0)

@@ -75,3 +75,22 @@ def test_library_nan_pixels_and_warm_start(problem) -> None:
     assert np.isnan(X[:, 7]).all() and np.isfinite(np.delete(X, 7, 1)).all()
     X2 = sunsal_solve(Y, E, lam=1e-3, x0=np.nan_to_num(X, nan=1.0 / E.shape[1])).numpy()
     np.testing.assert_allclose(np.delete(X2, 7, 1), np.delete(X, 7, 1), atol=1e-5)
+
+
+def test_split_over_two_threads_gives_the_same_answer(problem) -> None:
+    # a call on the main thread with 2 torch threads is split into one batch per thread (one batch alone
+    # ran on torch's intra-op threads, 10x slower under load); each pixel is counted once
+    import torch
+
+    E, Y, _ = problem
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one, i1 = sunsal_solve(Y, E, lam=1e-3, asc=False, return_info=True)
+        torch.set_num_threads(2)
+        two, i2 = sunsal_solve(Y, E, lam=1e-3, asc=False, return_info=True)
+    finally:
+        torch.set_num_threads(prev)
+    assert i1.polished_fraction == i2.polished_fraction == 1.0
+    assert i2.mean_iterations == pytest.approx(i1.mean_iterations)
+    np.testing.assert_allclose(two.numpy(), one.numpy(), rtol=0, atol=1e-6)

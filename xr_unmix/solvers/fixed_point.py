@@ -25,6 +25,8 @@ from typing import Literal
 
 import torch
 
+from ._anderson import mixing_weights
+
 FixedPointMap = Callable[[torch.Tensor], torch.Tensor]
 SolverName = Literal["anderson", "plain"]
 BackwardName = Literal["implicit", "jfb", "unrolled"]
@@ -152,7 +154,8 @@ def anderson(
     fallback_beta: float = 0.5,
     max_cond: float = 1e10,
     max_coef: float = 1e4,
-) -> tuple[torch.Tensor, FixedPointInfo]:
+    keep_f: bool = False,
+) -> tuple[torch.Tensor, FixedPointInfo] | tuple[torch.Tensor, FixedPointInfo, torch.Tensor]:
     """Anderson acceleration of ``z = f(z)`` over a batch, with a damped-iteration fallback.
 
     At iteration ``k`` with the last ``n = min(k, m)`` iterates ``x_i`` and residuals
@@ -185,6 +188,9 @@ def anderson(
         Damping of the fallback plain step.
     max_cond, max_coef : float
         Ill-conditioning thresholds that trigger the fallback.
+    keep_f : bool
+        Also return ``f(z)`` of the returned iterate, kept from the iteration that evaluated it (so a
+        caller that needs ``f(z*)`` does not apply ``f`` once more).
 
     Returns
     -------
@@ -192,6 +198,8 @@ def anderson(
         The lowest-residual iterate of each sample.
     info : FixedPointInfo
         Residual trace, final residuals, convergence flags, fallback count.
+    fz : Tensor, shape (B, ...)
+        With ``keep_f=True``: ``f(z)``, as evaluated during the solve.
     """
     _check(z0, max_iter, tol)
     if m < 1:
@@ -205,7 +213,11 @@ def anderson(
     bview = (B, *([1] * (len(shape) - 1)))
     X = torch.zeros((B, m, z0[0].numel()), dtype=z0.dtype, device=z0.device)
     F = torch.zeros_like(X)
+    # residuals g_i = f(x_i) - x_i (float64) and their Gram matrix, one new row per iteration (not m)
+    Gh = torch.zeros((B, m, X.shape[2]), dtype=torch.float64, device=z0.device)
+    GGh = torch.zeros((B, m, m), dtype=torch.float64, device=z0.device)
     best = z0.clone()
+    best_f = z0 if keep_f else None  # f(best), replaced at the first iteration (best_res = inf)
     best_res = torch.full((B,), math.inf, dtype=torch.float64, device=z0.device)
     trace = []
     n_fallback = 0
@@ -214,7 +226,10 @@ def anderson(
         fx = f(x)
         res = _residual(fx, x).double()
         better = res < best_res
-        best = torch.where(better.view(bview), x, best)
+        all_better = k > 0 and bool(better.all())  # (k = 0: x may be the caller's z0, never aliased)
+        best = x if all_better else torch.where(better.view(bview), x, best)
+        if keep_f:
+            best_f = fx if k == 0 or all_better else torch.where(better.view(bview), fx, best_f)
         best_res = torch.where(better, res, best_res)
         trace.append(res.clone())
         if tol > 0 and bool((best_res <= tol).all()):
@@ -225,39 +240,28 @@ def anderson(
         X[:, slot] = x.reshape(B, -1)
         F[:, slot] = fx.reshape(B, -1)
         n = min(k + 1, m)
-        plain = (1 - fallback_beta) * x + fallback_beta * fx
+        Gh[:, slot] = (F[:, slot] - X[:, slot]).double()
+        row = torch.bmm(Gh[:, :n], Gh[:, slot, :, None])[:, :, 0]  # (B, n): g_i . g_slot
+        GGh[:, slot, :n] = row
+        GGh[:, :n, slot] = row
         if n == 1:
             x = fx if beta == 1.0 else (1 - beta) * x + beta * fx
             continue
-        G = (F[:, :n] - X[:, :n]).double()  # (B, n, N)
-        GG = G @ G.transpose(1, 2)  # (B, n, n)
-        scale = GG.diagonal(dim1=1, dim2=2).amax(dim=1).clamp_min(1e-300)  # (B,)
-        H = torch.zeros((B, n + 1, n + 1), dtype=torch.float64, device=z0.device)
-        H[:, 0, 1:] = 1.0
-        H[:, 1:, 0] = 1.0
-        eye = torch.eye(n, dtype=torch.float64, device=z0.device)
-        H[:, 1:, 1:] = GG / scale.view(B, 1, 1) + lam * eye
-        rhs = torch.zeros((B, n + 1, 1), dtype=torch.float64, device=z0.device)
-        rhs[:, 0] = 1.0
-        sol, lu_info = torch.linalg.solve_ex(H, rhs)
-        alpha = sol[:, 1:, 0]  # (B, n)
-        ok = (lu_info == 0) & torch.isfinite(alpha).all(dim=1) & (alpha.abs().amax(dim=1) <= max_coef)
-        if max_cond < math.inf:
-            cond = torch.linalg.cond(H)
-            ok &= torch.isfinite(cond) & (cond <= max_cond)
-        alpha = torch.where(ok[:, None], alpha, torch.zeros_like(alpha)).to(X.dtype)
+        alpha, ok = mixing_weights(GGh[:, :n, :n], lam, max_coef, max_cond)
+        alpha = alpha.to(X.dtype)
         mixF = torch.einsum("bn,bnd->bd", alpha, F[:, :n]).view(shape)
         if beta == 1.0:
             acc = mixF
         else:
             mixX = torch.einsum("bn,bnd->bd", alpha, X[:, :n]).view(shape)
             acc = beta * mixF + (1 - beta) * mixX
-        n_fallback += int((~ok).sum())
-        x = torch.where(ok.view(bview), acc, plain)
+        bad = int((~ok).sum())
+        n_fallback += bad
+        x = acc if not bad else torch.where(ok.view(bview), acc, (1 - fallback_beta) * x + fallback_beta * fx)
     residuals = torch.stack(trace)
     info = FixedPointInfo(residuals=residuals, n_iter=len(trace), final_residual=best_res,
                           converged=best_res <= tol, fallback_steps=n_fallback, tol=tol)
-    return best, info
+    return (best, info, best_f) if keep_f else (best, info)  # type: ignore[return-value]
 
 
 def solve(
@@ -348,10 +352,15 @@ def deq_fixed_point(
                                  converged=res[-1] <= tol, tol=tol)
     if backward not in ("implicit", "jfb"):
         raise ValueError(f"unknown backward {backward!r}: use 'implicit', 'jfb' or 'unrolled'")
+    # The returned value is always f(z*): in the range of f (e.g. feasible when f ends with a projection,
+    # which an Anderson extrapolation z* need not be), and with a graph when grad mode is on. Without
+    # grad (inference) Anderson's own evaluation of f(z*) is returned: applying f once more cost a
+    # second operator call per solve (half of an untrained model's tile, which converges at once).
+    if solver == "anderson" and not torch.is_grad_enabled():
+        _, info, z = anderson(f, z0.detach(), keep_f=True, **solver_kwargs)  # type: ignore[arg-type,misc]
+        return z, info
     with torch.no_grad():
         z_star, info = solve(f, z0.detach(), solver=solver, **solver_kwargs)
-    # The returned value is always f(z*): in the range of f (e.g. feasible when f ends with a projection,
-    # which an Anderson extrapolation z* need not be), and with a graph when grad mode is on.
     z = f(z_star)
     if not torch.is_grad_enabled():
         return z, info

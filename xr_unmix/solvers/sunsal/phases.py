@@ -32,6 +32,7 @@ from .problem import Inputs, Normalized
 
 _POLISH_BATCH = 65536  # pixels per polish call before the first iteration (phase 0)
 _ACTIVE_SET_BATCH = 8192  # pixels per active-set call (large libraries with ANC)
+_MIN_SPLIT = 256  # smallest batch a call is split into to give each thread one
 
 
 def run_batches(fn: Callable[[Any], Any], items: list[Any], device: torch.device) -> list[Any]:
@@ -62,6 +63,7 @@ class Schedule:
         self.inp, self.nrm, self.admm, self.b_all = inp, nrm, admm, b_all
         self.max_iter, self.batch_pixels = max_iter, batch_pixels
         self.head = max_iter if admm.polisher is None else min(max_iter, 3 * CHECK_EVERY)
+        self.step = max(batch_pixels, _POLISH_BATCH)  # pixels per phase-0 / active-set call (set by run)
 
     def _x0(self, start: int, stop: int) -> torch.Tensor | None:
         return self.inp.x0t[:, start:stop] if self.inp.x0t is not None else None
@@ -70,7 +72,7 @@ class Schedule:
         """Polish pixels ``start..`` from the support of x0 (default: every endmember; the active-set
         corrections then drop the wrong-sign entries); returns the indices of those not certified."""
         N = self.inp.N
-        stop = min(N, start + max(self.batch_pixels, _POLISH_BATCH))
+        stop = min(N, start + self.step)
         b = self.b_all[:, start:stop]
         x0 = self._x0(start, stop)
         xp, okp = self.admm.polisher(b, x0 if x0 is not None else torch.ones_like(b))  # type: ignore[misc]
@@ -83,7 +85,7 @@ class Schedule:
 
     def phase_as(self, start: int) -> torch.Tensor:
         """The active-set solve of pixels ``start..``; returns the indices of those not certified."""
-        stop = min(self.inp.N, start + _ACTIVE_SET_BATCH)
+        stop = min(self.inp.N, start + self.step)
         x, ok, steps = active_set_solve(self.nrm.G64, self.b_all[:, start:stop], self.nrm.lam_n,
                                         self.admm.asc, x0=self._x0(start, stop))
         self.admm.out[:, start:stop] = x.to(self.inp.dtype)
@@ -118,6 +120,12 @@ class Schedule:
         if use_active_set or self.admm.polisher is not None:
             fn, step = (self.phase_as, _ACTIVE_SET_BATCH) if use_active_set else (
                 self.phase0, max(bp, _POLISH_BATCH))
+            par = batch_workers(dev, N)
+            if par > 1:  # at least one batch per thread: one batch alone ran on torch's intra-op threads,
+                # 2-10x slower than one thread for these small kernels (R=62, 2304 px: 1.5 s on 1 thread,
+                # 7-16 s on 2 at load 10)
+                step = min(step, max(_MIN_SPLIT, -(-N // par)))
+            self.step = step
             rest = run_batches(fn, list(range(0, N, step)), dev)
             todo = torch.cat(rest) if rest else torch.empty(0, dtype=torch.long, device=dev)
             batches: list[Any] = [todo[i:i + bp] for i in range(0, todo.numel(), bp)]
