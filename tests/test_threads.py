@@ -10,16 +10,15 @@ import torch
 
 import xr_unmix
 from xr_unmix.models.deq import DEQUnmix
+from xr_unmix.runtime import torch_thread_limit
 from xr_unmix.solvers.sunsal import fcls, sunsal_solve
 from xr_unmix.testing import make_cube
 
 
 @pytest.fixture
 def two_torch_threads() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(2)  # sunsal_solve then runs its pixel batches on a pool of 2 threads
-    yield
-    torch.set_num_threads(n)
+    with torch_thread_limit(2):  # sunsal_solve then runs its pixel batches on a pool of 2 threads
+        yield
 
 
 def test_deq_on_numpy_cube_over_65536_px_with_two_torch_threads(two_torch_threads) -> None:
@@ -43,3 +42,10 @@ def test_polisher_built_in_inference_mode_serves_later_calls(two_torch_threads) 
     a2 = sunsal_solve(Y, E, lam=0.0)  # the same cached polisher, outside inference mode
     np.testing.assert_allclose(a1.numpy(), Atrue, atol=2e-3)
     np.testing.assert_array_equal(a1.numpy(), a2.numpy())
+
+
+def test_torch_thread_limit_restores_the_count() -> None:
+    before = torch.get_num_threads()
+    with torch_thread_limit(3):
+        assert torch.get_num_threads() == 3
+    assert torch.get_num_threads() == before

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ._graph import scatter_embedded
+from ._warn import warn_user
 from .errors import (
     BandMismatchError,
     DimensionError,
@@ -20,6 +22,7 @@ from .errors import (
     InputTypeError,
     WavelengthMismatchError,
 )
+from .metadata import cf_result_attrs, input_record
 
 BAND, Y, X, ENDMEMBER = "band", "y", "x", "endmember"
 
@@ -118,8 +121,6 @@ def prepare_cube(cube: xr.DataArray, dtype: Any = np.float32) -> tuple[Any, Cube
     """
     facts = cube_facts(cube)
     if facts.is_dask:  # an in-memory cube chunked by the user: blocks to the cluster, not the graph
-        from ._graph import scatter_embedded
-
         cube = cube.copy(data=scatter_embedded(cube.data))
     data = cube.transpose(BAND, Y, X).data
     if facts.is_dask:
@@ -197,8 +198,6 @@ def check_units(cube: xr.DataArray, endmembers: np.ndarray, *, strict: bool = Fa
            "endmembers in the cube's units.")
     if strict:
         raise InputError(msg)
-    from ._warn import warn_user
-
     warn_user(msg)
 
 
@@ -329,8 +328,6 @@ def finish(
     for k, c in cube.coords.items():
         if set(c.dims) <= {Y, X} and k != "spatial_ref":
             coords[k] = c.variable
-    from .metadata import cf_result_attrs, input_record
-
     out = xr.DataArray(data, dims=(ENDMEMBER, Y, X), coords=coords, name=name,
                        attrs={**cf_result_attrs(name),
                               **{k: _attr_value(v) for k, v in attrs.items()},

@@ -13,8 +13,10 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from typing import Any
 
+import numpy as np
 import xarray as xr
 
+from ._units import to_nm, wavelength_unit
 from .errors import DimensionError, InputTypeError
 
 ROLES = ("band", "y", "x")
@@ -153,10 +155,6 @@ def conform_cube(cube: xr.DataArray, dims: Mapping[Hashable, Hashable] | None = 
 
 def _in_nm(wl: xr.DataArray) -> xr.DataArray:
     """The wavelength coordinate in nm (micrometres by their ``units`` attr, or all values < 30)."""
-    import numpy as np
-
-    from ._units import to_nm, wavelength_unit
-
     unit = wavelength_unit(wl.attrs.get("units"))
     vals = np.asarray(wl.values, dtype=np.float64)
     nm = to_nm(vals, unit if unit != "index" else None)

@@ -102,20 +102,25 @@ def set_torch_threads(n: int | None) -> None:
 
 
 @contextlib.contextmanager
-def single_torch_thread() -> Iterator[None]:
-    """torch on one intra-op thread inside the block, the previous count restored after.
+def torch_thread_limit(n: int) -> Iterator[None]:
+    """torch on ``n`` intra-op threads inside the block (at least 1), the previous count restored after.
 
     ``torch.set_num_threads`` is process-wide: meant for the main thread, around a pool of
-    :func:`batch_workers` threads (or for tests that must not depend on the host's cores).
+    :func:`batch_workers` threads, or for tests that must not depend on the host's cores.
     """
     import torch
 
     prev = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(max(1, int(n)))
     try:
         yield
     finally:
         torch.set_num_threads(prev)
+
+
+def single_torch_thread() -> contextlib.AbstractContextManager[None]:
+    """:func:`torch_thread_limit` of 1: around a pool of :func:`batch_workers` threads."""
+    return torch_thread_limit(1)
 
 
 def batch_workers(device: Any, n_batches: int) -> int:

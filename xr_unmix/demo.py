@@ -9,6 +9,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from .endmembers import read_endmembers, resample_spectra
+from .io import open_abundance, open_cube, write
+from .metrics import rmse
+
 
 def sample_scene_dir() -> Path:
     """Folder of the sample scenes: ``xr_unmix/sample_scenes`` inside an installed wheel (scene A, its
@@ -23,8 +27,6 @@ def sample_scene_dir() -> Path:
 
 def open_truth(path: Path | str) -> xr.DataArray:
     """Open a truth abundance GeoTIFF (band descriptions = endmember names) as (endmember, y, x)."""
-    from .io import open_cube
-
     t = open_cube(path)
     names = t.attrs.get("long_name")
     if isinstance(names, str):
@@ -64,10 +66,6 @@ def run_demo(out: Path | str = "out", *, scene: str = "scene_a") -> dict[str, An
     """
     import xr_unmix  # noqa: F401  (accessor)
 
-    from .endmembers import read_endmembers, resample_spectra
-    from .io import open_abundance, open_cube, write
-    from .metrics import rmse
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     src = sample_scene_dir()
@@ -88,7 +86,7 @@ def run_demo(out: Path | str = "out", *, scene: str = "scene_a") -> dict[str, An
     png = save_png([("FCLS", ab_mem), ("truth", truth)], out / f"{scene}_abundance.png")
     print(f"scene      {src / (scene + '.tif')}  ({cube.sizes['band']} bands, "
           f"{cube.sizes['y']}x{cube.sizes['x']} px, CRS {cube.rio.crs})")
-    print(f"method     FCLS (SUnSAL, lam=0, ANC+ASC) through cube.unmix.fcls")
+    print("method     FCLS (SUnSAL, lam=0, ANC+ASC) through cube.unmix.fcls")
     print(f"time       {elapsed:.2f} s to unmix and write COG, Zarr and quality layer (includes the "
           "first import of torch and the writers, typically most of it on a scene this small)")
     print(f"RMSE       {score:.4f} (abundance RMSE against the scene's truth)")

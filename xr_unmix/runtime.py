@@ -11,7 +11,8 @@ Everything here is a per-process *policy*, kept in one module so that a reader f
   Inside a Dask task torch gets :func:`torch_thread_count` intra-op threads (:func:`torch_threads`)
   and numpy's BLAS one thread (:func:`blas_threads`); on the main thread the user's settings stand,
   and a solver may spread independent pixel batches over :func:`batch_workers` threads of one torch
-  thread each (:func:`single_torch_thread`). ``XR_UNMIX_TORCH_THREADS`` overrides the torch rule.
+  thread each (:func:`single_torch_thread`; any count: :func:`torch_thread_limit`).
+  ``XR_UNMIX_TORCH_THREADS`` overrides the torch rule.
 - **Devices**: :func:`check_cuda` raises :class:`~xr_unmix.errors.DeviceError` for a GPU that torch
   cannot see (the one error type for a missing GPU, in every module).
 
@@ -44,6 +45,7 @@ from ._threads import (  # noqa: F401  (the thread policy's public names live he
     single_torch_thread,
     task_blas_threads,
     torch_thread_count,
+    torch_thread_limit,
     torch_threads,
 )
 from .errors import DeviceError, ParameterError
