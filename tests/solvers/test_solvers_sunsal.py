@@ -300,3 +300,27 @@ def test_accessor_ls_with_a_nan_endmember_column_is_a_clear_error() -> None:
     cube = xr.DataArray(Y.reshape(-1, 4, 5), dims=("band", "y", "x"))
     with pytest.raises(ValueError, match="endmembers contain 40 NaN/inf values"):
         cube.unmix.ls(E)
+
+
+def _simplex_reference(v: np.ndarray) -> np.ndarray:
+    """Duchi et al. (2008), one vector, float64."""
+    u = np.sort(v)[::-1]
+    css = np.cumsum(u) - 1.0
+    rho = np.nonzero(u - css / np.arange(1, v.size + 1) > 0)[0][-1]
+    return np.maximum(v - css[rho] / (rho + 1), 0)
+
+
+@pytest.mark.parametrize("R", [1, 2, 5, 8, 9, 62])
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_project_simplex_matches_the_sorted_reference_with_ties(R: int, dim: int) -> None:
+    # R <= 8 runs sort-free, larger R sorts: both against Duchi's algorithm, ties included
+    rng = np.random.default_rng(R)
+    x = rng.normal(size=(R, 7, 11)) * 2
+    x[:, :3] = np.round(x[:, :3])  # many exact ties
+    x[:, 0, 0] = 0.25  # all equal
+    xm = np.moveaxis(x, 0, dim)
+    out = project_simplex(torch.as_tensor(xm), dim=dim).numpy()
+    ref = np.apply_along_axis(_simplex_reference, dim, xm)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(out.sum(dim), 1.0, atol=1e-12)
+    assert (out >= 0).all()
