@@ -411,3 +411,35 @@ def test_compute_settled_gives_up_waiting_after_settle_timeout(client, tmp_path:
     deadline = time.monotonic() + 10
     while not log.exists() and time.monotonic() < deadline:  # let it end before the next test
         time.sleep(0.1)
+
+
+def test_batch_scene_failing_on_a_worker_leaves_nothing_that_looks_complete(client, tmp_path) -> None:
+    """A scene whose tile fails to decode in a worker's task: recorded as failed, the batch goes on,
+    and neither its outputs nor its sidecar exist (a re-run tries it again, it is not skipped)."""
+    from xr_unmix.batch import run_batch
+    from xr_unmix.endmembers import write_endmembers
+
+    d = tmp_path / "scenes"
+    d.mkdir()
+    cube, E, _ = make_cube(32, 32, seed=13)
+    for name in ("good", "bad"):
+        cube.rio.to_raster(d / f"{name}.tif", tiled=True, blockxsize=16, blockysize=16,
+                           compress="DEFLATE")
+    with rasterio.open(d / "bad.tif") as src:
+        offset = int(src.get_tag_item("BLOCK_OFFSET_1_1", "TIFF", bidx=1))
+    with open(d / "bad.tif", "r+b") as f:  # one tile's bytes damaged: the read fails in a task
+        f.seek(offset)
+        f.write(b"\xff" * 64)
+    em = write_endmembers(E, tmp_path / "em.csv")
+    out = tmp_path / "o"
+    kw = dict(out_dir=out, endmembers=str(em), scheduler=client.scheduler.address, chunk=16,
+              formats=["tif", "zarr"], progress=False)
+    rep = run_batch([str(d / "good.tif"), str(d / "bad.tif")], **kw)
+    status = {Path(s["scene"]).name: s for s in rep["scenes"]}
+    assert status["good.tif"]["status"] == "done" and status["bad.tif"]["status"] == "failed"
+    # (on threads the writer names the file in its error; here the worker's error arrives as it is)
+    assert "Read failed" in status["bad.tif"]["error"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "good.done.json", "good.tif", "good.zarr", "xr_unmix_batch_report.json"]
+    again = run_batch([str(d / "good.tif"), str(d / "bad.tif")], **kw)
+    assert [s["status"] for s in again["scenes"]] == ["skipped", "failed"]
