@@ -1,5 +1,8 @@
 """The command line: run (COG, Zarr, quality layer, errors) and demo wiring."""
 
+import json
+import re
+
 import numpy as np
 import pytest
 import rasterio
@@ -156,6 +159,22 @@ def test_train_deq_unsupervised_and_supervised(files):
     r = CliRunner().invoke(main, ["train", "--endmembers", "vca:3", "--method", "deq", "--out",
                                   str(m1), "--scene", str(scene), "--epochs", "2"])
     assert r.exit_code == 0, r.output
+    line = r.output.strip()
+    assert "\n" not in line and line.startswith(f"model -> {m1}  ")
+    if "warning" in line:  # no epoch beat the start: said, with both objectives
+        assert re.search(r"warning: training did not improve on its start: objective \S+ at the "
+                         r"start, \S+ at best after training \(epoch \d\)", line), line
+    else:  # the saved model's loss and epoch
+        report = json.loads(line.split("  ", 1)[1])
+        assert report["best_epoch"] in (1, 2) and report["loss"] < report["initial_loss"], report
+    # a learning rate that wrecks the model: the saved model is the start, and the line says so
+    r = CliRunner().invoke(main, ["train", "--endmembers", "vca:3", "--method", "deq", "--out",
+                                  str(tmp / "bad.safetensors"), "--scene", str(scene), "--epochs", "3",
+                                  "--lr", "50"])
+    assert r.exit_code == 0, r.output
+    assert re.fullmatch(r"model -> \S+  warning: training did not improve on its start: objective "
+                        r"\S+ at the start, .*the returned model is the untrained start \(FCLS\).*\n",
+                        r.output), r.output
     assert load_model(m1).endmembers.sizes["endmember"] == 3
     labels = to_cog(truth.rio.write_crs(cube.rio.crs).rio.write_transform(cube.rio.transform()),
                     tmp / "truth.tif")

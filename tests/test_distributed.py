@@ -154,6 +154,25 @@ def test_large_model_is_broadcast_not_inlined(client, monkeypatch: pytest.Monkey
     assert max(i["builds"] for i in client.run(model_cache_info).values()) == 1
 
 
+def test_deq_solve_stats_and_warnings_reach_the_caller_from_workers(client) -> None:
+    from xr_unmix.errors import ConvergenceWarning
+    from xr_unmix.models.deq import DEQUnmix
+
+    cube, E, _ = make_cube(32, 40, seed=15, chunks={"y": 16, "x": 20})
+    m = DEQUnmix.from_endmembers(E, seed=0, hidden=4, kernel_size=1, max_iter=2, tol=1e-12)
+    m.reset_solve_stats()
+    with pytest.warns(ConvergenceWarning, match="stopped after 2 iterations"):
+        threaded = _threads(lambda: cube.unmix.deq(m).compute())
+    on_threads = dict(m.solve_stats)
+    assert on_threads["n_solves"] == 4 and on_threads["n_unconverged"] == 4  # 4 tiles, none converged
+    m.reset_solve_stats()
+    ab = cube.unmix.deq(m)  # the kernel is made under the active client
+    with pytest.warns(ConvergenceWarning, match="stopped after 2 iterations"):
+        on_cluster = client.compute(ab).result()
+    assert dict(m.solve_stats) == on_threads  # not zero, not left in the worker logs
+    np.testing.assert_allclose(on_cluster.values, threaded.values, atol=1e-6)
+
+
 def _run_state(state: dict, block: np.ndarray) -> np.ndarray:
     """On a worker: the kernel as a task would rebuild it from ``state``, applied to ``block``."""
     kernel = ModelKernel.__new__(ModelKernel)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from typing import Any
 
@@ -45,8 +46,13 @@ _builds = 0  #: how many models this process built from a payload (cache misses)
 #: payloads up to this size (bytes) travel inside each task; larger ones, when a ``distributed.Client``
 #: is active as the kernel is made, are broadcast to every worker once and tasks carry only their key
 INLINE_MAX_BYTES = 4 * 2**20
-#: longest wait (s) of a worker for a broadcast payload it does not hold (fetched from another worker)
+#: longest wait (s) of a worker for a broadcast payload it does not hold (installed by a plugin)
 FETCH_TIMEOUT_S = 60.0
+#: event topic on which workers report the inner solves of their tasks (see :func:`_on_solves`)
+SOLVES_TOPIC = "xr_unmix-solves"
+#: the caller's models by content hash, to which the solve records of workers are added
+_LIVE: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+_SUBSCRIBED: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 # -- models on workers -----------------------------------------------------------------------------
@@ -108,6 +114,23 @@ def cached_model(key: str, payload: bytes, device: str) -> Any:
         else:
             _MODEL_CACHE.move_to_end((key, device))
         return model
+
+
+def _on_solves(event: tuple[float, dict[str, Any]]) -> None:
+    """Client side: add the solve records a worker reported to the caller's model (stats, warnings)."""
+    msg = event[1]
+    model = _LIVE.get(msg.get("key", ""))
+    if model is not None:
+        for rec in msg.get("records", ()):
+            model.record_solve(rec, warn=True)
+
+
+def _follow_solves(model: Any, key: str, client: Any) -> None:
+    """Route the solve records of ``model``'s tasks on ``client``'s workers back to ``model``."""
+    _LIVE[key] = model
+    if client not in _SUBSCRIBED:
+        client.subscribe_topic(SOLVES_TOPIC, _on_solves)
+        _SUBSCRIBED.add(client)
 
 
 def model_cache_info() -> dict[str, Any]:
@@ -189,6 +212,8 @@ class ModelKernel:
             return
         self._ensure_payload()
         assert self._payload is not None and self._key is not None
+        if self.model.solve_stats:  # a model with inner solves: their records come back here
+            _follow_solves(self.model, self._key, client)
         if len(self._payload) > INLINE_MAX_BYTES:
             from ._worker_plugin import register
 
@@ -273,7 +298,9 @@ class ModelKernel:
         """``(bands, h, w)`` finite block -> ``(R, h, w)`` abundances of ``dtype``."""
         import torch
 
-        with torch_threads(), torch.inference_mode():
+        from .models.base import collect_solves
+
+        with torch_threads(), torch.inference_mode(), collect_solves() as solves:
             model = self._resolve()
             p = next(model.parameters(), None)
             mdtype = p.dtype if p is not None else torch.float32
@@ -286,4 +313,8 @@ class ModelKernel:
                                  for i in range(0, h * w, n)], dim=2).reshape(-1, h, w)
             else:
                 out = model.unmix_image(Y)
+        if solves and self.model is None:  # a worker: report them to the caller (see _on_solves)
+            worker = on_distributed_worker()
+            if worker is not None:
+                worker.log_event(SOLVES_TOPIC, {"key": self._key, "records": solves})
         return out.detach().cpu().numpy().astype(self.dtype, copy=False)

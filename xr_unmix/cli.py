@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -19,7 +20,7 @@ from . import __version__, bundle_runs, pipeline
 from .batch import run_batch
 from .demo import run_demo
 from .endmembers import read_endmembers
-from .errors import BandMismatchError, OutputExistsError, XrUnmixError
+from .errors import BandMismatchError, OutputExistsError, TrainingWarning, XrUnmixError
 from .runtime import dashboard_line, dask_scheduler, set_torch_threads
 from .simulate import simulate
 
@@ -303,7 +304,9 @@ def train(endmembers: str, method: str, out: Path, scene: str | None, labels: st
             if method != "deq":
                 _usage("--method admm trains on labels: give --scene with --labels, or neither "
                       "(synthetic mixtures of the endmembers)")
-            history = model.fit_scene(cube, **fit_kw)
+            with warnings.catch_warnings():  # said once, in the line below
+                warnings.simplefilter("ignore", TrainingWarning)
+                history = model.fit_scene(cube, **fit_kw)
         else:
             Y, A = simulate(E, n_pixels, snr_db=snr_db, seed=seed)
             history = model.fit(Y, A, **fit_kw)
@@ -311,10 +314,19 @@ def train(endmembers: str, method: str, out: Path, scene: str | None, labels: st
         _fail(str(exc))
         return
     model.save(out)
-    last = {k: (v[-1] if isinstance(v, list) and v else v) for k, v in dict(history).items()
-            if not isinstance(v, list) or not v or isinstance(v[-1], int | float)} \
-        if isinstance(history, dict) else {}
-    click.echo(f"model -> {out}  {json.dumps(last, default=float)}")
+    click.echo(_train_line(out, history))
+
+
+def _train_line(out: Path, history: dict[str, Any]) -> str:
+    """One line about a training run: the saved model's loss (not the last epoch's) and its epoch;
+    for a scene fit that did not improve on its start, that, with both objectives."""
+    if history.get("improved") is False:
+        stopped = f" ({history['stopped']})" if history.get("stopped") else ""
+        return f"model -> {out}  warning: {history['summary']}{stopped}"
+    loss = history.get("final_loss", history.get("best_loss"))
+    keys = ("best_epoch", "epochs", "initial_loss", "stopped", "time_s")
+    report = {"loss": loss, **{k: history[k] for k in keys if history.get(k) is not None}}
+    return f"model -> {out}  {json.dumps(report, default=float)}"
 
 
 @main.command()

@@ -86,3 +86,7 @@ class DeviceError(XrUnmixError, RuntimeError):
 
 class ConvergenceWarning(UserWarning):
     """An iterative solve stopped at its iteration limit before reaching its tolerance."""
+
+
+class TrainingWarning(UserWarning):
+    """Training stopped early (diverged; the best state was restored) or did not improve on its start."""

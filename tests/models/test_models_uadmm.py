@@ -300,7 +300,8 @@ def test_subspace_fit_moves_w_only_along_the_training_spectra(E: xr.DataArray, d
     top = torch.from_numpy(Vh[:3]).double()
     resid = dW - dW @ top.T @ top  # the part of each row of dW outside the 3-dim subspace
     assert float(resid.abs().max()) < 1e-5 * float(dW.abs().max()) + 1e-7
-    torch.testing.assert_close(callback_W[-1], net.W.detach())  # callbacks see the current W
+    # callbacks see the current W; the net ends in the state of its best epoch (keep-best)
+    torch.testing.assert_close(callback_W[h["best_epoch"] - 1], net.W.detach())
     # a large ridge keeps W at the warm start
     stiff = UADMMNet.from_endmembers(E)
     stiff.fit(Y, A, epochs=4, subspace=3, ridge=1e6, progress=False)

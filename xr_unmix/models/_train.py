@@ -24,12 +24,14 @@ caller's global RNG state is untouched.
 
 from __future__ import annotations
 
-import time
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 import torch
+
+from .training import Diverged, Epoch, KeepBest, train_loop
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 History = dict[str, Any]
@@ -135,6 +137,7 @@ def fit_supervised(
     schedule: str | None = None,
     optimizer: str = "adam",
     penalty: Callable[[], torch.Tensor] | None = None,
+    keep_best: bool = True,
 ) -> History:
     """Train ``model`` with Adam on mini-batches of ``(inputs, targets)`` rows.
 
@@ -185,6 +188,11 @@ def fit_supervised(
     penalty : callable, optional
         ``penalty() -> scalar`` added to the loss of every step (e.g. a ridge on some parameters);
         ``history["loss"]`` records the data loss without it.
+    keep_best : bool
+        End in the epoch with the lowest training loss (L-BFGS: the evaluation with the lowest
+        objective) rather than the last. A diverging loss restores that state and stops the run with
+        one line (:class:`~xr_unmix.models.training.TrainingWarning`); see
+        :func:`xr_unmix.models.training.train_loop`.
 
     Returns
     -------
@@ -192,14 +200,55 @@ def fit_supervised(
         ``"loss"``: mean training loss of every epoch (list of float, length ``epochs``);
         ``"val_loss"``: per-epoch validation loss (when ``validation`` given);
         ``"time_s"``: wall-clock training time (s); ``"epochs"``, ``"batch_size"``, ``"lr"``, ``"seed"``,
-        ``"n_samples"``; plus one list per key returned by ``callback``.
+        ``"n_samples"``, ``"best_epoch"``, ``"best_loss"``, ``"stopped"``; plus one list per key
+        returned by ``callback``.
     """
-    from tqdm.auto import tqdm
-
     from .losses import mse
 
-    epochs = int(epochs)
-    batch_size = int(batch_size)
+    epochs, batch_size = int(epochs), int(batch_size)
+    _check_fit_args(epochs, batch_size, lr, inputs, targets, schedule, optimizer)
+    loss_fn: LossFn = loss if loss is not None else mse
+    is_module = isinstance(model, torch.nn.Module)
+    if params is None:
+        if not is_module:
+            raise ValueError("pass params= when model is a plain callable")
+        params = model.parameters()  # type: ignore[union-attr]
+    plist = [p for p in params if p.requires_grad]
+    if not plist:
+        raise ValueError("nothing to train: no parameter requires grad")
+    n = int(inputs.shape[0])
+    history: History = {"epochs": epochs, "batch_size": batch_size, "lr": float(lr),
+                        "n_samples": n, "schedule": schedule}
+    if optimizer == "lbfgs":
+        if weight_decay:
+            raise ValueError("weight_decay is not supported with optimizer='lbfgs' (use penalty=)")
+        history["optimizer"] = optimizer
+        step = _lbfgs_step(model, inputs, targets, loss_fn, penalty, plist, lr, epochs, history)
+        run_epochs = min(epochs, 1)  # all the iterations in one "epoch"
+    else:
+        step = _adam_step(model, inputs, targets, loss_fn, penalty, plist, lr, weight_decay,
+                          batch_size, schedule, epochs)
+        run_epochs = epochs
+    host = model if is_module else _Params(plist)
+    evaluate = _evaluator(model, is_module, loss_fn, validation, callback)
+
+    def epoch_step(epoch: int, guard: KeepBest) -> Epoch:
+        step.generator = epoch_step.generator  # type: ignore[attr-defined]
+        r = step(epoch, guard)
+        r.info.update(evaluate(epoch))
+        return r
+
+    out = train_loop(host, epoch_step, epochs=run_epochs, tensors=plist, seed=seed,
+                     keep_best=keep_best, desc=desc or "training", progress=progress)
+    history.update(out)
+    if validation is not None:
+        history.setdefault("val_loss", [])
+    return history
+
+
+def _check_fit_args(epochs: int, batch_size: int, lr: float, inputs: torch.Tensor,
+                    targets: torch.Tensor, schedule: str | None, optimizer: str) -> None:
+    """Refuse senseless :func:`fit_supervised` arguments with a :class:`ValueError` that says why."""
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     if batch_size < 1:
@@ -214,111 +263,103 @@ def fit_supervised(
         raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {optimizer!r}")
     if optimizer == "lbfgs" and schedule is not None:
         raise ValueError("schedule is not supported with optimizer='lbfgs'")
-    loss_fn: LossFn = loss if loss is not None else mse
-    is_module = isinstance(model, torch.nn.Module)
-    if params is None:
-        if not is_module:
-            raise ValueError("pass params= when model is a plain callable")
-        params = model.parameters()  # type: ignore[union-attr]
-    plist = [p for p in params if p.requires_grad]
-    if not plist:
-        raise ValueError("nothing to train: no parameter requires grad")
-    n = int(inputs.shape[0])
-    history: History = {"loss": [], "epochs": epochs, "batch_size": batch_size, "lr": float(lr),
-                        "seed": seed, "n_samples": n, "schedule": schedule}
-    if optimizer != "adam":
-        history["optimizer"] = optimizer
-    if validation is not None:
-        history["val_loss"] = []
-    was_training = model.training if is_module else None  # type: ignore[union-attr]
-    gen = torch.Generator(device="cpu")
-    if seed is not None:
-        gen.manual_seed(int(seed))
-    else:
-        gen.seed()
-    if optimizer == "lbfgs":
-        if weight_decay:
-            raise ValueError("weight_decay is not supported with optimizer='lbfgs' (use penalty=)")
-        epochs, lbfgs_iter = min(epochs, 1), epochs  # all the iterations in one "epoch"
-        opt: torch.optim.Optimizer = torch.optim.LBFGS(plist, lr=float(lr), max_iter=max(lbfgs_iter, 1),
-                                                       history_size=50,
-                                                       line_search_fn="strong_wolfe", tolerance_grad=1e-12,
-                                                       tolerance_change=1e-14)
-    else:
-        opt = torch.optim.Adam(plist, lr=float(lr), weight_decay=float(weight_decay))
+
+
+class _Params(torch.nn.Module):
+    """A Module around the parameters of a plain-callable model (for the loop's train/eval switch)."""
+
+    def __init__(self, params: list[torch.nn.Parameter]) -> None:
+        super().__init__()
+        self.ps = torch.nn.ParameterList(params)
+
+
+def _adam_step(model: Any, inputs: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn,
+               penalty: Callable[[], torch.Tensor] | None, plist: list[torch.nn.Parameter],
+               lr: float, weight_decay: float, batch_size: int, schedule: str | None,
+               epochs: int) -> Any:
+    """One Adam epoch over shuffled mini-batches (the state at the epoch's end is the one scored)."""
+    opt = torch.optim.Adam(plist, lr=float(lr), weight_decay=float(weight_decay))
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
              if schedule == "cosine" else None)
-    t0 = time.perf_counter()
-    fork = torch.random.fork_rng(devices=[]) if seed is not None else _null()
-    with fork:
-        if seed is not None:
-            torch.manual_seed(int(seed))
-        bar = tqdm(range(1, epochs + 1), desc=desc or "training", unit="epoch",
-                   disable=None if progress is None else not progress, leave=False)
+    n = int(inputs.shape[0])
+
+    def step(epoch: int, guard: KeepBest) -> Epoch:
+        perm = torch.randperm(n, generator=step.generator).to(inputs.device)  # type: ignore[attr-defined]
+        total = 0.0
+        for start in range(0, n, batch_size):
+            idx = perm[start:start + batch_size]
+            opt.zero_grad(set_to_none=True)
+            value = loss_fn(model(inputs[idx]), targets[idx])
+            if not torch.isfinite(value):
+                raise Diverged(f"loss became {float(value)}; lower lr")
+            (value + penalty() if penalty is not None else value).backward()
+            opt.step()
+            total += float(value.detach()) * int(idx.numel())
+        if sched is not None:
+            sched.step()
+        return Epoch(total / n)
+
+    return step
+
+
+def _lbfgs_step(model: Any, inputs: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn,
+                penalty: Callable[[], torch.Tensor] | None, plist: list[torch.nn.Parameter],
+                lr: float, iterations: int, history: History) -> Any:
+    """Full-batch L-BFGS as one "epoch": every evaluation is a candidate for keep-best."""
+    opt = torch.optim.LBFGS(plist, lr=float(lr), max_iter=max(iterations, 1), history_size=50,
+                            line_search_fn="strong_wolfe", tolerance_grad=1e-12,
+                            tolerance_change=1e-14)
+
+    def step(epoch: int, guard: KeepBest) -> Epoch:
+        evals: list[float] = []
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad(set_to_none=True)
+            data = loss_fn(model(inputs), targets)
+            value = data + penalty() if penalty is not None else data
+            v = float(value.detach())
+            if not math.isfinite(v):  # a large trial value is the line search's to handle
+                raise Diverged(f"loss became {v:.4g} (L-BFGS evaluation {len(evals)})")
+            guard.consider(v, epoch, eligible=True)  # the state just evaluated
+            evals.append(float(data.detach()))
+            value.backward()
+            return value
+
+        # one call runs all the iterations: calling step() once per iteration (max_iter=1) was
+        # measured to derail the line search on U-ADMM-AENet (docs/uadmm.md)
         try:
-            for epoch in bar:
-                if is_module:
-                    model.train()  # type: ignore[union-attr]
-                total = 0.0
-                if optimizer == "lbfgs":
-                    evals: list[float] = []
-
-                    def closure() -> torch.Tensor:
-                        opt.zero_grad(set_to_none=True)
-                        data = loss_fn(model(inputs), targets)
-                        value = data + penalty() if penalty is not None else data
-                        if not torch.isfinite(value):
-                            raise FloatingPointError(f"training loss became {float(value)} (L-BFGS)")
-                        value.backward()
-                        evals.append(float(data.detach()))
-                        return value
-
-                    # one call runs all the iterations: calling step() once per iteration (max_iter=1)
-                    # was measured to derail the line search on U-ADMM-AENet (docs/uadmm.md)
-                    opt.step(closure)  # type: ignore[arg-type]
-                    with torch.no_grad():
-                        total = float(loss_fn(model(inputs), targets)) * n
-                    history["evals"] = len(evals)
-                    history["loss_evals"] = evals
-                perm = torch.randperm(n, generator=gen).to(inputs.device)
-                for start in range(0, n if optimizer == "adam" else 0, batch_size):
-                    idx = perm[start:start + batch_size]
-                    opt.zero_grad(set_to_none=True)
-                    value = loss_fn(model(inputs[idx]), targets[idx])
-                    if not torch.isfinite(value):
-                        raise FloatingPointError(
-                            f"training loss became {float(value)} at epoch {epoch}; lower lr")
-                    (value + penalty() if penalty is not None else value).backward()
-                    opt.step()
-                    total += float(value.detach()) * int(idx.numel())
-                if sched is not None:
-                    sched.step()
-                history["loss"].append(total / n)
-                post: dict[str, float] = {"loss": history["loss"][-1]}
-                if validation is not None or callback is not None:
-                    if is_module:
-                        model.eval()  # type: ignore[union-attr]
-                    with torch.no_grad():
-                        if validation is not None:
-                            v = float(loss_fn(model(validation[0]), validation[1]))
-                            history["val_loss"].append(v)
-                            post["val_loss"] = v
-                        if callback is not None:
-                            extra = callback(epoch, model) or {}
-                            for k, v in extra.items():
-                                history.setdefault(k, []).append(float(v))
-                bar.set_postfix({k: f"{v:.4g}" for k, v in post.items()}, refresh=False)
+            opt.step(closure)  # type: ignore[arg-type]
         finally:
-            bar.close()
-            if is_module and was_training is not None:
-                model.train(was_training)  # type: ignore[union-attr]
-    history["time_s"] = time.perf_counter() - t0
-    return history
+            history.update(evals=len(evals), loss_evals=evals)
+        guard.restore()  # the best evaluation, not wherever the last line search stopped
+        with torch.no_grad():
+            final = float(loss_fn(model(inputs), targets))
+        return Epoch(final, eligible=False)
+
+    return step
 
 
-class _null:
-    def __enter__(self) -> None:
-        return None
+def _evaluator(model: Any, is_module: bool, loss_fn: LossFn,
+               validation: tuple[torch.Tensor, torch.Tensor] | None,
+               callback: Callable[[int, Any], dict[str, float] | None] | None) -> Any:
+    """``evaluate(epoch) -> {name: float}``: validation loss and callback values, eval mode, no grad."""
 
-    def __exit__(self, *exc: object) -> None:
-        return None
+    def evaluate(epoch: int) -> dict[str, float]:
+        if validation is None and callback is None:
+            return {}
+        was = model.training if is_module else None
+        if is_module:
+            model.eval()
+        out: dict[str, float] = {}
+        try:
+            with torch.no_grad():
+                if validation is not None:
+                    out["val_loss"] = float(loss_fn(model(validation[0]), validation[1]))
+                if callback is not None:
+                    out.update({k: float(v) for k, v in (callback(epoch, model) or {}).items()})
+        finally:
+            if is_module and was is not None:
+                model.train(was)
+        return out
+
+    return evaluate

@@ -14,18 +14,44 @@ Files and worker payloads go through :mod:`xr_unmix.models.registry` (safetensor
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from ..errors import BandMismatchError
+from ..errors import BandMismatchError, ConvergenceWarning
 from ..tiling import TileSpec
 from .registry import load_model, register_model, save_model
 
-__all__ = ["TileSpec", "UnmixModel", "load_model", "register_model"]
+__all__ = ["SolveCounter", "TileSpec", "UnmixModel", "collect_solves", "load_model", "note_solve", "register_model"]
+
+_SOLVES = threading.local()
+
+
+@contextlib.contextmanager
+def collect_solves() -> Iterator[list[dict[str, Any]]]:
+    """Collect the records of the inner solves run by this thread inside the block (a list of
+    ``{"converged", "residual", "iterations", "tol"}``; models call :func:`note_solve`)."""
+    prev = getattr(_SOLVES, "records", None)
+    records: list[dict[str, Any]] = []
+    _SOLVES.records = records
+    try:
+        yield records
+    finally:
+        _SOLVES.records = prev
+
+
+def note_solve(record: dict[str, Any]) -> None:
+    """Hand one solve record to the innermost :func:`collect_solves` of this thread, if any."""
+    records = getattr(_SOLVES, "records", None)
+    if records is not None:
+        records.append(record)
 
 
 class UnmixModel(torch.nn.Module):
@@ -82,6 +108,9 @@ class UnmixModel(torch.nn.Module):
 
     def reset_solve_stats(self) -> None:
         """Clear :attr:`solve_stats` (nothing to clear for models without inner solves)."""
+
+    def record_solve(self, rec: dict[str, Any], *, warn: bool = True) -> None:
+        """Count one inner solve (models without inner solves have none to count)."""
 
     def unmix_image(self, Y: torch.Tensor) -> torch.Tensor:
         """Unmix an image.
@@ -146,3 +175,54 @@ class UnmixModel(torch.nn.Module):
         See :func:`xr_unmix.models.registry.save_model`.
         """
         return save_model(self, path)
+
+
+class SolveCounter:
+    """Mixin for models with inner (fixed-point) solves: thread-safe :attr:`solve_stats`, warnings.
+
+    Put it before :class:`UnmixModel` in the bases and call :meth:`reset_solve_stats` in ``__init__``.
+    """
+
+    @property
+    def solve_stats(self) -> dict[str, Any]:
+        """``n_solves``, ``n_unconverged``, ``max_residual``, ``max_iterations`` of the forward solves
+        since :meth:`reset_solve_stats` (this process)."""
+        return self._solve_stats
+
+    def reset_solve_stats(self) -> None:
+        """Clear :attr:`solve_stats`."""
+        if not hasattr(self, "_lock"):
+            self._lock = threading.Lock()
+        with self._lock:
+            self._solve_stats: dict[str, Any] = {"n_solves": 0, "n_unconverged": 0,
+                                                "max_residual": 0.0, "max_iterations": 0}
+
+    def record_solve(self, rec: dict[str, Any], *, warn: bool = True) -> None:
+        """Count one forward solve ``{"converged", "residual", "iterations", "tol"}`` in
+        :attr:`solve_stats`, and warn (:class:`~xr_unmix.errors.ConvergenceWarning`) if it did not
+        converge. Also called with the records of solves run on ``distributed`` workers
+        (:mod:`xr_unmix._workers`), so that they reach the caller's model as local ones do."""
+        note_solve(rec)
+        with self._lock:
+            s = self._solve_stats
+            s["n_solves"] += 1
+            s["n_unconverged"] += int(not rec["converged"])
+            s["max_residual"] = max(float(s["max_residual"]), rec["residual"])
+            s["max_iterations"] = max(int(s["max_iterations"]), rec["iterations"])
+        if warn and not rec["converged"]:
+            from .._warn import user_stacklevel
+
+            warnings.warn(
+                f"{type(self).__name__}: the fixed-point solve stopped after {rec['iterations']} iterations with "
+                f"relative residual {rec['residual']:.3g} > tol={rec['tol']:g}; raise max_iter or "
+                "loosen tol", ConvergenceWarning, stacklevel=user_stacklevel(),
+            )
+
+    def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy (keep-best states): the lock is dropped
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()

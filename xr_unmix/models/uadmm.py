@@ -312,32 +312,8 @@ class _UnrolledNet(UnmixModel):
                               n_endmembers=self.n_endmembers, sum_tol=sum_tol, dtype=p.dtype, device=p.device)
         loss_fn = loss if loss is not None else CompositeLoss(
             self.default_alphas if alphas is None else alphas)
-        model: Any = self
-        params: list[torch.nn.Parameter] | None = None
-        penalty = None
         W0 = self.W.detach().clone()
-        Yc = Y  # not centred: measured better than centred on Jasper Ridge (docs/uadmm.md)
-        V = None
-        if subspace is not None:
-            _, S, Vh = torch.linalg.svd(Yc.double(), full_matrices=False)
-            tol = float(S[0]) * max(Yc.shape) * torch.finfo(S.dtype).eps if S.numel() else 0.0
-            r = min(int(subspace), int((S > tol).sum()))
-            if r < 1:
-                raise ValueError("the training spectra span no direction to train W in (all zero?)")
-            P = (Vh[:r].T / (S[:r] / Y.shape[0] ** 0.5)).to(p.dtype)  # (bands, r), whitened directions
-            V = torch.nn.Parameter(W0.new_zeros(W0.shape[0], W0.shape[1], r))
-            net = self
-
-            def model(y: torch.Tensor) -> torch.Tensor:
-                return net.normalize(net.iterate(y, W=W0 + V @ P.T))
-
-            params = [V] + [q for name, q in self.named_parameters() if name != "W"]
-            if ridge:
-                def penalty() -> torch.Tensor:
-                    return ridge * V.pow(2).sum()
-        elif ridge:
-            def penalty() -> torch.Tensor:
-                return ridge * ((self.W - W0) @ Yc.T).pow(2).sum((1, 2)).sum() / Yc.shape[0]
+        model, params, penalty, V, P = self._trainable_w(Y, W0, subspace, ridge)
         try:
             history = fit_supervised(model, Y, A, epochs=epochs, batch_size=batch_size, lr=lr, loss=loss_fn,
                                      seed=seed, weight_decay=weight_decay, validation=val,
@@ -352,6 +328,37 @@ class _UnrolledNet(UnmixModel):
         history.update(optimizer=optimizer, subspace=None if V is None else int(V.shape[-1]), ridge=ridge)
         self.eval()
         return history
+
+    def _trainable_w(self, Y: torch.Tensor, W0: torch.Tensor, subspace: int | None,
+                     ridge: float) -> tuple[Any, Any, Any, Any, Any]:
+        """``(model, params, penalty, V, P)`` for :meth:`fit`: ``W`` trained directly, or as
+        ``W0 + V P^T`` in the whitened top-``subspace`` singular directions ``P`` of ``Y`` (n, bands)."""
+        p = next(self.parameters())
+        if subspace is None:
+            if not ridge:
+                return self, None, None, None, None
+
+            def response() -> torch.Tensor:
+                return ridge * ((self.W - W0) @ Y.T).pow(2).sum((1, 2)).sum() / Y.shape[0]
+
+            return self, None, response, None, None
+        # not centred: measured better than centred on Jasper Ridge (docs/uadmm.md)
+        _, S, Vh = torch.linalg.svd(Y.double(), full_matrices=False)
+        tol = float(S[0]) * max(Y.shape) * torch.finfo(S.dtype).eps if S.numel() else 0.0
+        r = min(int(subspace), int((S > tol).sum()))
+        if r < 1:
+            raise ValueError("the training spectra span no direction to train W in (all zero?)")
+        P = (Vh[:r].T / (S[:r] / Y.shape[0] ** 0.5)).to(p.dtype)  # (bands, r), whitened directions
+        V = torch.nn.Parameter(W0.new_zeros(W0.shape[0], W0.shape[1], r))
+
+        def model(y: torch.Tensor) -> torch.Tensor:
+            return self.normalize(self.iterate(y, W=W0 + V @ P.T))
+
+        def penalty() -> torch.Tensor:
+            return ridge * V.pow(2).sum()
+
+        params = [V] + [q for name, q in self.named_parameters() if name != "W"]
+        return model, params, penalty if ridge else None, V, P
 
     @torch.no_grad()
     def predict(self, spectra: Any, batch_size: int = 65536) -> np.ndarray:
