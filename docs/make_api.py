@@ -72,7 +72,7 @@ def section_functions(names: list[str]) -> list[str]:
 def section_accessor() -> list[str]:
     lines = ["## The accessor `cube.unmix`", "",
              "`cube.unmix.f(...)` is the function `f` with the cube as its first argument "
-             "(`help(cube.unmix.f)` shows the same text).", "",
+             "(`help(cube.unmix.f)` shows the same text).", "", doc(UnmixAccessor),
              "| method | same as | summary |", "|---|---|---|"]
     for m in METHODS:
         fn = getattr(UnmixAccessor, m).function

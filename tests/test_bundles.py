@@ -74,6 +74,31 @@ def test_one_spectrum_per_class_single_draw_equals_fcls(scene):
                                ds.fraction.values, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["admm", "deq"])
+def test_network_results_keep_the_class_coordinate(scene, kind, monkeypatch):
+    """admm/deq carry the class coordinate of the model's endmembers (as sunsal/fcls/... carry the
+    library's), so that class fractions are one groupby away."""
+    cube, E, _ = scene
+    classes = np.array(["rock", "plant", "rock"], dtype=object)
+    cls = xr_unmix.UADMMNet if kind == "admm" else xr_unmix.DEQUnmix
+    model = cls.from_endmembers(E, seed=0) if kind == "deq" else cls.from_endmembers(E)
+    plain = getattr(cube.unmix, kind)(model)  # no classes: none invented
+    assert "class" not in plain.coords
+    base = cls.endmembers  # the property; a model whose endmembers carry classes:
+    monkeypatch.setattr(cls, "endmembers", property(
+        lambda self: base.fget(self).assign_coords({"class": ("endmember", classes)})))
+    ab = getattr(cube.unmix, kind)(model)
+    assert list(ab["class"].values) == list(classes) and ab["class"].dims == ("endmember",)
+    fr = ab.groupby("class").sum()
+    assert sorted(fr["class"].values) == ["plant", "rock"] and fr.rio.crs == ab.rio.crs
+    np.testing.assert_allclose(fr.sel({"class": "rock"}).values,
+                               ab.isel(endmember=[0, 2]).sum("endmember").values, rtol=1e-6)
+    xr.testing.assert_allclose(ab.drop_vars("class"), plain)
+    if kind == "deq":
+        _, Em = cube.unmix.deq(model, return_endmembers=True)
+        assert list(Em["class"].values) == list(classes)
+
+
 def test_rowwise_library_file_to_class_fractions(tmp_path):
     E = make_endmembers(40, 6, seed=5)
     lib = E.assign_coords({"class": ("endmember", [*CLASSES, *CLASSES])})
@@ -137,6 +162,46 @@ def test_mesma_picks_the_combination_with_lowest_residual():
     np.testing.assert_allclose(m.fraction.values, truth.values, atol=1e-3)
     assert float(np.abs(s.fraction - truth).mean()) > 10 * float(np.abs(m.fraction - truth).mean())
     np.testing.assert_allclose(m.fraction.sum("class").values, 1.0, atol=1e-5)
+
+
+def test_mesma_variable_set_size_and_its_tie_rule():
+    """max_endmembers=(2, 3): n_mc draws of each size (SpectralUnmixing's --num_endmembers list).
+    Pixels made of two classes are fitted exactly by a 2-spectrum draw and by a 3-spectrum one (the
+    third at 0, up to the solver's tolerance): with a penalty of 0.002 per extra spectrum the
+    smaller set is chosen, its missing class at exactly 0; pixels of three classes, which no 2-set
+    fits, keep three. Without a penalty the lowest RMSE decides."""
+    cube, lib, truth = bundle_scene(0.0, members=1, ny=10, nx=12, seed=6)
+    two = truth.isel(y=slice(0, 5)).copy(data=truth.isel(y=slice(0, 5)).values)
+    two.values[2] = 0.0  # npv absent in the top half
+    two.values /= two.values.sum(axis=0, keepdims=True)
+    top = np.einsum("br,ryx->byx", lib.values, two.values)
+    cube = cube.copy(data=np.concatenate([top, cube.values[:, 5:]], axis=1))
+    sizes = xr_unmix.bundles.check_params(12, (3, 2, 2), None, "fcls", "mesma")[1]
+    assert sizes == (2, 3)
+    draws = xr_unmix.bundles.draw_sets(np.arange(3), 3, 12, sizes, 0)
+    assert [len(d) for d in draws] == [2] * 12 + [3] * 12  # smallest sets first
+    assert {0, 1} in [set(d) for d in draws[:12]]  # soil + veg among the 2-sets
+    m = cube.unmix.bundles(lib, n_mc=12, max_endmembers=(2, 3), mode="mesma", mesma_penalty=0.002)
+    n = m.n_endmembers.values
+    mixed = truth.values[:, 5:].min(axis=0) > 0.15  # no 2-set comes within 0.002 of these
+    assert mixed.sum() >= 10 and (n[:5] == 2).all() and (n[5:][mixed] == 3).all(), n
+    assert (m.fraction.sel({"class": "npv"}).values[:5] == 0).all()
+    np.testing.assert_allclose(m.fraction.values[:, :5], two.values, atol=1e-4)
+    three = n[5:] == 3
+    np.testing.assert_allclose(m.fraction.values[:, 5:][:, three], truth.values[:, 5:][:, three],
+                               atol=1e-4)
+    free = cube.unmix.bundles(lib, n_mc=12, max_endmembers=(2, 3), mode="mesma")
+    assert free.rmse.values.max() < 1e-3  # the lowest RMSE: every pixel fitted
+    assert m.attrs["max_endmembers"] == "2,3" and m.attrs["mesma_penalty"] == 0.002
+    # one size: the draws and the result are those of max_endmembers=3 (no n_endmembers layer)
+    one = cube.unmix.bundles(lib, n_mc=8, max_endmembers=(3,), mode="mesma")
+    xr.testing.assert_equal(one, cube.unmix.bundles(lib, n_mc=8, max_endmembers=3, mode="mesma"))
+    assert "n_endmembers" not in one
+    for bad, match in (((), "empty"), ((2, 0), "max_endmembers must be"),):
+        with pytest.raises(ParameterError, match=match):
+            cube.unmix.bundles(lib, max_endmembers=bad)
+    with pytest.raises(ParameterError, match="mesma_penalty"):
+        cube.unmix.bundles(lib, max_endmembers=(2, 3), mode="mesma", mesma_penalty=-1)
 
 
 def test_class_even_draws():

@@ -228,7 +228,7 @@ def repo_root_files(folder: Path) -> None:
     finally:
         sys.path.remove(str(ROOT / "tests" / "io"))
     (folder / "fixtures").mkdir()
-    for fn in (fx.write_envi, fx.write_emit, fx.write_enmap):
+    for fn in fx.WRITERS:
         fn(folder / "fixtures")
 
 

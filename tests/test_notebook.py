@@ -4,13 +4,13 @@ progress lines (a progress bar is one widget, or nothing)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
-import pytest
-
 import nbclient  # the test extra
 import nbformat
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "docs" / "quickstart.ipynb"
@@ -25,7 +25,8 @@ def _text(out: dict) -> str:
     return json.dumps(out.get("data", {}).get("text/plain", ""))
 
 
-def test_quickstart_runs_clean(tmp_path):
+def test_quickstart_runs_clean(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     shutil.copy(NOTEBOOK, tmp_path / NOTEBOOK.name)
     nb = nbformat.read(tmp_path / NOTEBOOK.name, as_version=4)
     nbclient.NotebookClient(nb, timeout=240, kernel_name="python3",
@@ -46,3 +47,28 @@ def test_quickstart_runs_clean(tmp_path):
     assert printed.count("EPSG:32633") == 2, printed  # xarray and GDAL agree on the CRS
     png = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(png) == 1
+
+
+def test_batch_bar_in_a_notebook_leaves_nothing(tmp_path, monkeypatch):
+    """``run_batch(progress=True)`` in a kernel: the scene bar is a widget that is emptied when the
+    batch ends, so the saved notebook keeps no bar and no progress text."""
+    src = ROOT / "sample_scenes"
+    for name in ("a", "b"):
+        shutil.copy(src / "scene_a.tif", tmp_path / f"{name}.tif")
+    shutil.copy(src / "endmembers.csv", tmp_path / "endmembers.csv")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "from xr_unmix.batch import run_batch\n"
+        "r = run_batch(['a.tif', 'b.tif'], out_dir='out', method='fcls', "
+        "endmembers='endmembers.csv', formats=['tif'], chunk=64, progress=True)\n"
+        "import xr_unmix; print(r['summary']['done'], xr_unmix.__file__)")])
+    nbclient.NotebookClient(nb, timeout=240, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = nb.cells[0].outputs
+    assert not [o for o in outputs if o.output_type == "error"], outputs
+    assert [o.text for o in outputs if o.output_type == "stream"] == [
+        f"2 {ROOT / 'xr_unmix' / '__init__.py'}\n"]  # this checkout's package, not an installed one
+    assert not [o for o in outputs if WIDGET in o.get("data", {})]
+    assert len([o for o in outputs if o.output_type == "display_data" and not o.get("data")]) == 1
+    for o in outputs:
+        assert "%|" not in _text(o) and "\r" not in _text(o)

@@ -1,8 +1,8 @@
 """xr_unmix: hyperspectral unmixing for xarray, rioxarray and Dask.
 
-``import xr_unmix`` registers the ``unmix`` accessor on :class:`xarray.DataArray` (and leaves the CRS
-coordinate ``spatial_ref`` out of plot titles, :mod:`xr_unmix._plotting`) and nothing else: torch,
-rasterio and the models are imported on first use.
+``import xr_unmix`` registers the ``unmix`` accessor on :class:`xarray.DataArray` and changes nothing
+else (``da.unmix.plot()`` titles a plot without ``spatial_ref = 0``, :mod:`xr_unmix._plotting`):
+torch, rasterio and the models are imported on first use.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from . import _plotting
 from . import accessor as _accessor  # noqa: F401  (registers DataArray.unmix)
 from .api import admm, apply_model, deq, fcls, ls, nnls, sunsal
 from .errors import (
@@ -23,8 +22,6 @@ from .errors import (
 )
 
 __version__ = "0.1.0"
-
-_plotting.install()  # plot titles without "spatial_ref = 0" (the CRS stays in the coordinate)
 
 _LAZY = {
     "UADMMNet": "models.uadmm",
@@ -46,6 +43,7 @@ _LAZY = {
     "estimate_n_endmembers": "extraction",
     "write_bundles": "io.bundles",
     "stac_item": "io.stac",
+    "plot": "_plotting",
 }
 _SUBMODULES = {"metrics", "solvers", "models", "tiling", "datasets", "io", "extraction", "testing",
                "endmembers", "simulate", "batch", "library", "metadata", "pipeline", "cli", "bundles"}

@@ -11,6 +11,7 @@ as ``wavelength``), not renamed into ``band``. The dim order does not matter (ba
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -116,8 +117,8 @@ def conform_cube(cube: xr.DataArray, dims: Mapping[Hashable, Hashable] | None = 
     -------
     DataArray
         The same data (no copy) with the spectral dim swapped to ``band`` (its coordinate is kept; a
-        coordinate named like ``wavelength(s)`` becomes the ``wavelength`` coordinate in nm the
-        estimators check) and the spatial dims renamed ``y``/``x``, with their coordinates.
+        coordinate named like ``wavelength(s)``, the dim's own or another one on it, becomes the
+        ``wavelength`` coordinate in nm the estimators check) and the spatial dims renamed ``y``/``x``, with their coordinates.
 
     Raises
     ------
@@ -139,6 +140,11 @@ def conform_cube(cube: xr.DataArray, dims: Mapping[Hashable, Hashable] | None = 
         if spec in out.coords and "wavelength" not in out.coords and \
                 str(spec).lower() in _WAVELENGTH_NAMES:
             out = out.rename({spec: "wavelength"})
+    if "wavelength" not in out.coords:  # another coordinate on the spectral dim named so
+        named = [k for k, c in out.coords.items() if c.dims == ("band",)
+                 and str(k).lower() in _WAVELENGTH_NAMES]
+        if len(named) == 1:
+            out = out.rename({named[0]: "wavelength"})
     spatial = {roles[r]: r for r in ("y", "x") if roles[r] != r}
     if spatial:
         out = out.rename(spatial)
@@ -155,3 +161,29 @@ def _in_nm(wl: xr.DataArray) -> xr.DataArray:
     if nm is None or np.array_equal(nm, vals):
         return wl
     return wl.copy(data=nm).assign_attrs(units="nm")
+
+
+def spatial_names(cube: xr.DataArray, dims: Mapping[Hashable, Hashable]) -> dict[str, Hashable]:
+    """``{"y": the cube's row dim, "x": its column dim}`` under the ``dims=`` mapping (only those
+    named otherwise than ``y``/``x``)."""
+    roles = _normalise_mapping(cube, dims)
+    return {r: roles[r] for r in ("y", "x") if roles[r] != r}
+
+
+def restore_dims(result: Any, names: Mapping[str, Hashable]) -> Any:
+    """``result`` with its ``y``/``x`` dims named back as the input cube's (``names`` from
+    :func:`spatial_names`): a DataArray, a Dataset, or a tuple of them (each renamed where it has
+    those dims). The coordinates, the CRS (``spatial_ref``) and the transform go along."""
+    if isinstance(result, tuple):
+        return tuple(restore_dims(r, names) for r in result)
+    if not names or not isinstance(result, xr.DataArray | xr.Dataset):
+        return result
+    rename = {r: n for r, n in names.items() if r in result.dims}
+    if not rename:
+        return result
+    out = result.rename(rename)
+    if "y" in rename and "x" in rename:  # rioxarray finds only x/y or longitude/latitude itself
+        import rioxarray  # noqa: F401
+
+        out.rio.set_spatial_dims(x_dim=rename["x"], y_dim=rename["y"], inplace=True)
+    return out

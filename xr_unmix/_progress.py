@@ -35,7 +35,7 @@ class _Bar:
         from tqdm.auto import tqdm
 
         self.handle = None
-        if in_notebook():
+        if in_notebook() and kwargs.get("disable") is not True:
             from IPython.display import display
 
             self.tqdm = tqdm(display=False, **{**kwargs, "leave": False})

@@ -18,7 +18,7 @@ from typing import Any
 import xarray as xr
 
 from . import api
-from ._dims import conform_cube
+from ._dims import conform_cube, restore_dims, spatial_names
 
 
 def _method(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -28,8 +28,10 @@ def _method(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def method(self: UnmixAccessor, *args: Any, **kwargs: Any) -> Any:
         dims = kwargs.pop("dims", None)
-        obj = self._obj if dims is None else conform_cube(self._obj, dims)
-        return fn(obj, *args, **kwargs)
+        if dims is None:
+            return fn(self._obj, *args, **kwargs)
+        out = fn(conform_cube(self._obj, dims), *args, **kwargs)
+        return restore_dims(out, spatial_names(self._obj, dims))
 
     sig = inspect.signature(fn)
     params = list(sig.parameters.values())
@@ -70,7 +72,10 @@ class UnmixAccessor:
     ``cube.unmix.f(...)`` is ``xr_unmix.f(cube, ...)``. Every method returns a new DataArray; the cube
     is never modified. Every method also takes ``dims=`` for a cube whose dims are named otherwise,
     e.g. ``cube.unmix.fcls(E, dims={"band": "wavelength", "y": "lat", "x": "lon"})``: the cube goes
-    through :func:`xr_unmix.conform_cube` first (the result has dims ``(endmember, y, x)``).
+    through :func:`xr_unmix.conform_cube` first, and the result's spatial dims are named back as the
+    cube's (``(endmember, lat, lon)`` here), with their coordinates and the CRS.
+    ``da.unmix.plot(...)`` works on any DataArray, a result too: ``da.plot(...)`` titled without the
+    CRS coordinate (``spatial_ref = 0``).
     """
 
     def __init__(self, obj: xr.DataArray) -> None:
@@ -86,6 +91,7 @@ class UnmixAccessor:
     endmembers = _Lazy("extraction", "extract_endmembers")
     n_endmembers = _Lazy("extraction", "estimate_n_endmembers")
     bundles = _Lazy("bundles", "bundles")
+    plot = _Lazy("_plotting", "plot")
 
 
 #: the accessor's methods, by name (docs/api.md lists each; tests/test_docs.py checks it)

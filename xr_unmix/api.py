@@ -283,7 +283,8 @@ def apply_model(
                       for k, v in dict(m.solve_stats).items() if k in m.SOLVE_STAT_KEYS})
     if isinstance(model, str | os.PathLike):
         attrs["model_path"] = str(model)
-    return finish(out, cube, m.endmember_names, attrs, facts=facts)
+    return with_endmember_coords(finish(out, cube, m.endmember_names, attrs, facts=facts),
+                                 m.endmembers)
 
 
 def _spec(spec: TileSpec, halo: int | None) -> TileSpec:
@@ -333,5 +334,5 @@ def deq(cube: xr.DataArray, model: ModelLike, *, device: str = "cpu", halo: int 
         return out
     E = m.endmembers
     band_coords = {k: v for k, v in cube.coords.items() if v.dims == ("band",)}
-    E = E.drop_vars([c for c in E.coords if c != "endmember"]).assign_coords(band_coords)
+    E = E.drop_vars([c for c, v in E.coords.items() if "band" in v.dims]).assign_coords(band_coords)
     return out, E

@@ -32,6 +32,7 @@ import numpy as np
 import xarray as xr
 
 from ._cube import BAND, ENDMEMBER, check_dims, check_units, finish, prepare_cube
+from .bundle_draws import class_even_draws, draw_sets  # noqa: F401  (public here too)
 from .errors import InputError, InputTypeError, ParameterError, WavelengthMismatchError
 from .runtime import torch_threads
 from .tiling import map_tiles
@@ -53,12 +54,22 @@ def _positive_int(value: Any, name: str) -> int:
     return out
 
 
-def check_params(n_mc: int, max_endmembers: int, normalization: str | None, method: str,
-                 mode: str) -> tuple[int, int, str | None]:
-    """Refuse parameters out of range before any work: ``n_mc`` and ``max_endmembers`` < 1, an
-    unknown ``normalization``, ``method`` or ``mode`` (:class:`ParameterError`)."""
+def check_params(n_mc: int, max_endmembers: int | Sequence[int], normalization: str | None,
+                 method: str, mode: str, penalty: float = 0.0,
+                 ) -> tuple[int, tuple[int, ...], str | None]:
+    """Refuse parameters out of range before any work: ``n_mc`` < 1, a set size < 1 (or none), a
+    negative ``mesma_penalty``, an unknown ``normalization``, ``method`` or ``mode``
+    (:class:`ParameterError`). Returns ``(n_mc, set sizes ascending, normalization)``."""
     n = _positive_int(n_mc, "n_mc")
-    k = _positive_int(max_endmembers, "max_endmembers")
+    many = isinstance(max_endmembers, Sequence) and not isinstance(max_endmembers, str)
+    sizes = list(max_endmembers) if many else [max_endmembers]
+    if not sizes:
+        raise ParameterError("max_endmembers is an empty sequence; give a set size such as 3 or "
+                             "(2, 3)").about("max_endmembers")
+    k = tuple(sorted({_positive_int(v, "max_endmembers") for v in sizes}))
+    if not (np.isfinite(penalty) and penalty >= 0):
+        raise ParameterError(f"mesma_penalty must be a finite number >= 0, got {penalty!r}").about(
+            "mesma_penalty")
     norm = None if normalization in (None, "none") else normalization
     if norm not in (None, "brightness"):
         raise ParameterError(f"normalization must be None or 'brightness', got "
@@ -168,45 +179,21 @@ def brightness_normalize(spectra: np.ndarray, bands: np.ndarray) -> np.ndarray:
         return spectra / np.where(norm > 0, norm, np.nan)
 
 
-# -- the draws -------------------------------------------------------------------------------------
-
-def class_even_draws(class_index: np.ndarray, n_classes: int, n_mc: int, max_endmembers: int,
-                     seed: int | None) -> np.ndarray:
-    """Library columns of each Monte Carlo draw, ``(n_mc, k)`` int.
-
-    Per draw: the classes in a random order, each class's spectra shuffled; spectra are then taken
-    one class at a time, round-robin, until ``k = min(max_endmembers, n_spectra)`` are picked (a class
-    that runs out is skipped). With ``max_endmembers >= n_classes`` every class is in every draw; with
-    fewer, a random subset of ``max_endmembers`` classes. Depends on ``seed`` only.
-    """
-    rng = np.random.default_rng(seed)
-    members = [np.flatnonzero(class_index == c) for c in range(n_classes)]
-    k = min(int(max_endmembers), int(class_index.size))
-    draws = np.empty((n_mc, k), dtype=np.int64)
-    for d in range(n_mc):
-        order = rng.permutation(n_classes)
-        pools = [list(rng.permutation(members[c])) for c in order]
-        picked: list[int] = []
-        while len(picked) < k:
-            for pool in pools:
-                if pool and len(picked) < k:
-                    picked.append(int(pool.pop(0)))
-        draws[d] = picked
-    return draws
-
-
 # -- the kernel ------------------------------------------------------------------------------------
 
 class BundleKernel:
     """Picklable kernel: all Monte Carlo draws over one block ``(bands, h, w)``.
 
-    Returns ``(2 C [+ 1], h, w)``: the class fractions (mean over draws, or the best draw's under
-    MESMA), their standard deviation over the draws, and under MESMA the RMSE of the chosen draw.
+    Returns ``(2 C [+ 2], h, w)``: the class fractions (mean over draws, or the best draw's under
+    MESMA), their standard deviation over the draws, and under MESMA the RMSE of the chosen draw and
+    its number of spectra. MESMA scores a draw of ``k`` spectra ``rmse + penalty * (k - k0)``
+    (``k0`` the smallest set size) and keeps the lowest score; a draw replaces the best only with a
+    strictly lower score, so ties go to the earlier draw, and so to the smaller set.
     """
 
     def __init__(self, spectra: np.ndarray, class_index: np.ndarray, n_classes: int,
-                 draws: np.ndarray, *, method: str = "fcls", mode: str = "sma",
-                 norm_bands: np.ndarray | None = None) -> None:
+                 draws: Sequence[np.ndarray], *, method: str = "fcls", mode: str = "sma",
+                 norm_bands: np.ndarray | None = None, penalty: float = 0.0) -> None:
         self.spectra = spectra
         self.class_index = class_index
         self.n_classes = n_classes
@@ -214,11 +201,12 @@ class BundleKernel:
         self.method = method
         self.mode = mode
         self.norm_bands = norm_bands
+        self.penalty = float(penalty)
         self._onehot = (np.arange(n_classes)[:, None] == class_index[None, :]).astype(np.float64)
 
     @property
     def n_out(self) -> int:
-        return 2 * self.n_classes + (1 if self.mode == "mesma" else 0)
+        return 2 * self.n_classes + (2 if self.mode == "mesma" else 0)
 
     def _solve(self, Y: np.ndarray, E: np.ndarray) -> np.ndarray:
         from .solvers import fcls, nnls
@@ -240,6 +228,8 @@ class BundleKernel:
         m2 = np.zeros((C, n))
         best = np.full((C, n), np.nan)
         best_r = np.full(n, np.inf)
+        best_s, best_k = np.full(n, np.inf), np.full(n, np.nan)
+        k0 = min(len(c) for c in self.draws)
         with torch_threads():
             for d, cols in enumerate(self.draws, start=1):
                 E = self.spectra[:, cols]
@@ -250,14 +240,15 @@ class BundleKernel:
                 m2 += delta * (F - mean)
                 if self.mode == "mesma":
                     r = np.sqrt(np.mean((Y - E @ A) ** 2, axis=0))
-                    better = r < best_r
+                    score = r + self.penalty * (len(cols) - k0)
+                    better = score < best_s
                     best[:, better] = F[:, better]
-                    best_r[better] = r[better]
+                    best_r[better], best_s[better], best_k[better] = r[better], score[better], len(cols)
         n_mc = len(self.draws)
         std = np.sqrt(m2 / (n_mc - 1)) if n_mc > 1 else np.zeros_like(m2)
         parts = [best if self.mode == "mesma" else mean, std]
         if self.mode == "mesma":
-            parts.append(np.where(np.isfinite(best_r), best_r, np.nan)[None])
+            parts += [np.where(np.isfinite(best_r), best_r, np.nan)[None], best_k[None]]
         out = np.concatenate(parts, axis=0)
         out[:, ~np.isfinite(Y).all(axis=0)] = np.nan
         return out.reshape(-1, h, w)
@@ -270,12 +261,13 @@ def bundles(
     library: xr.DataArray,
     *,
     n_mc: int = 50,
-    max_endmembers: int = 3,
+    max_endmembers: int | Sequence[int] = 3,
     normalization: str | None = None,
     method: str = "fcls",
     seed: int | None = 0,
     mode: str = "sma",
     classes: Sequence[str] | None = None,
+    mesma_penalty: float = 0.0,
 ) -> xr.Dataset:
     """Bundle unmixing with Monte Carlo uncertainty (SMA) or per-pixel best draws (MESMA).
 
@@ -289,8 +281,10 @@ def bundles(
         interpolated onto the cube's; without, its band count must be the cube's.
     n_mc : int
         Monte Carlo draws (>= 1); under MESMA, the candidate endmember sets.
-    max_endmembers : int
-        Spectra per draw (>= 1), picked class-even (see :func:`class_even_draws`).
+    max_endmembers : int or sequence of int
+        Spectra per draw (>= 1), picked class-even (see :func:`class_even_draws`). A sequence, e.g.
+        ``(2, 3)``, draws ``n_mc`` sets of each size (SpectralUnmixing's ``--num_endmembers`` list):
+        under MESMA a pixel may then be modelled by fewer spectra; under SMA the mean is over all.
     normalization : None or "brightness"
         Divide pixels and spectra by their RMS outside 1300-1500 and 1800-2000 nm first.
     method : {"fcls", "nnls"}
@@ -301,6 +295,13 @@ def bundles(
     mode : {"sma", "mesma"}
         ``sma``: fraction = mean over the draws. ``mesma``: fraction = the draw with the lowest
         residual at that pixel.
+    mesma_penalty : float
+        MESMA with several set sizes: added to a draw's RMSE (in the cube's units, reflectance) for
+        each spectrum beyond the smallest set size before the draws are compared, so that a larger
+        set must lower the RMSE by more than that to be chosen (e.g. 0.002). Default 0: the lowest
+        RMSE wins, as SpectralUnmixing chooses; a larger set then nearly always wins, since it fits
+        at least as well up to the solver's tolerance. Equal scores keep the earlier draw; draws run
+        smallest sets first, so a tie goes to the smaller set.
     classes : sequence of str, optional
         The classes to unmix into (default: all the library's). A class without spectra is an error.
 
@@ -313,20 +314,23 @@ def bundles(
     - ``uncertainty`` (class, y, x): their standard deviation over the draws (``ddof=1`` as in
       SpectralUnmixing; 0 with ``n_mc=1``);
     - ``rmse`` (y, x), MESMA only: the chosen draw's reconstruction RMSE (normalised units under
-      ``normalization="brightness"``).
+      ``normalization="brightness"``);
+    - ``n_endmembers`` (y, x), MESMA with several set sizes only: the number of spectra in the
+      chosen draw.
 
     NaN where the input pixel is invalid. Lazy (dask) when the cube is.
 
     Raises
     ------
     ParameterError
-        ``n_mc`` or ``max_endmembers`` < 1, an unknown ``normalization``, ``method`` or ``mode``.
+        ``n_mc`` or a set size < 1, a negative ``mesma_penalty``, an unknown ``normalization``,
+        ``method`` or ``mode``.
     InputError
         A library without classes, a class with no spectra.
     WavelengthMismatchError, BandMismatchError
         A library whose wavelengths do not cover the cube's bands, or another band count.
     """
-    n, k, norm = check_params(n_mc, max_endmembers, normalization, method, mode)
+    n, k, norm = check_params(n_mc, max_endmembers, normalization, method, mode, mesma_penalty)
     check_dims(cube)
     lib, names = library_classes(library, classes)
     data, facts = prepare_cube(cube, np.float64 if cube.dtype == np.float64 else np.float32)
@@ -334,14 +338,16 @@ def bundles(
     check_units(cube, spectra)
     lib_cls = [str(c) for c in lib.coords["class"].values]
     class_index = np.array([names.index(c) for c in lib_cls], dtype=np.int64)
-    draws = class_even_draws(class_index, len(names), n, k, seed)
+    draws = draw_sets(class_index, len(names), n, k, seed)
     bands = brightness_bands(facts.wavelengths, facts.n_bands) if norm else None
     if bands is not None:
         spectra = brightness_normalize(spectra, bands)
     kernel = BundleKernel(spectra, class_index, len(names), draws, method=method, mode=mode,
-                          norm_bands=bands)
+                          norm_bands=bands, penalty=mesma_penalty)
     out = map_tiles(data, kernel, kernel.n_out, dtype=np.float32)
-    attrs = {"method": f"bundles_{mode}", "solver": method, "n_mc": n, "max_endmembers": k,
+    attrs = {"method": f"bundles_{mode}", "solver": method, "n_mc": n,
+             "max_endmembers": k[0] if len(k) == 1 else ",".join(map(str, k)),
+             **({"mesma_penalty": float(mesma_penalty)} if mode == "mesma" and len(k) > 1 else {}),
              "normalization": norm or "none", "seed": "none" if seed is None else int(seed),
              "library_spectra": int(lib.sizes[ENDMEMBER]),
              "library_source": str(lib.attrs.get("source", "")) or "none"}
@@ -351,9 +357,13 @@ def bundles(
         {ENDMEMBER: "class"}) for key, arr in per.items()})
     ds["uncertainty"].attrs["long_name"] = "standard deviation of the class fraction over the draws"
     if mode == "mesma":
-        ds["rmse"] = finish(out[2 * C:], cube, ["rmse"], attrs, name="rmse", facts=facts).isel(
-            {ENDMEMBER: 0}, drop=True)
+        ds["rmse"] = finish(out[2 * C:2 * C + 1], cube, ["rmse"], attrs, name="rmse",
+                            facts=facts).isel({ENDMEMBER: 0}, drop=True)
         ds["rmse"].attrs["units"] = "reflectance" if norm is None else "1 (brightness-normalised)"
+    if mode == "mesma" and len(k) > 1:
+        ds["n_endmembers"] = finish(out[2 * C + 1:], cube, ["n"], attrs, name="n_endmembers",
+                                    facts=facts).isel({ENDMEMBER: 0}, drop=True)
+        ds["n_endmembers"].attrs.update(units="1", long_name="spectra in the chosen draw")
     ds.attrs = dict(ds["fraction"].attrs)
     return ds
 

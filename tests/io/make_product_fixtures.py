@@ -13,8 +13,16 @@ path with the truth. Layouts followed:
 - EnMAP L2A (processor v01.03+): ``...-SPECTRAL_IMAGE.TIF`` ``int16`` 224 bands (91 VNIR + 133 SWIR,
   overlapping at 902-993 nm), no-data -32768, and ``...-METADATA.XML`` with
   ``level_X/specific/bandCharacterisation/bandID`` (wavelength, FWHM, gain 1e-4, offset 0).
+- PRISMA L2D (HDF-EOS5 ``.he5``): ``HDFEOS/SWATHS/PRS_L2D_HCO/Data Fields/VNIR_Cube`` (66 bands) and
+  ``SWIR_Cube`` (173) ``uint16`` stored ``(rows, bands, cols)``; root attributes ``List_Cw_*`` /
+  ``List_Fwhm_*`` / ``List_Cw_*_Flags`` in descending wavelength with not-acquired bands at 0.0 nm,
+  ``L2Scale*Min``/``Max`` (``value = Min + DN (Max - Min) / 65535``), ``Epsg_Code`` and the
+  corner-pixel centres ``Product_*corner_easting``/``_northing``; DN 0 outside the swath;
+- EMIT L2A MASK V001 NetCDF-4: root ``mask (downtrack, crosstrack, bands)`` float32 with the
+  ``sensor_band_parameters/mask_bands`` names (Cloud flag, Cirrus flag, Water flag, Spacecraft Flag,
+  Dilated Cloud Flag, AOD550, H2O (g cm-2), Aggregate Flag), on the swath of its L2A RFL granule.
 
-Run as a script to write all three into a folder: ``python tests/io/make_product_fixtures.py OUT``.
+Run as a script to write them all into a folder: ``python tests/io/make_product_fixtures.py OUT``.
 """
 
 from __future__ import annotations
@@ -199,8 +207,109 @@ def write_enmap(folder: Path, *, h: int = 8, w: int = 12, xml_bands: int | None 
             "epsg": 32633, "bad": [130, 131]}
 
 
+# -- PRISMA -------------------------------------------------------------------------------------------
+
+PRISMA_NAME = "PRS_L2D_STD_20240101100000_20240101100004_0001.he5"
+
+
+def prisma_bands() -> dict[str, np.ndarray]:
+    """PRISMA-like band tables in file order (descending): VNIR 66 bands (the first 3 at 0.0 nm, not
+    acquired), SWIR 173 (the last 2 at 0.0 nm); the two overlap at ~935-980 nm."""
+    vnir = np.concatenate([np.zeros(3), np.linspace(978.0, 402.0, 63)])
+    swir = np.concatenate([np.linspace(2497.0, 935.0, 171), np.zeros(2)])
+    return {"Vnir": vnir, "Swir": swir}
+
+
+def write_prisma(folder: Path, *, h: int = 9, w: int = 12, seed: int = 4, level: str = "2D") -> dict:
+    """A PRISMA L2D granule: the scene on a UTM 33N 30 m grid, DN 0 in the three corner pixels the
+    swath does not reach (the north-up grid's padding). VNIR scale 0..1, SWIR 0..0.8."""
+    import h5py
+
+    folder = Path(folder)
+    A = abundances(h, w, seed)
+    cw = prisma_bands()
+    scale = {"Vnir": (0.0, 1.0), "Swir": (0.0, 0.8)}
+    ul = (400015.0, 4600015.0)  # the centre of the upper-left pixel
+    path = folder / PRISMA_NAME
+    pad = [(0, 0), (0, 1), (h - 1, w - 1)]
+    with h5py.File(path, "w") as f:
+        f.attrs["Processing_Level"] = np.bytes_(level)
+        f.attrs["Product_ID"] = np.bytes_(f"PRS_L{level}_STD")
+        f.attrs["Epsg_Code"] = np.int32(32633)
+        f.attrs["Product_ULcorner_easting"] = ul[0]
+        f.attrs["Product_ULcorner_northing"] = ul[1]
+        f.attrs["Product_LRcorner_easting"] = ul[0] + 30.0 * (w - 1)
+        f.attrs["Product_LRcorner_northing"] = ul[1] - 30.0 * (h - 1)
+        f.attrs["Product_LLcorner_easting"] = ul[0]
+        f.attrs["Product_LLcorner_northing"] = ul[1] - 30.0 * (h - 1)
+        f.attrs["Product_URcorner_easting"] = ul[0] + 30.0 * (w - 1)
+        f.attrs["Product_URcorner_northing"] = ul[1]
+        swath = f.create_group(f"HDFEOS/SWATHS/PRS_L{level}_HCO")
+        fields = swath.create_group("Data Fields")
+        for arm, wl in cw.items():
+            lo, hi = scale[arm]
+            f.attrs[f"List_Cw_{arm}"] = wl.astype(np.float32)
+            f.attrs[f"List_Fwhm_{arm}"] = np.where(wl > 0, 10.0, 0.0).astype(np.float32)
+            f.attrs[f"List_Cw_{arm}_Flags"] = (wl > 0).astype(np.int8)
+            f.attrs[f"L2Scale{arm}Min"] = lo
+            f.attrs[f"L2Scale{arm}Max"] = hi
+            refl = _mix(np.where(wl > 0, wl, 1000.0), A)  # (bands, h, w)
+            dn = np.clip(np.round((refl - lo) / (hi - lo) * 65535), 1, 65535).astype(np.uint16)
+            dn[wl == 0] = 0
+            for i, j in pad:
+                dn[:, i, j] = 0
+            fields.create_dataset(f"{arm.upper()}_Cube", data=dn.transpose(1, 0, 2))  # rows, bands, cols
+        geo = swath.create_group("Geolocation Fields")
+        geo.create_dataset("Latitude", data=np.linspace(41.5, 41.4, h * w, dtype=np.float32).reshape(h, w))
+        geo.create_dataset("Longitude", data=np.linspace(13.8, 13.9, h * w, dtype=np.float32).reshape(h, w))
+    transform = (30.0, 0.0, ul[0] - 15.0, 0.0, -30.0, ul[1] + 15.0)
+    return {"path": path, "abundance": A, "bands": cw, "pad": pad, "transform": transform,
+            "epsg": 32633}
+
+
+# -- EMIT L2A MASK -------------------------------------------------------------------------------------
+
+EMIT_MASK_NAME = "EMIT_L2A_MASK_001_20240101T000000_2400001_001.nc"
+MASK_BANDS = ["Cloud flag", "Cirrus flag", "Water flag", "Spacecraft Flag", "Dilated Cloud Flag",
+              "AOD550", "H2O (g cm-2)", "Aggregate Flag"]
+
+
+def write_emit_mask(folder: Path, *, nd: int = 8, nc: int = 10, flags: dict | None = None) -> dict:
+    """An EMIT L2A MASK granule on the swath of :func:`write_emit` (``nd`` downtrack x ``nc``
+    crosstrack). ``flags`` maps a mask band name to the swath pixels ``[(d, c), ...]`` set to 1; the
+    aggregate flag is 1 where any of the five flags is or AOD550 exceeds 0.5 (swath pixel (6, 6)
+    here), as emit-sds's L2A mask code makes it."""
+    import xarray as xr
+
+    folder = Path(folder)
+    flags = {"Cloud flag": [(0, 0)], "Cirrus flag": [(2, 3)], "Water flag": [(4, 4)],
+             "Spacecraft Flag": [(5, 1)], "Dilated Cloud Flag": [(0, 1)]} if flags is None else flags
+    m = np.zeros((nd, nc, len(MASK_BANDS)), dtype=np.float32)
+    m[:, :, MASK_BANDS.index("AOD550")] = 0.08
+    m[:, :, MASK_BANDS.index("H2O (g cm-2)")] = 1.3
+    for name, pixels in flags.items():
+        for d, c in pixels:
+            m[d, c, MASK_BANDS.index(name)] = 1.0
+    if nd > 6 and nc > 6:
+        m[6, 6, MASK_BANDS.index("AOD550")] = 0.9
+    m[:, :, MASK_BANDS.index("Aggregate Flag")] = (m[:, :, :5] > 0).any(axis=2) | (
+        m[:, :, MASK_BANDS.index("AOD550")] > 0.5)
+    path = folder / EMIT_MASK_NAME
+    xr.Dataset({"mask": (("downtrack", "crosstrack", "bands"), m,
+                         {"long_name": "Masks"})},
+               attrs={"title": "EMIT L2A Mask 60 m V001"}).to_netcdf(
+        path, engine="h5netcdf", encoding={"mask": {"_FillValue": np.float32(-9999.0)}})
+    xr.Dataset({"mask_bands": ("bands", np.array(MASK_BANDS, dtype=object))}).to_netcdf(
+        path, engine="h5netcdf", group="sensor_band_parameters", mode="a")
+    return {"path": path, "flags": flags, "mask": m}
+
+
+#: every writer, in the order the script runs them (the guide's tests write all of them too)
+WRITERS = (write_envi, write_emit, write_enmap, write_prisma, write_emit_mask)
+
+
 if __name__ == "__main__":
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "product_fixtures")
     out.mkdir(parents=True, exist_ok=True)
-    for fn in (write_envi, write_emit, write_enmap):
+    for fn in WRITERS:
         print(fn(out)["path"])

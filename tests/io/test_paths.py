@@ -86,3 +86,25 @@ def test_check_raster_path_errors(tmp_path):
         with mem.open(driver="GTiff", width=4, height=4, count=2, dtype="float32") as dst:
             dst.write(np.ones((2, 4, 4), "float32"))
         assert check_raster_path(mem.name) == mem.name
+
+
+def test_data_folder_from_xr_unmix_data(tmp_path, monkeypatch):
+    """Benchmark data are found through $XR_UNMIX_DATA; a missing file names the folder and the
+    variable (issue 15, point 7)."""
+    from xr_unmix import datasets
+
+    monkeypatch.setenv("XR_UNMIX_DATA", str(tmp_path))
+    assert datasets.data_root() == tmp_path
+    with pytest.raises(FileNotFoundError, match=rf"{tmp_path}.*XR_UNMIX_DATA"):
+        datasets.load_jasper_ridge()
+
+
+def test_earthlib_label_names_the_extra(monkeypatch):
+    """Without earthlib, a library that needs it says which extra to install."""
+    import sys
+
+    from xr_unmix.library import load_library
+
+    monkeypatch.setitem(sys.modules, "earthlib", None)  # import earthlib -> ImportError
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'xr-unmix\[scenes\]'"):
+        load_library("earthlib")

@@ -11,7 +11,7 @@ import pytest
 import xarray as xr
 
 import xr_unmix as xu
-from xr_unmix.errors import DimensionError, InputError, ParameterError
+from xr_unmix.errors import DimensionError, InputError, ParameterError, WavelengthMismatchError
 from xr_unmix.io.bands import DEFAULT_IGNORE_REGIONS, in_windows
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -247,10 +247,41 @@ def test_dims_mapping_through_the_accessor(renamed):
     for dims in ({"band": "wavelength", "y": "lat", "x": "lon"},
                  {"wavelength": "band", "lat": "y", "lon": "x"}):
         got = other.unmix.fcls(E, dims=dims)
-        assert got.dims == ("endmember", "y", "x")
-        xr.testing.assert_allclose(got, ref)
+        assert got.dims == ("endmember", "lat", "lon")  # the input's names come back
+        xr.testing.assert_allclose(got.rename(lat="y", lon="x"), ref)
+        assert got.rio.crs == ref.rio.crs and got.rio.transform() == ref.rio.transform()
     conformed = xu.conform_cube(other, {"band": "wavelength", "y": "lat", "x": "lon"})
     np.testing.assert_allclose(conformed.wavelength.values, cube.wavelength.values)
+
+
+def test_swath_with_other_names_comes_back_with_them(tmp_path):
+    """An EMIT swath read as plain NetCDF: (downtrack, crosstrack, bands) with 2-D lat/lon and the
+    wavelengths as a coordinate. Through dims= it unmixes, the wavelength coordinate survives the
+    mapping (it is checked against the endmembers'), and the result is on (downtrack, crosstrack)
+    with lat/lon; the writers take it as it is."""
+    info = fx.write_emit(tmp_path)
+    ds = xr.open_dataset(info["path"], engine="h5netcdf")
+    sbp = xr.open_dataset(info["path"], engine="h5netcdf", group="sensor_band_parameters")
+    loc = xr.open_dataset(info["path"], engine="h5netcdf", group="location")
+    good = sbp["good_wavelengths"].values == 1
+    raw = ds["reflectance"].assign_coords(wavelengths=("bands", sbp["wavelengths"].values),
+                                          lat=loc["lat"], lon=loc["lon"]).isel(bands=good)
+    dims = {"band": "bands", "y": "downtrack", "x": "crosstrack"}
+    E = fx.endmembers(raw.rename(wavelengths="wavelength"))
+    conformed = xu.conform_cube(raw, dims)
+    np.testing.assert_allclose(conformed.wavelength.values, sbp["wavelengths"].values[good])
+    ab = raw.unmix.fcls(E, dims=dims)
+    assert ab.dims == ("endmember", "downtrack", "crosstrack")
+    assert ab.lat.dims == ("downtrack", "crosstrack")
+    np.testing.assert_array_equal(ab.lat.values, loc["lat"].values)
+    A = info["abundance"]
+    np.testing.assert_allclose(ab.values[:, 0, 9], A[:, 0, 0], atol=1e-4)  # swath (0, 9) = ortho (0, 0)
+    bad = E.assign_coords(wavelength=("band", raw.wavelengths.values + 300))
+    with pytest.raises(WavelengthMismatchError):  # the coordinate is there, and checked
+        raw.unmix.fcls(bad, dims=dims)
+    with pytest.warns(UserWarning, match="without a CRS"):  # a swath has none
+        back = xu.open_abundance(xu.to_zarr(ab, tmp_path / "ab.zarr"))
+    assert back.dims == ("endmember", "y", "x")
 
 
 def test_band_last_cube(scene):
@@ -288,8 +319,8 @@ def test_guide_section_runs_as_written(tmp_path, monkeypatch):
     code = "\n".join(re.findall(r"```python\n(.*?)```", section, re.S))
     assert "open_cube" in code and "dims=" in code
     (tmp_path / "fixtures").mkdir()
-    for write in (fx.write_envi, fx.write_emit, fx.write_enmap):
-        write(tmp_path / "fixtures")
+    for fn in fx.WRITERS:
+        fn(tmp_path / "fixtures")
     (tmp_path / "sample_scenes").symlink_to(REPO / "sample_scenes")
     (tmp_path / "tests").symlink_to(REPO / "tests")
     monkeypatch.chdir(tmp_path)

@@ -52,10 +52,20 @@ def check_suffix(path: Path, allowed: Sequence[str], what: str) -> None:
                              f"{' or '.join(allowed)}, not {path.suffix or 'no suffix'!r}{hint}")
 
 
+def spatial_yx(arr: xr.DataArray) -> xr.DataArray:
+    """``arr`` with its spatial dims named ``y``/``x``: a result of ``cube.unmix.f(..., dims=...)``
+    has the input's names (``(endmember, lat, lon)``), its last two dims."""
+    if {"y", "x"} <= set(arr.dims) or arr.ndim not in (2, 3) or {"y", "x"} & set(arr.dims):
+        return arr
+    return arr.rename({arr.dims[-2]: "y", arr.dims[-1]: "x"})
+
+
 def as_layers(arr: xr.DataArray) -> tuple[xr.DataArray, list[str]]:
-    """Return ``arr`` as ``(layer, y, x)`` and the layer names."""
+    """Return ``arr`` as ``(layer, y, x)`` and the layer names (spatial dims named otherwise, the
+    last two, are renamed ``y``/``x``: :func:`spatial_yx`)."""
     if not isinstance(arr, xr.DataArray):
         raise TypeError(f"expected an xarray.DataArray, got {type(arr).__name__}")
+    arr = spatial_yx(arr)
     if arr.ndim == 2 and set(arr.dims) == {"y", "x"}:
         name = str(arr.name or "layer")
         return arr.expand_dims(layer=[name]).transpose("layer", "y", "x"), [name]

@@ -18,6 +18,7 @@ names (one task per block, :func:`_ortho_block`), so a scene is never read whole
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import InputError
+from ._hdf import h5netcdf_engine
 from .bands import finish_bands, ignore_windows
 from .gdal import auto_chunk
 
@@ -35,12 +37,7 @@ _VARS = ("reflectance", "radiance")
 
 
 def _engine() -> str:
-    try:
-        import h5netcdf  # noqa: F401
-    except ImportError as exc:  # pragma: no cover - the 'products' extra
-        raise InputError("reading EMIT NetCDF needs h5netcdf: pip install 'xr-unmix[products]'"
-                         ) from exc
-    return "h5netcdf"
+    return h5netcdf_engine()
 
 
 def is_emit(path: PathLike) -> bool:
@@ -58,7 +55,8 @@ def is_emit(path: PathLike) -> bool:
 
 
 def open_emit(path: PathLike, *, ortho: bool = True, chunks: dict[str, int] | int | str | None = None,
-              bad_bands: str = "drop", ignore_regions: Any = "auto") -> xr.DataArray:
+              bad_bands: str = "drop", ignore_regions: Any = "auto", mask: PathLike | None = None,
+              mask_flags: str | Sequence[str] = "aggregate") -> xr.DataArray:
     """Open an EMIT granule as a ``(band, y, x)`` cube, orthorectified or as the swath.
 
     Parameters
@@ -74,6 +72,12 @@ def open_emit(path: PathLike, *, ortho: bool = True, chunks: dict[str, int] | in
     bad_bands, ignore_regions
         As for :func:`xr_unmix.open_cube`; bad bands are dropped before orthorectification, so they are
         never read.
+    mask : path of the granule's ``EMIT_L2A_MASK_*.nc``, optional
+        Pixels whose selected flags are set become NaN (in every band), before orthorectification.
+    mask_flags : str or sequence of str
+        Which flags: ``"aggregate"`` (default: the product's Aggregate Flag), or any of ``"cloud"``,
+        ``"cirrus"``, ``"water"``, ``"spacecraft"``, ``"dilated_cloud"`` (or the MASK band names).
+        See :mod:`xr_unmix.io.emit_mask`.
 
     Raises
     ------
@@ -95,15 +99,27 @@ def open_emit(path: PathLike, *, ortho: bool = True, chunks: dict[str, int] | in
         raise InputError(f"{p}: {var} has {src.sizes[src.dims[2]]} bands but "
                          f"sensor_band_parameters/wavelengths has {wl.size}")
     loc = _location(p, engine)
+    flagged = None
+    if mask is not None:
+        from .emit_mask import read_mask
+
+        flagged = read_mask(mask, mask_flags, (src.shape[0], src.shape[1]))
     if ortho:
-        cube = _ortho(p, root, src, loc, chunks, _kept(wl, good, bad_bands, ignore_regions))
+        cube = _ortho(p, root, src, loc, chunks, _kept(wl, good, bad_bands, ignore_regions), flagged)
     else:
         cube = _swath(src, loc, chunks)
+        if flagged is not None:
+            cube = cube.where(~xr.DataArray(flagged, dims=("y", "x")))
     keep = cube.attrs.pop("_band_index", None)
     sel = slice(None) if keep is None else keep
     cube.attrs.update(sensor="EMIT", product=str(root.attrs.get("title", var)), source=str(p),
                       orthorectified=int(ortho), long_name=var, units=str(src.attrs.get("units", "1")))
     cube.encoding["source"] = str(p)
+    if flagged is not None:
+        from .emit_mask import flag_names
+
+        cube.attrs.update(mask_source=str(mask), mask_flags=str(flag_names(mask_flags)),
+                          mask_swath_pixels_flagged=int(flagged.sum()))
     return finish_bands(cube, wavelength=wl[sel], fwhm=None if fwhm is None else fwhm[sel],
                         good=None if good is None else good[sel], bad_bands=bad_bands,
                         ignore_regions=ignore_regions, product=True,
@@ -176,15 +192,19 @@ def _glt(p: Path, root: xr.Dataset, loc: xr.Dataset | None) -> tuple[np.ndarray,
 
 
 def _ortho(p: Path, root: xr.Dataset, src: xr.DataArray, loc: xr.Dataset | None, chunks: Any,
-           band_index: np.ndarray) -> xr.DataArray:
+           band_index: np.ndarray, flagged: np.ndarray | None = None) -> xr.DataArray:
     import dask
     import dask.array as da
+    import rioxarray  # noqa: F401  (registers .rio: open_cube may be the first use)
     from affine import Affine
 
     rows, cols, gt = _glt(p, root, loc)
     nd, nc = src.shape[0], src.shape[1]
     if rows.max() >= nd or cols.max() >= nc:
         raise InputError(f"{p}: the GLT names swath pixels beyond its {nd} x {nc} extent")
+    if flagged is not None:  # a flagged swath pixel fills no ortho pixel
+        hit = (rows >= 0) & flagged[np.maximum(rows, 0), np.maximum(cols, 0)]
+        rows, cols = np.where(hit, -1, rows), np.where(hit, -1, cols)
     side = _side(chunks, band_index.size)
     ny, nx = rows.shape
     nb = band_index.size

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from ..errors import ParameterError
 from .gdal import auto_chunk, band_floats, open_gdal  # noqa: F401  (auto_chunk: public here)
 
 PathLike = str | os.PathLike[str]
@@ -68,11 +70,12 @@ def read_wavelengths(path: PathLike) -> np.ndarray | None:
 
 def open_cube(path: PathLike, *, chunks: dict[str, int] | int | str | None = None,
               masked: bool = True, bad_bands: str = "drop", ignore_regions: Any = "auto",
-              ortho: bool = True) -> xr.DataArray:
+              ortho: bool = True, mask: PathLike | None = None,
+              mask_flags: str | Sequence[str] = "aggregate") -> xr.DataArray:
     """Open a hyperspectral image or sensor product as a ready ``(band, y, x)`` DataArray.
 
     The format is told from the content: an EMIT L2A/L1B NetCDF (:func:`~xr_unmix.io.emit.open_emit`),
-    an EnMAP L2A ``*-SPECTRAL_IMAGE.TIF`` with its ``*-METADATA.XML``
+    a PRISMA L2D HDF-EOS5 (:func:`~xr_unmix.io.prisma.open_prisma`: VNIR + SWIR merged), an EnMAP L2A ``*-SPECTRAL_IMAGE.TIF`` with its ``*-METADATA.XML``
     (:func:`~xr_unmix.io.enmap.open_enmap`), an ENVI image (``.hdr`` beside the binary, or the
     ``.hdr`` itself), or any other GDAL raster (GeoTIFF/COG). Every reader sets the ``wavelength``
     (nm), ``fwhm`` (nm, where the file has it) and ``good_band`` coordinates on ``band``, decodes the
@@ -84,20 +87,28 @@ def open_cube(path: PathLike, *, chunks: dict[str, int] | int | str | None = Non
     chunks : int, dict, "auto" or None
         Spatial chunk size (an int, or a dict with ``y``/``x``), or ``"auto"`` for :func:`auto_chunk`
         (chunks of ~64 MB whatever the band count: what bounds memory). ``None``: not dask-backed,
-        read on first use (an orthorectified EMIT cube is always dask-backed, ``"auto"``).
+        read on first use (an orthorectified EMIT cube and a PRISMA cube are always dask-backed,
+        ``"auto"``).
     masked : bool
         GeoTIFF/ENVI: nodata pixels read as NaN.
     bad_bands : {"drop", "keep"}
-        ``"drop"`` (default) removes the bad bands (ENVI ``bbl``, EMIT ``good_wavelengths``) and those
+        ``"drop"`` (default) removes the bad bands (ENVI ``bbl``, EMIT ``good_wavelengths``, PRISMA
+        bands at 0 nm) and those
         in an ignore window; ``"keep"`` keeps all, with the ``good_band`` mask as a coordinate. The
         choice is recorded in ``attrs["bad_bands"]`` and ``attrs["bands_dropped"]``.
     ignore_regions : "auto", "default", None or sequence of (start_nm, stop_nm)
         Wavelength windows to leave out (see :func:`~xr_unmix.io.bands.ignore_windows`). ``"auto"``:
         :data:`~xr_unmix.io.bands.DEFAULT_IGNORE_REGIONS` (water vapour and detector edges) for ENVI,
-        EMIT and EnMAP, none for GeoTIFF/COG, whose band set stays as the file has it. ``None``/``()``:
+        EMIT, PRISMA and EnMAP, none for GeoTIFF/COG, whose band set stays as the file has it. ``None``/``()``:
         none.
     ortho : bool
         EMIT: orthorectify through the GLT (default) or give the swath.
+    mask : path, optional
+        EMIT: the granule's ``EMIT_L2A_MASK_*.nc``; pixels whose ``mask_flags`` are set become NaN
+        (:func:`~xr_unmix.io.emit.open_emit`). Refused for other formats.
+    mask_flags : str or sequence of str
+        EMIT: ``"aggregate"`` (default), or any of ``"cloud"``, ``"cirrus"``, ``"water"``,
+        ``"spacecraft"``, ``"dilated_cloud"``.
 
     Returns
     -------
@@ -122,7 +133,15 @@ def open_cube(path: PathLike, *, chunks: dict[str, int] | int | str | None = Non
     if kind == "emit":
         from .emit import open_emit
 
-        return open_emit(data_path, chunks=chunks, ortho=ortho, **opts)
+        return open_emit(data_path, chunks=chunks, ortho=ortho, mask=mask, mask_flags=mask_flags,
+                         **opts)
+    if mask is not None:
+        raise ParameterError(f"mask= is for EMIT granules (an EMIT_L2A_MASK file); {path} is read "
+                             f"as {kind}").about("mask")
+    if kind == "prisma":
+        from .prisma import open_prisma
+
+        return open_prisma(data_path, chunks=chunks, **opts)
     if kind == "enmap":
         from .enmap import open_enmap
 
@@ -140,8 +159,8 @@ def open_cube(path: PathLike, *, chunks: dict[str, int] | int | str | None = Non
 
 
 def product_kind(path: PathLike) -> tuple[str, PathLike]:
-    """What :func:`open_cube` reads ``path`` as: ``("emit" | "enmap" | "envi" | "gdal", path to
-    open)``, from the content (HDF5 signature and groups, an EnMAP XML beside, an ENVI header)."""
+    """What :func:`open_cube` reads ``path`` as: ``("emit" | "prisma" | "enmap" | "envi" | "gdal",
+    path to open)``, from the content (HDF5 signature and groups, an EnMAP XML beside, an ENVI header)."""
     from .enmap import enmap_pair
     from .envi import envi_data_file
 
@@ -154,6 +173,10 @@ def product_kind(path: PathLike) -> tuple[str, PathLike]:
 
             if is_emit(p):
                 return "emit", p
+            from .prisma import is_prisma
+
+            if is_prisma(p):
+                return "prisma", p
         pair = enmap_pair(p)
         if pair is not None:
             return "enmap", pair[0]

@@ -12,7 +12,16 @@ import xarray as xr
 
 from .. import metadata
 from ..errors import ParameterError
-from ._jobs import ZARR_SUFFIXES, Job, PathLike, as_layers, check_crs, check_suffix, run
+from ._jobs import (
+    ZARR_SUFFIXES,
+    Job,
+    PathLike,
+    as_layers,
+    check_crs,
+    check_suffix,
+    run,
+    spatial_yx,
+)
 
 
 def _regular_chunks(chunks: Sequence[int]) -> bool:
@@ -32,6 +41,7 @@ def zarr_job(abundance: xr.DataArray, store: PathLike, *, name: str | None = Non
     arr = abundance
     if not isinstance(arr, xr.DataArray):
         raise TypeError(f"expected an xarray.DataArray, got {type(arr).__name__}")
+    arr = spatial_yx(arr)
     as_layers(arr)  # validates dims
     check_crs(arr, require_crs, store)
     var = name or (str(arr.name) if arr.name is not None else "abundance")
