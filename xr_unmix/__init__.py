@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "UADMMNet": "models.uadmm",
-    "MNNAE": "models.uadmm",
+    "MNNAE": "models.mnnae",
     "DEQUnmix": "models.deq",
     "load_model": "models.registry",
     "simulate": "simulate",

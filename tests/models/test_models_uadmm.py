@@ -14,7 +14,8 @@ import xarray as xr
 import xr_unmix
 from xr_unmix.errors import BandMismatchError, ModelFileError
 from xr_unmix.models.base import load_model
-from xr_unmix.models.uadmm import MNNAE, UADMMNet
+from xr_unmix.models.mnnae import MNNAE
+from xr_unmix.models.uadmm import UADMMNet
 from xr_unmix.simulate import simulate
 from xr_unmix.solvers.sunsal import sunsal_solve
 

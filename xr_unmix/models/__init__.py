@@ -5,7 +5,7 @@ Importing this package imports every built-in model module, so that their classe
 payload is read.
 """
 
-from . import deq, uadmm  # noqa: F401  (each registers its classes)
+from . import deq, mnnae, uadmm  # noqa: F401  (each registers its classes)
 from .base import TileSpec, UnmixModel
 from .registry import load_model, model_from_bytes, model_to_bytes, register_model, save_model
 
