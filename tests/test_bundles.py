@@ -407,6 +407,11 @@ def test_cli_run_library_writes_fraction_and_uncertainty(cli_files):
     (["--endmembers", "x.csv"], "--endmembers: endmembers does not apply"),
     (["--quality"], "--quality: quality does not apply"),
     (["--method", "sunsal"], "--method: method must be one of"),
+    (["--max-endmembers", "2,x"], "--max-endmembers: max_endmembers must be an integer or a comma list"),
+    (["--max-endmembers", "2,3"], "--max-endmembers: max_endmembers: several set sizes (2,3) need MESMA"),
+    (["--mesma", "--mesma-penalty", "0.01"], "--mesma-penalty: mesma_penalty applies to MESMA with"),
+    (["--mesma", "--max-endmembers", "2,3", "--mesma-penalty", "-1"],
+     "--mesma-penalty: mesma_penalty must be a finite number >= 0"),
 ])
 def test_cli_run_library_user_errors(cli_files, extra, match):
     from click.testing import CliRunner
@@ -463,3 +468,28 @@ def test_stac_item_names_eo_bands_by_class(tmp_path):
 
     with pytest.raises(MissingInputError):
         xr_unmix.stac_item(tmp_path / "none.tif")
+
+
+def test_cli_run_library_mesma_several_set_sizes(cli_files):
+    """--mesma --max-endmembers 2,3: the same maps as the API call, plus OUT_n_endmembers (2 or 3)."""
+    import rasterio
+    from click.testing import CliRunner
+
+    from xr_unmix.cli import main
+
+    tmp, scene, lib_csv, cube, lib = cli_files
+    out = tmp / "mm.tif"
+    r = CliRunner().invoke(main, ["run", str(scene), "--library", str(lib_csv), "--n-mc", "4",
+                                  "--mesma", "--max-endmembers", "2,3", "--mesma-penalty", "0.001",
+                                  "--out", str(out), "--chunk", "16"])
+    assert r.exit_code == 0, r.output
+    assert "mm_n_endmembers.tif" in r.output
+    want = cube.unmix.bundles(lib, n_mc=4, seed=0, mode="mesma", max_endmembers=(2, 3),
+                              mesma_penalty=0.001)
+    for p, v in ((out, "fraction"), (tmp / "mm_rmse.tif", "rmse"),
+                 (tmp / "mm_n_endmembers.tif", "n_endmembers")):
+        with rasterio.open(p) as src:
+            got = src.read()
+        np.testing.assert_allclose(got.reshape(want[v].shape), want[v].values, atol=1e-5)
+    with rasterio.open(tmp / "mm_n_endmembers.tif") as src:
+        assert set(np.unique(src.read())) <= {2.0, 3.0}

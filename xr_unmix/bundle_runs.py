@@ -8,6 +8,7 @@ As :mod:`xr_unmix.pipeline` does for the endmember methods: every parameter and 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,10 @@ PathLike = str | os.PathLike[str]
 
 
 def check_bundle_request(library: PathLike, out: PathLike, *, method: str = "fcls",
-                         n_mc: int = 50, max_endmembers: int = 3, normalization: str | None = None,
-                         mode: str = "sma", overwrite: bool = False,
-                         conflicts: dict[str, Any] | None = None) -> None:
+                         n_mc: int = 50, max_endmembers: int | Sequence[int] = 3,
+                         normalization: str | None = None, mode: str = "sma",
+                         overwrite: bool = False, conflicts: dict[str, Any] | None = None,
+                         mesma_penalty: float = 0.0) -> None:
     """Refuse a bundle run that cannot work, before any work.
 
     ``conflicts``: options of the endmember methods that were given (``endmembers``, ``model``,
@@ -38,10 +40,28 @@ def check_bundle_request(library: PathLike, out: PathLike, *, method: str = "fcl
     if not Path(library).is_file():
         raise MissingInputError(f"no library file at {library} (a row-wise CSV with a Class column, "
                                 "or an ENVI .sli)").about("library")
-    check_params(n_mc, max_endmembers, normalization, method, mode)
-    names = ("fraction", "uncertainty", "rmse") if mode == "mesma" else ("fraction", "uncertainty")
+    _, sizes, _ = check_params(n_mc, max_endmembers, normalization, method, mode, mesma_penalty)
+    if len(sizes) > 1 and mode != "mesma":
+        raise ParameterError("max_endmembers: several set sizes (2,3) need MESMA (--mesma): each "
+                             "pixel keeps the draw with the lowest residual").about("max_endmembers")
+    if mesma_penalty and len(sizes) == 1:
+        raise ParameterError("mesma_penalty applies to MESMA with several set sizes "
+                             "(--max-endmembers 2,3)").about("mesma_penalty")
+    names = ["fraction", "uncertainty"] + (["rmse"] if mode == "mesma" else []) + (
+        ["n_endmembers"] if mode == "mesma" and len(sizes) > 1 else [])
     for p in bundle_paths(out, names).values():
         check_output(p, overwrite=overwrite)
+
+
+def parse_set_sizes(text: str | int) -> int | tuple[int, ...]:
+    """``"3"`` -> ``3``, ``"2,3"`` -> ``(2, 3)`` (the CLI's ``--max-endmembers``); anything else is a
+    :class:`ParameterError`."""
+    try:
+        sizes = tuple(int(v) for v in str(text).split(","))
+    except ValueError:
+        raise ParameterError(f"max_endmembers must be an integer or a comma list such as 2,3, got "
+                             f"{text!r}").about("max_endmembers") from None
+    return sizes[0] if len(sizes) == 1 else sizes
 
 
 def read_library(path: PathLike) -> xr.DataArray:
@@ -57,9 +77,9 @@ def read_library(path: PathLike) -> xr.DataArray:
 
 
 def unmix_bundles_scene(scene: PathLike, library: PathLike, *, chunk: int | str = "auto",
-                        n_mc: int = 50, max_endmembers: int = 3, normalization: str | None = None,
-                        method: str = "fcls", mode: str = "sma", seed: int | None = 0,
-                        ) -> xr.Dataset:
+                        n_mc: int = 50, max_endmembers: int | Sequence[int] = 3,
+                        normalization: str | None = None, method: str = "fcls", mode: str = "sma",
+                        seed: int | None = 0, mesma_penalty: float = 0.0) -> xr.Dataset:
     """Open ``scene`` lazily and return its (lazy) :func:`xr_unmix.bundles.bundles` Dataset.
 
     A cube stored as integers without a scale next to a reflectance library is refused
@@ -73,7 +93,8 @@ def unmix_bundles_scene(scene: PathLike, library: PathLike, *, chunk: int | str 
     cube = open_scene(scene, chunk)
     check_units(cube, lib.values, strict=True)
     return bundles(cube, lib, n_mc=n_mc, max_endmembers=max_endmembers,
-                   normalization=normalization, method=method, seed=seed, mode=mode)
+                   normalization=normalization, method=method, seed=seed, mode=mode,
+                   mesma_penalty=mesma_penalty)
 
 
 def write_bundle_output(result: xr.Dataset, out: PathLike, *, overwrite: bool = False,

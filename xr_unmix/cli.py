@@ -116,26 +116,31 @@ def main() -> None:
 
 
 def _run_bundles(scene: str, library: str, out: Path, *, method: str, n_mc: int,
-                 max_endmembers: int, normalization: str, mesma: bool, seed: int | None,
-                 chunk: int | str, scheduler: str | None, workers: int | None, overwrite: bool,
-                 conflicts: dict[str, Any]) -> None:
+                 max_endmembers: str, normalization: str, mesma: bool, mesma_penalty: float,
+                 seed: int | None, chunk: int | str, scheduler: str | None, workers: int | None,
+                 overwrite: bool, conflicts: dict[str, Any]) -> None:
     """``run --library``: bundle unmixing, class fractions and their uncertainty written."""
     mode = "mesma" if mesma else "sma"
+    sizes = bundle_runs.parse_set_sizes(max_endmembers)
     bundle_runs.check_bundle_request(library, out, method=method, n_mc=n_mc,
-                                     max_endmembers=max_endmembers, normalization=normalization,
-                                     mode=mode, overwrite=overwrite, conflicts=conflicts)
+                                     max_endmembers=sizes, normalization=normalization,
+                                     mode=mode, overwrite=overwrite, conflicts=conflicts,
+                                     mesma_penalty=mesma_penalty)
     with dask_scheduler(scheduler, workers) as client:
         if workers:
             click.echo(dashboard_line(client), err=True)
         ds = bundle_runs.unmix_bundles_scene(
-            scene, library, chunk=chunk, n_mc=n_mc, max_endmembers=max_endmembers,
-            normalization=normalization, method=method, mode=mode, seed=0 if seed is None else seed)
+            scene, library, chunk=chunk, n_mc=n_mc, max_endmembers=sizes,
+            normalization=normalization, method=method, mode=mode, seed=0 if seed is None else seed,
+            mesma_penalty=mesma_penalty)
         paths = bundle_runs.write_bundle_output(ds, out, overwrite=overwrite,
                                                 progress=sys.stderr.isatty())
     click.echo(f"class fractions ({', '.join(map(str, ds['class'].values))}) -> {paths[0]}")
     click.echo(f"uncertainty (std over {n_mc} draws) -> {paths[1]}")
     if mesma:
         click.echo(f"residual RMSE of the chosen draw -> {paths[2]}")
+    if len(paths) > 3:
+        click.echo(f"spectra in the chosen draw -> {paths[3]}")
 
 
 @main.command()
@@ -163,17 +168,21 @@ def _run_bundles(scene: str, library: str, out: Path, *, method: str, n_mc: int,
                    "unmixing; writes class fractions to OUT and their std to OUT_uncertainty.")
 @click.option("--n-mc", "n_mc", type=int, default=50, show_default=True,
               help="--library: Monte Carlo draws (MESMA: candidate endmember sets).")
-@click.option("--max-endmembers", type=int, default=3, show_default=True,
-              help="--library: spectra per draw, picked class-even.")
+@click.option("--max-endmembers", default="3", show_default=True,
+              help="--library: spectra per draw, picked class-even; with --mesma a comma list "
+                   "(2,3) tries each set size and writes OUT_n_endmembers.")
 @click.option("--normalization", type=click.Choice(["none", "brightness"]), default="none",
               show_default=True, help="--library: brightness-normalise pixels and spectra first.")
 @click.option("--mesma", is_flag=True,
               help="--library: per pixel, the draw with the lowest residual (also writes OUT_rmse).")
+@click.option("--mesma-penalty", "mesma_penalty", type=float, default=0.0, show_default=True,
+              help="--mesma with several set sizes: RMSE added per spectrum beyond the smallest size.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 def run(scene: str, endmembers: str | None, method: str, model: str | None, out: Path, lam: float,
         scheduler: str | None, workers: int | None, device: str, chunk: str, batch_size: int | None,
         resample: bool, quality: bool, seed: int | None, library: str | None, n_mc: int,
-        max_endmembers: int, normalization: str, mesma: bool, overwrite: bool) -> None:
+        max_endmembers: str, normalization: str, mesma: bool, mesma_penalty: float,
+        overwrite: bool) -> None:
     """Unmix SCENE into an abundance map (COG or Zarr).
 
     SCENE: a raster file, or any path GDAL opens (NETCDF:"f.nc":var, /vsizip/a.zip/a.tif,
@@ -190,7 +199,8 @@ def run(scene: str, endmembers: str | None, method: str, model: str | None, out:
     chunk_px = _parse_chunk(chunk)
     if library is not None:
         _run_bundles(scene, library, out, method=method, n_mc=n_mc, max_endmembers=max_endmembers,
-                     normalization=normalization, mesma=mesma, seed=seed, chunk=chunk_px,
+                     normalization=normalization, mesma=mesma, mesma_penalty=mesma_penalty,
+                     seed=seed, chunk=chunk_px,
                      scheduler=scheduler, workers=workers, overwrite=overwrite,
                      conflicts={"endmembers": endmembers, "model": model, "lam": lam,
                                 "quality": quality, "resample": resample, "batch_size": batch_size})

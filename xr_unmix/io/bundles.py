@@ -26,14 +26,14 @@ def write_bundles(result: xr.Dataset, path: Any, *, overwrite: bool = False,
                   require_crs: bool = False, progress: bool = False) -> list[Any]:
     """Write a :func:`bundles` result: one COG (``.tif``) or Zarr store (``.zarr``) per variable.
 
-    ``fraction`` goes to ``path``, ``uncertainty`` (and MESMA's ``rmse``) beside it
+    ``fraction`` goes to ``path``, ``uncertainty`` (and MESMA's ``rmse``, and ``n_endmembers`` with several set sizes) beside it
     (:func:`bundle_paths`); class names are the band descriptions and band tags, the parameters the
     dataset tags / attributes (:mod:`xr_unmix.metadata`). All are computed together, once, and each
     is published atomically as :func:`xr_unmix.to_cog` / :func:`xr_unmix.to_zarr` publish theirs.
 
     Returns
     -------
-    list of Path, in the order fraction, uncertainty[, rmse].
+    list of Path, in the order fraction, uncertainty[, rmse[, n_endmembers]].
     """
     from pathlib import Path
 
@@ -41,7 +41,7 @@ def write_bundles(result: xr.Dataset, path: Any, *, overwrite: bool = False,
     if not isinstance(result, xr.Dataset) or "fraction" not in result:
         raise InputTypeError(f"expected the Dataset of bundles() (fraction, uncertainty), got "
                              f"{type(result).__name__}")
-    names = [v for v in ("fraction", "uncertainty", "rmse") if v in result]
+    names = [v for v in ("fraction", "uncertainty", "rmse", "n_endmembers") if v in result]
     suffix = Path(path).suffix.lower()
     if suffix not in COG_SUFFIXES + ZARR_SUFFIXES:
         raise ParameterError(f"output {path}: use a .tif (Cloud-Optimized GeoTIFF) or .zarr "
