@@ -46,8 +46,8 @@ class SolverConfig:
         ADMM iterations of the FCLS start.
     """
 
-    #: 300, not 100: chosen on the TUNE scenes of recipes/eval_deq.py (100 left 2 of 12 trained solves
-    #: above tol there, 300 none, same aRMSE); confirmed on the REPORT scenes (docs/deq.md)
+    #: 300, not 100: chosen on the TUNE scenes of recipes/eval_deq.py (with 100, 2 ConvergenceWarnings
+    #: over 12 scene x seed runs; with 300 none, same aRMSE); confirmed on the REPORT scenes (docs/deq.md)
     max_iter: int = 300
     tol: float = 1e-4
     anderson_m: int = 5

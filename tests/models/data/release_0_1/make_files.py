@@ -1,3 +1,10 @@
+"""How the model files in this folder were made: run once with the release before the model rework
+(main at 2465e00), so that tests/models/test_old_files.py checks that files saved by that release still
+load and give the same outputs. Random endmembers and spectra (no data set). Do not rerun it with the
+current code: the files would then no longer be the old release's."""
+
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -6,8 +13,6 @@ from xr_unmix.models.uadmm import MNNAE, UADMMNet
 
 rng = np.random.default_rng(0)
 E = rng.uniform(0.05, 0.9, (20, 3))
-from pathlib import Path
-
 out = str(Path(__file__).parent) + "/"
 Y = rng.uniform(0.05,0.9,(1,20,6,7))
 Y = torch.as_tensor(Y, dtype=torch.float32)
