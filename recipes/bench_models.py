@@ -1,16 +1,20 @@
 """Throughput and peak memory of the networks through the accessor, beside FCLS, on dask cubes.
 
     nice -n 10 .venv/bin/python recipes/bench_models.py [--sizes 512 2048] [--bands 150] [--rounds 2]
+        [--output sink|compute|zarr|cog]
 
 Cases (each through ``cube.unmix``): ``fcls`` (SUnSAL FCLS), ``uadmm`` (U-ADMM-AENet
 ``from_endmembers``, 2 layers), ``deq`` (DEQ-Unmix defaults: the untrained model, which sits at its FCLS
 start and stops after one Anderson step) and ``deq-trained`` (the same model after a short
-``fit_scene`` on a 128² crop, saved to a scratch file: it iterates). ``gen`` is the input alone (the
-lazy cube summed), i.e. what every row also pays to make its input.
+``fit_scene`` on a 128² crop, saved to a scratch file: it iterates). ``deq-mo`` is ``deq`` with its halo
+tiles through ``dask.array.map_overlap`` (the path before :mod:`xr_unmix._halo`), for a before/after in one
+run. ``gen`` is the input alone (the lazy cube summed), i.e. what every row also pays to make its input.
 
 The cube is lazy: 256² chunks of ``--bands`` bands, each made on the fly from a seeded random
 abundance field and 5 earthlib-like smooth spectra plus noise, so the scene is never in memory
-whole; the result goes to a sink that keeps only a checksum (no scene-sized output array either).
+whole; by default the result goes to a sink that keeps only a checksum (no scene-sized output array
+either); ``--output compute`` holds the result in memory (``.compute()``), ``zarr``/``cog`` write it with
+``xr_unmix.io`` to a scratch file.
 Every (case, size) runs in a **fresh subprocess**: it builds the cube and the model, runs a 256² warm-up
 (imports, polisher tables, first-touch allocations), then the timed run on Dask's threaded scheduler
 with ``--threads`` workers. Peak RSS is the child's high-water mark (``ru_maxrss``, and an RSS sampler
@@ -29,12 +33,15 @@ import tempfile
 import time
 from pathlib import Path
 
-CASES = ("gen", "fcls", "uadmm", "deq", "deq-trained")
+CASES = ("gen", "fcls", "uadmm", "deq", "deq-mo", "deq-trained")
+OUTPUTS = ("sink", "compute", "zarr", "cog")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's xr_unmix, not an installed one
 CHUNK = 256
 R = 5
 
 
-def spectra(bands: int) -> "np.ndarray":  # noqa: F821  (numpy imported in the child)
+def spectra(bands: int) -> np.ndarray:  # noqa: F821  (numpy imported in the child)
     """(bands, R) smooth positive spectra (fixed): sums of Gaussians over 400-2450 nm."""
     import numpy as np
 
@@ -49,7 +56,7 @@ def spectra(bands: int) -> "np.ndarray":  # noqa: F821  (numpy imported in the c
     return np.stack(cols, 1).astype(np.float32)
 
 
-def lazy_cube(size: int, bands: int) -> "xr.DataArray":  # noqa: F821
+def lazy_cube(size: int, bands: int) -> xr.DataArray:  # noqa: F821
     """A (band, y, x) float32 dask cube, 256² chunks, each chunk made from its position (seeded)."""
     import dask.array as da
     import numpy as np
@@ -82,7 +89,7 @@ class _Sink:
 
         self.total, self.nan, self.lock = 0.0, 0, threading.Lock()
 
-    def __setitem__(self, key: object, value: "np.ndarray") -> None:  # noqa: F821
+    def __setitem__(self, key: object, value: np.ndarray) -> None:  # noqa: F821
         import numpy as np
 
         s, n = float(np.nansum(value)), int(np.isnan(value).sum())
@@ -91,28 +98,49 @@ class _Sink:
             self.nan += n
 
 
-def _result(cube: "xr.DataArray", case: str, model: object) -> "da.Array":  # noqa: F821
+def _result(cube: xr.DataArray, case: str, model: object) -> xr.DataArray:  # noqa: F821
     if case == "gen":
-        return cube.data.sum(axis=0, keepdims=True)
+        return cube.sum("band", keepdims=True).rename(band="endmember")
     if case == "fcls":
-        return cube.unmix.fcls(spectra(cube.sizes["band"])).data
+        return cube.unmix.fcls(spectra(cube.sizes["band"]))
     if case == "uadmm":
-        return cube.unmix.admm(model).data
-    return cube.unmix.deq(model).data
+        return cube.unmix.admm(model)
+    return cube.unmix.deq(model)
 
 
-def child(case: str, size: int, bands: int, threads: int, model_path: str) -> dict:
+def _run(res: xr.DataArray, output: str, sink: _Sink, tmp: Path) -> None:  # noqa: F821
+    """Compute ``res`` into ``output``: the checksum sink, memory, or a Zarr/COG file under ``tmp``."""
+    import dask.array as da
+
+    if output == "sink":
+        da.store(res.data, sink, lock=False)
+    elif output == "compute":
+        sink[...] = res.compute().values
+    elif output == "zarr":
+        from xr_unmix.io.zarr import to_zarr
+
+        to_zarr(res, tmp / "out.zarr", overwrite=True)
+    else:
+        from xr_unmix.io.cog import to_cog
+
+        to_cog(res, tmp / "out.tif", overwrite=True)
+
+
+def child(case: str, size: int, bands: int, threads: int, model_path: str, output: str = "sink") -> dict:
     import resource
     import threading
     import warnings
 
     import dask
-    import dask.array as da
     import psutil
     import torch
 
     import xr_unmix  # noqa: F401  (the accessor)
+    from xr_unmix import _halo
     from xr_unmix.models.base import load_model
+
+    if case == "deq-mo":  # halo tiles through map_overlap, as before xr_unmix._halo
+        _halo.RECOMPUTE_MIN_CHUNKS = 10**9
 
     warnings.simplefilter("ignore")  # the trained DEQ's ConvergenceWarning per tile (counted below)
     proc = psutil.Process()
@@ -121,14 +149,17 @@ def child(case: str, size: int, bands: int, threads: int, model_path: str) -> di
         from xr_unmix import UADMMNet
 
         model = UADMMNet.from_endmembers(spectra(bands), layers=2)
-    elif case == "deq":
+    elif case in ("deq", "deq-mo"):
         from xr_unmix.models.deq import DEQUnmix
 
         model = DEQUnmix.from_endmembers(spectra(bands), seed=0)
     elif case == "deq-trained":
         model = load_model(model_path)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_models_out_"))
     with dask.config.set(scheduler="threads", num_workers=threads):
-        da.store(_result(lazy_cube(CHUNK, bands), case, model), _Sink(), lock=False)  # warm-up
+        _run(_result(lazy_cube(CHUNK, bands), case, model), output, _Sink(), tmp)  # warm-up
+        if model is not None and hasattr(model, "reset_solve_stats"):
+            model.reset_solve_stats()
         res = _result(lazy_cube(size, bands), case, model)
         sink = _Sink()
         base = proc.memory_info().rss
@@ -142,17 +173,13 @@ def child(case: str, size: int, bands: int, threads: int, model_path: str) -> di
         th = threading.Thread(target=sample, daemon=True)
         th.start()
         cpu0, t0 = proc.cpu_times(), time.perf_counter()
-        da.store(res, sink, lock=False)
+        _run(res, output, sink, tmp)
         wall = time.perf_counter() - t0
         cpu1 = proc.cpu_times()
         stop.set()
         th.join()
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    from xr_unmix._workers import _MODEL_CACHE  # the tasks' model (rebuilt from its payload)
-
-    stats = {}
-    for m in _MODEL_CACHE.values():
-        stats = dict(getattr(m, "solve_stats", {}) or {})
+    stats = dict(getattr(model, "solve_stats", {}) or {})  # local threads: the tasks use this model
     return {"case": case, "size": size, "wall_s": wall, "px_s": size * size / wall,
             "cpu_s": (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system),
             "base_mb": base / 2**20, "extra_mb": (max(peak[0], maxrss) - base) / 2**20,
@@ -192,18 +219,20 @@ def main() -> None:
     ap.add_argument("--train-epochs", type=int, default=30)
     ap.add_argument("--trained-max-size", type=int, default=512,
                     help="deq-trained only up to this size (it runs ~100x slower than FCLS)")
+    ap.add_argument("--output", default="sink", choices=OUTPUTS,
+                    help="where the result goes: a checksum sink, memory (.compute()), Zarr or COG")
     ap.add_argument("--child", nargs=3, metavar=("CASE", "SIZE", "MODEL"))
     a = ap.parse_args()
     if a.child:
-        print(json.dumps(child(a.child[0], int(a.child[1]), a.bands, a.threads, a.child[2])))
+        print(json.dumps(child(a.child[0], int(a.child[1]), a.bands, a.threads, a.child[2], a.output)))
         return
     tmp = Path(tempfile.mkdtemp(prefix="bench_models_"))
     mp = tmp / "deq_trained.safetensors"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     print(f"# bench_models: dask cubes {a.sizes} px square, {a.bands} bands, {R} endmembers, {CHUNK}² chunks; "
           f"threaded scheduler, {a.threads} dask threads, torch 1 thread per task (xr_unmix policy), "
-          f"OMP/OPENBLAS/MKL_NUM_THREADS=1; cpu_count {os.cpu_count()}; load average at start "
-          f"{os.getloadavg()[0]:.2f}")
+          f"OMP/OPENBLAS/MKL_NUM_THREADS=1; cpu_count {os.cpu_count()}; output {a.output}; load average "
+          f"at start {os.getloadavg()[0]:.2f}; xr_unmix from {ROOT}")
     if "deq-trained" in a.cases:
         out = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r});"
                               f"import bench_models as b; from pathlib import Path; "
@@ -212,6 +241,8 @@ def main() -> None:
         if out.returncode:
             sys.exit(out.stderr)
         print(f"# deq-trained: {out.stdout.strip()} (load {os.getloadavg()[0]:.2f})")
+    if a.output != "sink" and "gen" in a.cases:  # the input alone has no abundance map to write
+        a.cases = [c for c in a.cases if c != "gen"]
     rows: dict[tuple[str, int], list[dict]] = {}
     for rnd in range(a.rounds):
         for size in [s for s in a.sizes if s < max(a.sizes) or rnd < a.big_rounds]:
@@ -219,7 +250,7 @@ def main() -> None:
                 if case == "deq-trained" and size > a.trained_max_size:
                     continue
                 cmd = [sys.executable, __file__, "--bands", str(a.bands), "--threads", str(a.threads),
-                       "--child", case, str(size), str(mp)]
+                       "--output", a.output, "--child", case, str(size), str(mp)]
                 r = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if r.returncode:
                     sys.exit(f"{case} {size}: {r.stderr[-2000:]}")
@@ -228,6 +259,10 @@ def main() -> None:
                 print(f"  round {rnd + 1} {case:11s} {size:5d}² {row['px_s']:10.3g} px/s "
                       f"extra {row['extra_mb']:7.0f} MB  load {row['load']:.2f}", flush=True)
     report(rows, a)
+
+
+def _peak(rows: dict[tuple[str, int], list[dict]], case: str, size: int) -> float:
+    return max(r["extra_mb"] for r in rows[(case, size)])
 
 
 def _its(r: dict) -> str:
@@ -250,9 +285,11 @@ def report(rows: dict[tuple[str, int], list[dict]], a: argparse.Namespace) -> No
                   f"{_its(best)} | {min(r['load'] for r in rs):.1f}-{max(r['load'] for r in rs):.1f} |")
     if len(a.sizes) > 1:
         lo, hi = min(a.sizes), max(a.sizes)
-        print(f"\npeak RSS extra, {hi}² / {lo}² ({(hi / lo) ** 2:.0f}x the pixels): " + ", ".join(
-            f"{c} {max(r['extra_mb'] for r in rows[(c, hi)]) / max(1.0, max(r['extra_mb'] for r in rows[(c, lo)])):.2f}x"
-            for c in a.cases if (c, hi) in rows and (c, lo) in rows))
+        print(f"\npeak RSS extra MB, {lo}² -> {hi}² ({(hi / lo) ** 2:.0f}x the pixels; {a.threads} dask threads, "
+              f"torch 1 per task, output {a.output}, load {os.getloadavg()[0]:.2f}): " + ", ".join(
+                  f"{c} {_peak(rows, c, lo):.0f} -> {_peak(rows, c, hi):.0f} "
+                  f"({_peak(rows, c, hi) / max(1.0, _peak(rows, c, lo)):.2f}x)"
+                  for c in a.cases if (c, hi) in rows and (c, lo) in rows))
     print(f"# load average at end {os.getloadavg()[0]:.2f} (cpu_count {os.cpu_count()})")
 
 
