@@ -8,10 +8,11 @@ Why not ``map_overlap`` itself on a wide grid: there every input chunk feeds its
 neighbours' halos, so a chunk computed for a neighbour's halo stays in memory, whole, until its own tile
 runs. Whatever order the tiles run in, the chunks on the border of the finished region are held: about
 two rows of input chunks (``2 x width x chunk x bands x 4 B``), growing with the scene's side. Here the
-halos come from a second, independent computation of the input (a copy of its graph):
-each of its chunks is cut, in one task, into the slivers its neighbours need (copies) and released at
-once, and the original chunk feeds only its own tile. What stays in memory between tiles is slivers
-(``halo / chunk`` of a chunk each), not chunks. The price is a second read or computation of the input,
+halos come from a second, independent computation of the input (a copy of its graph): each copied chunk
+is cut into copies of the slivers its neighbours need (a marker task needs all of one chunk's slivers, so
+whichever neighbour comes first, all are cut together and the copied chunk is released), each sliver is
+freed once its tile has run, and the original chunk feeds only its own tile. What stays in memory between
+tiles is slivers (``halo / chunk`` of a chunk each), not chunks. The price is a second read or computation of the input,
 so :func:`use_recompute` takes this path only on grids where holding chunk rows costs more than a
 few chunks (at least 3 x 3 chunks); a small grid keeps ``map_overlap``.
 """
@@ -37,15 +38,19 @@ def _side(d: int, halo: int) -> slice:
     return slice(-halo, None) if d < 0 else (slice(None) if d == 0 else slice(0, halo))
 
 
-def _pack(chunk: np.ndarray, dirs: list[list[int]], halo: int) -> dict[tuple[int, int], np.ndarray]:
-    """Copies of the slivers of ``chunk`` its neighbour tiles need, keyed by (dy, dx) seen from the tile."""
-    return {(dy, dx): np.array(chunk[:, _side(dy, halo), _side(dx, halo)], copy=True) for dy, dx in dirs}
+def _cut(chunk: np.ndarray, dy: int, dx: int, halo: int) -> np.ndarray:
+    """A copy of the sliver of ``chunk`` that its (dy, dx) neighbour tile takes into its halo."""
+    return np.array(chunk[:, _side(dy, halo), _side(dx, halo)], copy=True)
 
 
-def _tile(center: np.ndarray, packs: list[list[Any]], dys: list[int], dxs: list[int], fn: Callable,
-          loc: list[int], nchunks: list[int]) -> np.ndarray:
+def _done(parts: list[np.ndarray]) -> None:
+    """A marker that needs every sliver of one chunk: whichever tile comes first, all are cut together."""
+
+
+def _tile(center: np.ndarray, parts: list[list[Any]], dys: list[int], dxs: list[int], fn: Callable,
+          loc: list[int], nchunks: list[int], cut: list[None]) -> np.ndarray:
     """Assemble one extended block (the same array ``map_overlap`` would pass) and run ``fn`` on it."""
-    rows = [[center if (dy, dx) == (0, 0) else packs[r][c][(dy, dx)] for c, dx in enumerate(dxs)]
+    rows = [[center if (dy, dx) == (0, 0) else parts[r][c] for c, dx in enumerate(dxs)]
             for r, dy in enumerate(dys)]
     block = center if len(dys) == len(dxs) == 1 else np.block(rows)
     return fn(block, block_info={0: {"chunk-location": (0, *loc), "num-chunks": (1, *nchunks)}})
@@ -104,20 +109,26 @@ def halo_blocks(data: Any, halo: int, fn: Callable, chunks: tuple[tuple[int, ...
     ny, nx = data.numblocks[1:]
     src_name, src_layer = _copy_graph(data)
     tok = tokenize(data.name, halo, fn, chunks, np.dtype(dtype).str)
-    name, pname = f"halo-tiles-{tok}", f"halo-slivers-{tok}"
+    name, pname, dname = f"halo-tiles-{tok}", f"halo-slivers-{tok}", f"halo-cut-{tok}"
     near = [(d, e) for d in (-1, 0, 1) for e in (-1, 0, 1) if (d, e) != (0, 0)]
     slivers: dict[Any, Any] = {}
     for k in range(ny):
         for m in range(nx):  # chunk (k, m) is the (dy, dx) neighbour of tile (k - dy, m - dx)
-            dirs = [[dy, dx] for dy, dx in near if 0 <= k - dy < ny and 0 <= m - dx < nx]
-            slivers[(pname, k, m)] = (_pack, (src_name, 0, k, m), dirs, halo)
+            parts = []
+            for dy, dx in near:
+                if 0 <= k - dy < ny and 0 <= m - dx < nx:
+                    parts.append((pname, k, m, dy, dx))
+                    slivers[parts[-1]] = (_cut, (src_name, 0, k, m), dy, dx, halo)
+            slivers[(dname, k, m)] = (_done, parts)
     dsk: dict[Any, Any] = {}
     for i in range(ny):
         for j in range(nx):
             dys = [d for d in (-1, 0, 1) if 0 <= i + d < ny]
             dxs = [d for d in (-1, 0, 1) if 0 <= j + d < nx]
-            packs = [[None if (dy, dx) == (0, 0) else (pname, i + dy, j + dx) for dx in dxs] for dy in dys]
-            dsk[(name, 0, i, j)] = (_tile, (data.name, 0, i, j), packs, dys, dxs, fn, [i, j], [ny, nx])
+            parts = [[None if (dy, dx) == (0, 0) else (pname, i + dy, j + dx, dy, dx) for dx in dxs]
+                     for dy in dys]
+            done = [(dname, i + dy, j + dx) for dy in dys for dx in dxs if (dy, dx) != (0, 0)]
+            dsk[(name, 0, i, j)] = (_tile, (data.name, 0, i, j), parts, dys, dxs, fn, [i, j], [ny, nx], done)
     layers = {**data.dask.layers, src_name: src_layer, pname: slivers, name: dsk}
     deps = {**data.dask.dependencies, src_name: set(), pname: {src_name}, name: {data.name, pname}}
     graph = HighLevelGraph(layers, deps)
