@@ -17,7 +17,7 @@ DEQ = ["deq_default", "deq_precond", "deq_scaled", "deq_ylinear_sub", "deq_metri
        "deq_nocnn"]
 #: files whose options were removed since, with the words of the refusal (which option, why)
 REFUSED: dict[str, str] = {
-    "deq_scaled": r"uses projection='scaled', an option removed since release 0\.1 \(the scaled "
+    "deq_scaled": r"deq_scaled\.safetensors: this DEQUnmix model file uses projection='scaled', an option removed since release 0\.1 \(the scaled "
                   r"projection left ConvergenceWarnings",
     "deq_ylinear_sub": r"uses y_features=2, an option removed since release 0\.1 \(a learned spectral "
                        r"input",

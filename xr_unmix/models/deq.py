@@ -50,15 +50,15 @@ CNN_LAYERS = 3
 #: Options of release 0.1 that were removed, with their only accepted value and why: a model file that
 #: used another value is refused (:class:`~xr_unmix.errors.ModelFileError`), one with that value loads.
 REMOVED: dict[str, tuple[Any, str]] = {
-    "y_features": (0, "a learned spectral input of the CNN that no measurement of the evaluation "
-                      "protocol supported"),
-    "y_linear": (False, "a learned shift of the data term's target that no measurement of the "
-                        "evaluation protocol supported"),
+    "y_features": (0, ("a learned spectral input of the CNN that no measurement of the evaluation "
+                       "protocol supported")),
+    "y_linear": (False, ("a learned shift of the data term's target that no measurement of the "
+                         "evaluation protocol supported")),
     "y_subspace": (0, "the whitened-subspace form of y_linear, measured worse than without it"),
-    "metric": (False, "a learned Tikhonov metric that made solves stop converging and no measurement "
-                      "supported"),
-    "projection": ("simplex", "the scaled projection left ConvergenceWarnings on 3 of 4 TUNE scenes "
-                              "of the evaluation protocol and lost to the simplex projection"),
+    "metric": (False, ("a learned Tikhonov metric that made solves stop converging and no "
+                       "measurement supported")),
+    "projection": ("simplex", ("the scaled projection left ConvergenceWarnings on 3 of 4 TUNE scenes "
+                               "of the evaluation protocol and lost to the simplex projection")),
     "step": (1.0, "a step-size factor that was never measured on the evaluation protocol"),
     "cnn_layers": (CNN_LAYERS, "the CNN depth, never measured on the evaluation protocol"),
 }
