@@ -184,15 +184,16 @@ def test_fit_scene_sampled_tiles_keeps_a_later_epoch(scene) -> None:
 def test_fit_supervised_pixels_and_tiles(scene) -> None:
     cube, E, truth = scene
     Y = cube.values.reshape(20, -1).T
-    A = truth.values.reshape(3, -1).T
+    A = _shifted_labels(truth).reshape(3, -1).T  # labels FCLS does not give: training can improve
     m = DEQUnmix.from_endmembers(E, seed=0, hidden=8)
-    h = m.fit(Y[:64], A[:64], epochs=4, batch_size=32, seed=0, progress=False)
-    assert len(h["loss"]) == 4 and h["best_loss"] < h["loss"][0] and h["best_epoch"] > 1
+    h = m.fit(Y[:64], A[:64], epochs=4, batch_size=32, lr=1e-2, seed=0, progress=False)
+    assert len(h["loss"]) == 5 and len(h["train_loss"]) == 4  # the start, then after every epoch
+    assert h["best_loss"] < h["loss"][0] and h["best_epoch"] > 0
     labels = np.full((1, 3, 24, 28), np.nan, dtype=np.float32)
     labels[0, :, ::4, ::4] = truth.values[:, ::4, ::4]
     m2 = DEQUnmix.from_endmembers(E, seed=0, hidden=8)
     h2 = m2.fit(cube.values[None], labels, epochs=4, batch_size=1, seed=0, progress=False)
-    assert len(h2["loss"]) == 4 and np.isfinite(h2["loss"]).all()
+    assert len(h2["loss"]) == 5 and np.isfinite(h2["loss"]).all()
     with pytest.raises(ValueError, match="sum to one"):
         m.fit(Y[:8], A[:8] * 2, epochs=1, progress=False)
 
@@ -281,7 +282,7 @@ def test_accessor_preconditioned_default_halo(scene) -> None:
     assert model.solve_stats["max_iterations"] < 40
 
 
-def test_fit_full_batch_returns_the_state_of_its_best_loss(scene) -> None:
+def test_fit_returns_the_state_of_its_best_loss(scene) -> None:
     cube, E, truth = scene
     T = _shifted_labels(truth)
     Yp, Ap = cube.values.reshape(20, -1).T[:64], T.reshape(3, -1).T[:64]
@@ -291,3 +292,13 @@ def test_fit_full_batch_returns_the_state_of_its_best_loss(scene) -> None:
         pred = m(torch.as_tensor(Yp), tol=m.config["tol"])
     loss = float((pred - torch.as_tensor(Ap)).pow(2).sum(1).mean())
     assert loss == pytest.approx(h["best_loss"], rel=1e-2, abs=1e-6)
+    # labels the start already fits (the truth itself): a diverging lr cannot make the result worse
+    Yt, At = cube.values.reshape(20, -1).T[:96], truth.values.reshape(3, -1).T[:96]
+    m2 = DEQUnmix.from_endmembers(E, seed=0, hidden=8, kernel_size=1)
+    with torch.no_grad():
+        start = float((m2(torch.as_tensor(Yt)) - torch.as_tensor(At)).pow(2).sum(1).mean())
+    h2 = m2.fit(Yt, At, epochs=3, batch_size=32, lr=0.5, seed=0, progress=False)
+    assert h2["loss"][0] == pytest.approx(start, rel=1e-4) and h2["best_loss"] <= start * (1 + 1e-4)
+    with torch.no_grad():
+        after = float((m2(torch.as_tensor(Yt)) - torch.as_tensor(At)).pow(2).sum(1).mean())
+    assert after == pytest.approx(h2["best_loss"], rel=1e-2, abs=1e-7)

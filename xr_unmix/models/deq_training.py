@@ -329,26 +329,40 @@ def fit(self: Any, spectra: Any, abundances: Any, *, epochs: int = 200, batch_si
         Forward iterations while training; ``None``: the configured ``max_iter``.
     progress : bool, optional
 
+    Keep-best: before every epoch (and after the last) the state is scored by its mean squared error
+    on all the labels at its equilibrium (solved to the model's ``max_iter`` / ``tol``, warm-started);
+    the lowest whose solve converged is returned, the untrained start (epoch 0) included.
+
     Returns
     -------
     dict
-        ``loss`` (mean squared abundance error per epoch, summed over endmembers), ``residual``,
-        ``time_s``, ``best_epoch`` (the returned state: with one full batch per epoch the state before
-        that epoch's step, 1 being the start; with mini-batches the state at the end of that epoch),
-        ``best_loss``, ``stopped``.
+        ``loss`` (that score per epoch, ``epochs + 1`` values: index 0 is the start; mean squared
+        abundance error summed over endmembers), ``eval_residual`` (of its solve), ``train_loss`` and
+        ``residual`` (mean loss and worst residual of the epoch's truncated training solves),
+        ``time_s``, ``best_epoch`` (0 = the start), ``best_loss``, ``stopped``.
     """
     Y, A, M = _labels(self, spectra, abundances)
     groups = param_groups(self, lr, lr_endmembers, weight_decay)
     A0 = self.init_abundances(Y if Y.ndim == 4 else Y[:, :, None, None])
     A0 = A0 if Y.ndim == 4 else A0[:, :, 0, 0]
     opt = torch.optim.AdamW(groups)
-    n = Y.shape[0]
+    n, tol = Y.shape[0], self.config["tol"]
     residual: list[float] = []
+    train_loss: list[float] = []
+    warm = {"eval": A0.clone()}
 
     def step(epoch: int, guard: KeepBest) -> Epoch:
-        gen = step.generator  # type: ignore[attr-defined]
-        perm = torch.randperm(n, generator=gen)
-        before = guard.snapshot() if n <= batch_size else None  # one full batch: scored before its step
+        with torch.no_grad():  # the state's loss at its equilibrium on every label (epoch 0: the start)
+            Z = self.equilibrium(Y, A0=warm["eval"], warn=False)
+            warm["eval"] = Z
+            ev, info = float(sq_error(Z, A, M).mean()), self.last_info
+        if not math.isfinite(ev):
+            raise Diverged(f"the loss became {ev}")
+        r = Epoch(ev, eligible=epoch == 0 or _settled(info, tol), state=guard.snapshot(),
+                  info={"eval_residual": info.max_residual})
+        if epoch == epochs:
+            return r
+        perm = torch.randperm(n, generator=step.generator)  # type: ignore[attr-defined]
         tot, cnt, worst = 0.0, 0, 0.0
         for s in range(0, n, batch_size):
             idx = perm[s:s + batch_size]
@@ -366,11 +380,12 @@ def fit(self: Any, spectra: Any, abundances: Any, *, epochs: int = 200, batch_si
             tot += float(loss.detach()) * err.numel()
             cnt += err.numel()
         residual.append(worst)
-        return Epoch(tot / max(cnt, 1), state=before)
+        train_loss.append(tot / max(cnt, 1))
+        return r
 
-    hist = train_loop(self, step, epochs=int(epochs), seed=seed, desc="DEQUnmix.fit",
+    hist = train_loop(self, step, epochs=int(epochs), first_epoch=0, seed=seed, desc="DEQUnmix.fit",
                       progress=progress)
-    hist.update(residual=residual, epochs=epochs)
+    hist.update(residual=residual, train_loss=train_loss, epochs=epochs)
     return hist
 
 
