@@ -133,24 +133,19 @@ def fit_scene(self: Any, cube: Any, *, epochs: int = 200, seed: int | None = Non
               progress: bool | None = None) -> dict[str, Any]:
     """Unsupervised training on one scene (no labels), in place.
 
-    Loss: mean spectral angle between every valid pixel ``y`` and its reconstruction ``M a``, plus the
-    mean angle between the endmembers and their start (:data:`ANCHOR`). AdamW; the
-    endmembers (if learnable) have their own learning rate and are clipped to >= 0 after every step.
-    A scene with at most ``max_pixels`` pixels is used whole every epoch (warm-started from the
-    previous epoch's equilibrium); a larger one is sampled as ``tiles_per_epoch`` random ``tile_size``
-    tiles per epoch, and the objective is tracked on a fixed set of tiles, solved to the model's own
-    ``max_iter`` / ``tol`` (warm-started from the previous epoch), so that a state is judged by its
-    equilibrium.
+    Loss: mean spectral angle between every valid pixel ``y`` and ``M a``, plus the mean angle between
+    the endmembers and their start (:data:`ANCHOR`). AdamW; the endmembers (if learnable) have their
+    own learning rate and are clipped to >= 0 after every step. A scene of at most ``max_pixels``
+    pixels is used whole every epoch (warm-started); a larger one is sampled as ``tiles_per_epoch``
+    random ``tile_size`` tiles per epoch, the objective tracked on fixed tiles solved to ``max_iter`` /
+    ``tol``, so that a state is judged by its equilibrium (whole scenes: see :func:`_settled`).
 
-    Guard (:func:`~xr_unmix.models.training.train_loop`): the state with the lowest objective whose
-    solve converged (the untrained start, epoch 0, whose output is FCLS, included) is kept; a
-    non-finite or exploding loss restores it and stops with one line. When no epoch beats the start,
-    one :class:`~xr_unmix.models.training.TrainingWarning` line says so with both objectives.
-
-    Discrepancy guard: when the start already reconstructs the (tracked) pixels to within
-    ``discrepancy`` times the noise level estimated from the cube alone (HySime's multiple
-    regression, :func:`~xr_unmix.extraction.noise_sigma`), there is nothing left to fit but noise:
-    training is skipped and the start is returned, with the same one-line warning.
+    Keep-best (:func:`~xr_unmix.models.training.train_loop`): the state with the lowest objective whose
+    solve converged, the start (epoch 0, = FCLS) included; a non-finite or exploding loss restores it
+    and stops with one line. Discrepancy guard: when the start already reconstructs the (tracked)
+    pixels to within ``discrepancy`` times the noise level estimated from the cube alone
+    (:func:`~xr_unmix.extraction.noise_sigma`), training is skipped. When training is skipped or no
+    epoch beats the start, one :class:`~xr_unmix.models.training.TrainingWarning` line says so.
 
     Parameters
     ----------
@@ -260,7 +255,8 @@ def fit_scene(self: Any, cube: Any, *, epochs: int = 200, seed: int | None = Non
 
 
 def _settled(info: Any, tol: float) -> bool:
-    """Whether a training solve is close enough to its equilibrium for its objective to count."""
+    """Whether a training solve is close enough to its equilibrium for its objective to count (in
+    whole-scene mode an unsettled epoch that beats the best so far is solved on and judged there)."""
     return bool(info.all_converged or info.max_residual < 10 * tol)
 
 
