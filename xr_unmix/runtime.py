@@ -178,6 +178,12 @@ def _malloc_defaults() -> Iterator[None]:
 
 # -- settled computes -----------------------------------------------------------------------------
 
+def runs_on_client(obj: Any) -> bool:
+    """True if computing the Dask collection ``obj`` now would run on an active ``distributed`` client."""
+    client = active_client()
+    return client is not None and get_scheduler(collections=[obj]) == client.get
+
+
 def compute_settled(obj: Any, *, settle_timeout: float = 60.0) -> Any:
     """Compute a Dask collection; if it fails, return only once none of its tasks is still running.
 
@@ -191,7 +197,7 @@ def compute_settled(obj: Any, *, settle_timeout: float = 60.0) -> Any:
     """
     client = active_client()
     sched = get_scheduler(collections=[obj])
-    if client is not None and sched == client.get:
+    if runs_on_client(obj):
         fut = client.compute(obj)
         try:
             return fut.result()
