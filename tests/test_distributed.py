@@ -336,12 +336,12 @@ def _profiling(dask_worker) -> bool:
 def test_workers_run_without_the_statistical_profiler(client) -> None:
     # the 10 ms stack sampler costs ~1 % of a core per idle worker, more while tasks run
     assert client.run(_profiling) == dict.fromkeys(client.scheduler_info()["workers"], False)
-    with dask.config.set({"distributed.worker.profile.enabled": True}):
-        with dask_scheduler(workers=1) as mine:
-            assert list(mine.run(_profiling).values()) == [False]  # True is distributed's default
-    with dask.config.set({"distributed.worker.profile.enabled": "yes"}):
-        with dask_scheduler(workers=1) as mine:
-            assert list(mine.run(_profiling).values()) == [True]  # a user's own value is kept
+    with dask.config.set({"distributed.worker.profile.enabled": True}), \
+            dask_scheduler(workers=1) as mine:
+        assert list(mine.run(_profiling).values()) == [False]  # True is distributed's default
+    with dask.config.set({"distributed.worker.profile.enabled": "yes"}), \
+            dask_scheduler(workers=1) as mine:
+        assert list(mine.run(_profiling).values()) == [True]  # a user's own value is kept
 
 
 def _slow_write(path: str, i: int) -> int:
