@@ -187,9 +187,10 @@ def _lean_workers() -> Iterator[None]:
 
     A worker samples its threads' stacks every 10 ms for the dashboard's profile page. Measured on an
     idle 2-worker LocalCluster, 5 s each, two runs: 0.16-0.19 CPU-s per worker with it, 0.11-0.12
-    without (load 8 from other jobs). Only the dashboard's profile page is lost. (A 1 s event-loop tick
-    instead of 20 ms saved another 0.06 per worker, but two cluster tests failed with it -- a worker
-    restarted by its nanny still missing at the next test -- so it is not set.) A value the user configured is kept.
+    without (load 8 from other jobs). Only the dashboard's profile page is lost. (A 1 s event-loop
+    tick instead of 20 ms saved another 0.06 per worker, but two cluster tests failed with it -- a
+    worker restarted by its nanny still missing at the next test -- so it is not set.) A value the
+    user configured is kept.
     """
     changes = {k: new for k, (default, new) in _LEAN_WORKERS.items()
                if str(dask.config.get(k, default)) == str(default)}
