@@ -17,6 +17,12 @@ Two ways of stitching the overlapping tiles back:
   tile's least reliable (outermost) pixels. The average is taken in float64, so a pixel-wise kernel still
   stitches back bit for bit.
 
+Memory: with a halo, an input chunk is needed by its own tile and by its neighbours' halos; through
+``map_overlap`` it would wait in memory, whole, for all of them (about two rows of chunks on a wide scene).
+:func:`xr_unmix._halo.halo_blocks` cuts the halos from a second computation of the input instead (grids of
+at least 3 x 3 chunks), so what waits between tiles is the halo slivers, not chunks; the values each kernel
+sees are the same.
+
 The contract between an estimator and this module is a :class:`TileSpec`: its halo, whether tiles are
 blended, whether it is pixel-wise, and whether it finds invalid pixels itself. Every model declares one
 (:attr:`xr_unmix.models.base.UnmixModel.tile_spec`); :func:`map_tiles` takes it, nothing is probed.
@@ -26,10 +32,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
+from ._halo import halo_blocks
 from .runtime import blas_threads, task_blas_threads  # noqa: F401  (blas_threads: kept importable here)
 
 Kernel = Callable[[np.ndarray], np.ndarray]
@@ -236,12 +244,8 @@ def _blend(data: Any, kernel: Kernel, n_out: int, halo: int, dtype: Any, handles
         n = len(ch)
         return tuple(c + (halo if i > 0 else 0) + (halo if i < n - 1 else 0) for i, c in enumerate(ch))
 
-    ext = da.map_overlap(
-        _weighted_block, data, depth={0: 0, 1: halo, 2: halo}, boundary="none", trim=False,
-        allow_rechunk=False, chunks=((n_out + 1,), ext_sizes(ych), ext_sizes(xch)), dtype=np.float64,
-        meta=np.empty((0, 0, 0), dtype=np.float64), kernel=kernel, halo=halo, n_out=n_out,
-        handles_nan=handles_nan,
-    )
+    weighted = partial(_weighted_block, kernel=kernel, halo=halo, n_out=n_out, handles_nan=handles_nan)
+    ext = halo_blocks(data, halo, weighted, ((n_out + 1,), ext_sizes(ych), ext_sizes(xch)), np.float64)
     ys, xs = _starts(ych), _starts(xch)
     # extent of every extended tile, in image coordinates
     ey = [(ys[i] - (halo if i > 0 else 0), ys[i + 1] + (halo if i < ny - 1 else 0)) for i in range(ny)]
@@ -309,9 +313,8 @@ def map_tiles(data: Any, kernel: Kernel, n_out: int, spec: TileSpec | None = Non
     out_chunks = ((n_out,), *data.chunks[1:])
     if halo and spec.blend:
         return _blend(data, kernel, n_out, halo, dtype, nan)
-    kw = {"kernel": kernel, "halo": halo, "n_out": n_out, "out_dtype": dtype, "handles_nan": nan,
-          "dtype": dtype, "chunks": out_chunks, "meta": np.empty((0, 0, 0), dtype=dtype)}
+    tile = partial(_tile_block, kernel=kernel, halo=halo, n_out=n_out, out_dtype=dtype, handles_nan=nan)
     if halo == 0:
-        return da.map_blocks(_tile_block, data, **kw)
-    return da.map_overlap(_tile_block, data, depth={0: 0, 1: halo, 2: halo}, boundary="none",
-                          trim=False, allow_rechunk=False, **kw)
+        return da.map_blocks(tile, data, dtype=dtype, chunks=out_chunks,
+                             meta=np.empty((0, 0, 0), dtype=dtype))
+    return halo_blocks(data, halo, tile, out_chunks, dtype)
