@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from typing import Any
@@ -13,9 +14,12 @@ import numpy as np
 UNSUP = ("fcls", "sunsal", "deq0", "nocnn", "deq")
 SUP = ("sup_fcls", "sup_uadmm", "sup_deq")
 ALL = UNSUP + SUP
+#: trials outside the groups, by name only: "deq_sp" (issue 16's superpixel-guided prox; scikit-image)
+TRIALS = ("deq_sp",)
 LABELS = {"fcls": "VCA+FCLS", "sunsal": "VCA+SUnSAL", "deq0": "DEQ untrained operator",
           "nocnn": "DEQ no CNN (ablation)", "deq": "DEQ-Unmix", "sup_fcls": "sup. FCLS (true E)",
-          "sup_uadmm": "sup. U-ADMM-AENet", "sup_deq": "sup. DEQ-Unmix"}
+          "sup_uadmm": "sup. U-ADMM-AENet", "sup_deq": "sup. DEQ-Unmix",
+          "deq_sp": "DEQ superpixel prox (trial)"}
 QUICK_SCENES = ("sample_a", "syn_usgs4_shade")
 #: "beats": a lower aRMSE by more than this fraction (a tie within solver tolerance is no win)
 BEAT = 1e-3
@@ -57,7 +61,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], l
     ap = argparse.ArgumentParser(description="DEQ-Unmix evaluation protocol (issue 16)")
     ap.add_argument("--scenes", help="tune, report, all (default) or a comma list of scene names")
     ap.add_argument("--seeds", default=None, help="N (seeds 0..N-1, default 3) or a comma list")
-    ap.add_argument("--methods", help="unsup, sup, all (default) or a comma list of " + ", ".join(ALL))
+    ap.add_argument("--methods", help="unsup, sup, all (default) or a comma list of " + ", ".join(ALL + TRIALS))
     ap.add_argument("--quick", action="store_true",
                     help="1 seed, 32 x 32 px scenes, 20 unsupervised / 5 supervised epochs, scenes "
                          + ", ".join(QUICK_SCENES) + " unless --scenes")
@@ -65,6 +69,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], l
     ap.add_argument("--size", type=int, default=None, help="side of the synthetic / sample scenes, px (64)")
     ap.add_argument("--deq", default="{}", help="JSON: DEQUnmix.from_endmembers options (unsupervised)")
     ap.add_argument("--fit", default="{}", help="JSON: fit_scene options")
+    ap.add_argument("--sp", default="{}", help="JSON: DEQSuperpixel options of the deq_sp trial "
+                    "(on top of --deq)")
     ap.add_argument("--deq-sup", default="{}", help="JSON: DEQUnmix.from_endmembers options (supervised)")
     ap.add_argument("--fit-sup", default="{}", help="JSON: DEQUnmix.fit options")
     ap.add_argument("--workers", type=int, default=2, help="processes (1 torch thread each)")
@@ -75,7 +81,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], l
     groups = {"tune": S.TUNE, "report": S.REPORT, "all": S.TUNE + S.REPORT}
     scenes = _names(a.scenes, QUICK_SCENES if a.quick else S.TUNE + S.REPORT, groups,
                     S.TUNE + S.REPORT, "scene")
-    methods = _names(a.methods, ALL, {"unsup": UNSUP, "sup": SUP, "all": ALL}, ALL, "method")
+    methods = _names(a.methods, ALL, {"unsup": UNSUP, "sup": SUP, "all": ALL}, ALL + TRIALS, "method")
+    if "deq_sp" in methods and not a.load and importlib.util.find_spec("skimage") is None:
+        _fail("method deq_sp (the superpixel-prox trial) needs scikit-image: pip install scikit-image")
     seeds_txt = a.seeds or ("1" if a.quick else "3")
     try:
         seeds = (list(range(int(seeds_txt))) if "," not in seeds_txt
@@ -85,7 +93,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], l
     if not seeds:
         _fail("--seeds must give at least one seed")
     opts = dict(deq=_json(a.deq, "--deq"), fit=_json(a.fit, "--fit"), deq_sup=_json(a.deq_sup, "--deq-sup"),
-                fit_sup=_json(a.fit_sup, "--fit-sup"), size=a.size or (32 if a.quick else 64))
+                fit_sup=_json(a.fit_sup, "--fit-sup"), sp=_json(a.sp, "--sp"), size=a.size or (32 if a.quick else 64))
     if a.epochs is not None:
         opts["fit"]["epochs"] = a.epochs
     if a.quick:
@@ -106,7 +114,7 @@ def _rows(rs: list[dict], split: str, scene: str, methods: list[str]) -> list[st
         got = [r[m] for r in rs if m in r]
         if not got:
             continue
-        base = "fcls" if m in UNSUP else "sup_fcls"
+        base = "fcls" if m in UNSUP + TRIALS else "sup_fcls"
         gain = "" if m in ("fcls", "sup_fcls") or not all(base in r for r in rs) else (
             f"{100 * np.median([1 - r[m]['armse'] / r[base]['armse'] for r in rs]):+.1f} %")
         sad = "-" if m in SUP else _cell([g["msad"] for g in got], ".4f")
@@ -150,7 +158,7 @@ def print_report(res: list[dict], scenes: list[str], seeds: list[int], methods: 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"DEQ-Unmix protocol: seeds {seeds}; TUNE = {', '.join(S.TUNE)}; REPORT = {', '.join(S.REPORT)}")
     print(f"options: deq={json.dumps(opts['deq'])} fit={json.dumps(opts['fit'])} "
-          f"deq_sup={json.dumps(opts['deq_sup'])} fit_sup={json.dumps(opts['fit_sup'])} "
+          f"sp={json.dumps(opts.get('sp', {}))} deq_sup={json.dumps(opts['deq_sup'])} fit_sup={json.dumps(opts['fit_sup'])} "
           f"(empty = package defaults); size {opts['size']} px; torch {torch.__version__}, "
           f"{a.workers} worker(s) x 1 thread; wall {wall:.0f} s; load average {load:.1f}")
     for r in res:

@@ -77,19 +77,23 @@ def _score(A: Any, E_est: np.ndarray, sc: dict[str, Any], pixels: np.ndarray | N
     return rmse(est, tru), float(m.mean_sad)
 
 
-def _deq_unsup(sc: dict[str, Any], E: np.ndarray, seed: int, deq: dict, fit: dict, train: bool) -> dict:
+def _deq_unsup(sc: dict[str, Any], E: np.ndarray, seed: int, deq: dict, fit: dict, train: bool,
+               cls: Any = None) -> dict:
     from xr_unmix.models.deq import DEQUnmix
+
+    cls = cls or DEQUnmix
 
     cube = sc["cube"]
     t0 = time.perf_counter()
     with _Counter() as c:
-        model = DEQUnmix.from_endmembers(E, seed=seed, **deq)
+        model = cls.from_endmembers(E, seed=seed, **deq)
         hist = model.fit_scene(cube, seed=seed, progress=False, **fit) if train else {}
         A = cube.unmix.deq(model)
     Ed = np.asarray(model.endmembers.values, dtype=np.float64)
     r, s = _score(A.values, Ed, sc)
     return dict(armse=r, msad=s, time=time.perf_counter() - t0, warn=c.n,
-                unconv=int(A.attrs.get("solver_n_unconverged", 0)), best_epoch=hist.get("best_epoch"))
+                unconv=int(A.attrs.get("solver_n_unconverged", 0)), best_epoch=hist.get("best_epoch"),
+                **({"sp_w": float(model.sp_w.detach().clamp(0, 1))} if hasattr(model, "sp_w") else {}))
 
 
 def _unsupervised(sc: dict[str, Any], seed: int, methods: list[str], opts: dict) -> dict[str, dict]:
@@ -118,6 +122,11 @@ def _unsupervised(sc: dict[str, Any], seed: int, methods: list[str], opts: dict)
         out["nocnn"] = _deq_unsup(sc, E_vca, seed, {**deq, "use_cnn": False}, fit, train=True)
     if "deq" in methods:
         out["deq"] = _deq_unsup(sc, E_vca, seed, deq, fit, train=True)
+    if "deq_sp" in methods:  # issue 16's superpixel-guided prox (trial; needs scikit-image)
+        from trial_superpixel_prox import DEQSuperpixel
+
+        out["deq_sp"] = _deq_unsup(sc, E_vca, seed, {**deq, **opts.get("sp", {})}, fit, train=True,
+                                   cls=DEQSuperpixel)
     return out
 
 
