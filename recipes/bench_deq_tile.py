@@ -45,6 +45,7 @@ def _timed(acc: dict[str, float], name: str, fn: Any) -> Any:
 def profile(model: Any, block: np.ndarray, halo: int, repeat: int) -> tuple[dict[str, float], int]:
     """Best-of-``repeat`` breakdown (seconds) of one tile and the iterations of its solve."""
     import xr_unmix.models.deq as deq_mod
+    import xr_unmix.models.deq_parts as parts_mod
     import xr_unmix.solvers.fixed_point as fp
     from xr_unmix import tiling
     from xr_unmix._workers import ModelKernel
@@ -56,9 +57,9 @@ def profile(model: Any, block: np.ndarray, halo: int, repeat: int) -> tuple[dict
     for _ in range(repeat):
         acc: dict[str, float] = defaultdict(float)
         m = kernel._resolve()
-        saved = (deq_mod._fcls, deq_mod.project_simplex, m.cnn.forward, m._map, fp.anderson)
+        saved = (deq_mod._fcls, parts_mod.project_simplex, m.cnn.forward, m._map, fp.anderson)
         deq_mod._fcls = _timed(acc, "FCLS warm start", saved[0])
-        deq_mod.project_simplex = _timed(acc, "projection", saved[1])
+        parts_mod.project_simplex = _timed(acc, "projection", saved[1])
         m.cnn.forward = _timed(acc, "CNN", saved[2])
 
         def timed_map(*a: Any, _orig: Any = saved[3], **k: Any) -> Any:
@@ -87,7 +88,7 @@ def profile(model: Any, block: np.ndarray, halo: int, repeat: int) -> tuple[dict
             acc["blend: assembly (9 parts)"] = time.perf_counter() - t0
             del info
         finally:
-            deq_mod._fcls, deq_mod.project_simplex, m.cnn.forward = saved[:3]
+            deq_mod._fcls, parts_mod.project_simplex, m.cnn.forward = saved[:3]
             del m._map
             fp.anderson = saved[4]
         iters = int(m.last_info.n_iter)
@@ -146,7 +147,8 @@ def main() -> None:
         block = np.ascontiguousarray(cube.data[:, :ext, :ext].compute())
         crop = cube[:, :128, :128].compute()
     trained = DEQUnmix.from_endmembers(bm.spectra(a.bands), seed=0)
-    trained.fit_scene(crop, epochs=a.train_epochs, seed=0, progress=False, keep_best=False)
+    trained.fit_scene(crop, epochs=a.train_epochs, seed=0, progress=False, keep_best=False,
+                      discrepancy=None)
     import warnings
 
     warnings.simplefilter("ignore")

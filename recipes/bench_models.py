@@ -175,7 +175,8 @@ def train_deq(bands: int, path: Path, epochs: int) -> str:
     t0 = time.perf_counter()
     # keep_best=False: the last epoch's weights (the best objective is often the untrained start, which
     # sits at its FCLS start and stops after one step; the point here is a model that iterates)
-    hist = model.fit_scene(crop, epochs=epochs, seed=0, progress=False, keep_best=False)
+    hist = model.fit_scene(crop, epochs=epochs, seed=0, progress=False, keep_best=False,
+                           discrepancy=None)
     model.save(path)
     return f"{epochs} epochs of fit_scene (keep_best=False) in {time.perf_counter() - t0:.1f} s, " \
            f"loss {hist['initial_loss']:.3g} at the start"

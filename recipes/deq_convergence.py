@@ -48,7 +48,7 @@ def main() -> None:
         if path:
             return load_model(path)
         m = DEQUnmix.from_endmembers(E, seed=0, precondition=precondition)
-        m.fit_scene(cube, epochs=a.epochs, seed=0, progress=False)
+        m.fit_scene(cube, epochs=a.epochs, seed=0, progress=False, discrepancy=None)
         return m
 
     models = {

@@ -31,8 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 
-def one_seed(seed: int, epochs: int, save: str | None, precondition: float = 1e-3,
-             projection: str = "simplex") -> dict:
+def one_seed(seed: int, epochs: int, save: str | None, precondition: float = 1e-3) -> dict:
     import torch
 
     from _deq_common import jasper, setup
@@ -53,7 +52,7 @@ def one_seed(seed: int, epochs: int, save: str | None, precondition: float = 1e-
                        warn=False).numpy().reshape(4, H, W)
     out["VCA+SUnSAL"] = (rmse(m0.reorder_abundances(A_s), A_ref), m0.mean_sad)
     maps = {"reference": A_ref, "VCA+FCLS": m0.reorder_abundances(A_f)}
-    pre = {"precondition": precondition, "projection": projection}
+    pre = {"precondition": precondition}
     m_u = DEQUnmix.from_endmembers(E, seed=seed, **pre)
     with torch.no_grad():
         A_u = m_u.unmix_image(torch.as_tensor(Y)).numpy()
@@ -87,17 +86,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--save-model", default=None)
     ap.add_argument("--precondition", type=float, default=1e-3)
-    ap.add_argument("--projection", default="simplex", choices=["simplex", "scaled"],
-                    help="DEQ-Unmix's projection (scaled: the scaled linear mixing model; the figure is "
-                         "written for the default only)")
     a = ap.parse_args()
     t0 = time.perf_counter()
     with ProcessPoolExecutor(a.workers) as ex:
         res = list(ex.map(one_seed, range(a.seeds), [a.epochs] * a.seeds, [a.save_model] * a.seeds,
-                          [a.precondition] * a.seeds, [a.projection] * a.seeds))
+                          [a.precondition] * a.seeds))
     methods = ["VCA+FCLS", "VCA+SUnSAL", "untrained operator", "DEQ-Unmix", "ablation: analytic G (no CNN)"]
-    print(f"Jasper Ridge, {a.seeds} seeds, {a.epochs} epochs, precondition {a.precondition:g}, "
-          f"projection {a.projection}, wall "
+    print(f"Jasper Ridge, {a.seeds} seeds, {a.epochs} epochs, precondition {a.precondition:g}, wall "
           f"{time.perf_counter() - t0:.0f} s ({a.workers} worker processes, 1 torch thread each, shared machine)")
     print("| seed | " + " | ".join(f"{m} aRMSE / mSAD" for m in methods) + " | DEQ aRMSE vs FCLS |")
     print("|---|" + "---|" * (len(methods) + 1))
@@ -125,8 +120,6 @@ def main() -> None:
     print(f"criteria: lower aRMSE than VCA+FCLS in every seed: {ok_every}; median reduction "
           f"{100 * np.median(gains):.1f} % (>= 30 %: {np.median(gains) >= 0.3}); "
           f"mSAD <= VCA's + 0.01 in every seed: {ok_sad}")
-    if a.projection != "simplex":
-        return
     maps = next(r["maps"] for r in res if r["maps"] is not None)
     import matplotlib
 

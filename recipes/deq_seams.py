@@ -57,7 +57,7 @@ def scenes(model_path: str | None, epochs: int, precondition: float):
         m = load_model(model_path)
     else:
         m = DEQUnmix.from_endmembers(E, seed=0, precondition=precondition)
-        h = m.fit_scene(cube, epochs=epochs, seed=0, progress=False)
+        h = m.fit_scene(cube, epochs=epochs, seed=0, progress=False, discrepancy=None)
         print(f"Jasper model: best epoch {h['best_epoch']} of {epochs}, objective {h['initial_loss']:.4f} -> "
               f"{h['best_loss']:.4f}")
     yield "Jasper Ridge (100x100x198)", cube, m
@@ -70,7 +70,7 @@ def scenes(model_path: str | None, epochs: int, precondition: float):
     # keep_best=False: on this synthetic scene no trained state beats the start's objective, so the guard
     # would hand back the untrained operator (no CNN contribution, pixel-wise: a trivial seam test); the
     # final state is kept instead, an operator that uses its CNN.
-    h = ms.fit_scene(c, epochs=epochs, seed=0, progress=False, keep_best=False)
+    h = ms.fit_scene(c, epochs=epochs, seed=0, progress=False, keep_best=False, discrepancy=None)
     print(f"sample-scene model (final state, keep_best=False): objective {h['initial_loss']:.4f} at the "
           f"start, {h['loss'][-1]:.4f} at the end (best epoch {h['best_epoch']})")
     yield f"sample scene_a ({c.sizes['y']}x{c.sizes['x']}x{c.sizes['band']})", c, ms

@@ -17,8 +17,9 @@ Unsupervised, from ``R`` VCA endmembers (``vca(valid pixels, R, seed=s)``, clipp
 
 Supervised, 256 labelled pixels (``default_rng(s)`` over the valid pixels), scored on the other valid
 pixels, with the reference endmembers: ``sup_fcls`` (FCLS), ``sup_uadmm`` (``UADMMNet.from_endmembers(E)
-.fit(Y_l, A_l, seed=s)``, defaults), ``sup_deq`` (``DEQUnmix.from_endmembers(E, seed=s).fit(Y_l, A_l,
-seed=s)``, defaults, plus ``--deq-sup`` / ``--fit-sup``).
+.fit(Y_l, A_l, seed=s)``, defaults), ``sup_deq`` (``DEQUnmix.from_endmembers(E, seed=s, kernel_size=1)
+.fit(Y_l, A_l, seed=s)``: pixel labels, a pixel-wise operator; otherwise defaults, plus ``--deq-sup`` /
+``--fit-sup``).
 
 Scores: aRMSE (:func:`xr_unmix.metrics.rmse`) and mSAD (radians) after pairing the estimated endmembers
 with the reference ones by the Hungarian method (:func:`xr_unmix.metrics.match`); the DEQ's own refined
@@ -45,6 +46,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 N_LABELLED = 256
+#: the supervised DEQ's construction: labels at isolated pixels train a pixel-wise operator (a 3x3 CNN
+#: would see each pixel's own spectrum as its neighbours while training, real neighbours after;
+#: measured on the TUNE scenes, docs/deq.md)
+SUP_DEQ = {"kernel_size": 1}
 
 
 class _Counter:
@@ -156,7 +161,7 @@ def _supervised(sc: dict[str, Any], seed: int, methods: list[str], opts: dict) -
         return cube.unmix.admm(net)
 
     def deq() -> Any:
-        model = DEQUnmix.from_endmembers(E, seed=seed, **opts["deq_sup"])
+        model = DEQUnmix.from_endmembers(E, seed=seed, **{**SUP_DEQ, **opts["deq_sup"]})
         model.fit(Y[tr].astype(np.float32), T[tr], seed=seed, progress=False, **opts["fit_sup"])
         return cube.unmix.deq(model)
 

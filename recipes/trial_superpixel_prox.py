@@ -227,7 +227,7 @@ class DEQSuperpixel(DEQUnmix):
             Z = f(A)
             if self.gcn is not None:
                 C = self.gcn(seg.means(torch.cat([Z, Z - A], dim=1)), seg)
-                Z = project(Z + seg.broadcast(C, Z), self.config["projection"])
+                Z = project(Z + seg.broadcast(C, Z))
             return self.sp_blend(Z, seg)
 
         return g

@@ -447,7 +447,7 @@ def test_closed_port(files) -> None:
 
 
 @pytest.mark.parametrize("config, words", [
-    ({"hidden": 6000, "cnn_layers": 4},
+    ({"hidden": 6000},
      (r"its DEQUnmix config does not fit its tensors \(a damaged or tampered file\): "
       r"cnn.convs.0.weight is \[16, 6, 3, 3\] in the file but \[6000, 6, 3, 3\] by its config"
       r".*hidden=6000")),

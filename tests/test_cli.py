@@ -189,13 +189,11 @@ def test_train_deq_unsupervised_and_supervised(files):
     ab = open_abundance(tmp / "deq.tif")
     assert ab.sizes == {"endmember": 3, "y": 40, "x": 48}
     assert np.isfinite(ab.values).all()
-    m3 = tmp / "deq_scaled.safetensors"
+    m3 = tmp / "deq_pre.safetensors"
     r = CliRunner().invoke(main, ["train", "--endmembers", str(em), "--method", "deq", "--out", str(m3),
-                                  "--scene", str(scene), "--epochs", "1", "--projection", "scaled",
-                                  "--precondition", "1e-3"])
+                                  "--scene", str(scene), "--epochs", "1", "--precondition", "1e-3"])
     assert r.exit_code == 0, r.output
-    cfg = load_model(m3).config
-    assert cfg["projection"] == "scaled" and cfg["precondition"] == 1e-3
+    assert load_model(m3).config["precondition"] == 1e-3
 
 
 def test_train_errors(files):
@@ -213,8 +211,8 @@ def test_train_errors(files):
     assert_cli_error(r, r"--method admm trains on labels")
     r = train("--endmembers", str(em), "--method", "deq", "--layers", "3")
     assert_cli_error(r, r"--layers is for --method admm")
-    r = train("--endmembers", str(em), "--method", "admm", "--projection", "scaled")
-    assert_cli_error(r, r"--projection and --precondition are for --method deq")
+    r = train("--endmembers", str(em), "--method", "admm", "--precondition", "1e-3")
+    assert_cli_error(r, r"--precondition is for --method deq")
     r = train("--endmembers", str(em), "--method", "deq", "--precondition", "-1")
     assert_cli_error(r, r"precondition must be >= 0")
     small = to_cog(truth.isel(y=slice(0, 10)).rio.write_crs(cube.rio.crs), tmp / "small.tif")

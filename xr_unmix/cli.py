@@ -244,9 +244,6 @@ def run(scene: str, endmembers: str | None, method: str, model: str | None, out:
 @click.option("--epochs", type=int, default=None, help="Training epochs (model default if unset).")
 @click.option("--lr", type=float, default=None, help="Learning rate (model default if unset).")
 @click.option("--layers", type=int, default=None, help="admm: unrolled layers (default 2).")
-@click.option("--projection", type=click.Choice(["simplex", "scaled"]), default=None,
-              help="deq: 'simplex' (default, Euclidean projection onto the simplex) or 'scaled' (scaled "
-                   "linear mixing model: non-negative z = s a, abundances z / sum z; brightness-invariant).")
 @click.option("--precondition", type=float, default=None,
               help="deq: damped Newton step with this damping (e.g. 1e-3; default 0 = projected gradient).")
 @click.option("--resample", is_flag=True, help="Resample the endmembers onto the scene's wavelengths.")
@@ -257,7 +254,7 @@ def run(scene: str, endmembers: str | None, method: str, model: str | None, out:
               help="Seed for the initial weights, the training order, vca:N and synthetic pixels.")
 def train(endmembers: str, method: str, out: Path, scene: str | None, labels: str | None,
           n_pixels: int, snr_db: float, epochs: int | None, lr: float | None, layers: int | None,
-          projection: str | None, precondition: float | None, resample: bool, threads: int | None,
+          precondition: float | None, resample: bool, threads: int | None,
           seed: int) -> None:
     """Train a U-ADMM-AENet (admm) or DEQ-Unmix (deq) model and save it (safetensors + JSON).
 
@@ -271,8 +268,8 @@ def train(endmembers: str, method: str, out: Path, scene: str | None, labels: st
         _usage("--labels needs --scene (the spectra the labels belong to)")
     if layers is not None and method != "admm":
         _usage("--layers is for --method admm")
-    if (projection is not None or precondition is not None) and method != "deq":
-        _usage("--projection and --precondition are for --method deq")
+    if precondition is not None and method != "deq":
+        _usage("--precondition is for --method deq")
     if threads is not None or method == "admm":
         # 64 x bands mini-batches: a second thread costs more in synchronisation than it gains
         # (measured: 5 epochs on 10k labelled pixels, 5.9 s with 1 thread, 38 s with 2 on a busy host)
@@ -298,8 +295,6 @@ def train(endmembers: str, method: str, out: Path, scene: str | None, labels: st
         from .models.deq import DEQUnmix
 
         deq_kw: dict[str, Any] = {}
-        if projection is not None:
-            deq_kw["projection"] = projection
         if precondition is not None:
             deq_kw["precondition"] = precondition
         try:

@@ -82,7 +82,7 @@ def test_fit_scene_divergence_restores_the_best_epoch(scene, monkeypatch) -> Non
 
     monkeypatch.setattr(deq_training, "scene_objective", objective)
     with pytest.warns(TrainingWarning, match="DEQUnmix.fit_scene: training diverged at epoch 4"):
-        h = m.fit_scene(cube, epochs=10, seed=0, lr=3e-3, progress=False)
+        h = m.fit_scene(cube, epochs=10, seed=0, lr=3e-3, discrepancy=None, progress=False)
     assert len(h["loss"]) == 4 and 0 <= h["best_epoch"] < 4
     for n, v in m.state_dict().items():
         torch.testing.assert_close(v, seen[h["best_epoch"]][n], rtol=0, atol=0)
@@ -92,13 +92,13 @@ def test_fit_scene_reports_the_saved_models_objective(scene) -> None:
     cube, E, _ = scene
     Ebad = E.copy(data=np.clip(E.values * 0.8 + 0.05, 0, None))
     m = DEQUnmix.from_endmembers(Ebad, seed=0, hidden=8)
-    h = m.fit_scene(cube, epochs=10, seed=0, alpha=1.0, anchor=0.0, progress=False)
+    h = m.fit_scene(cube, epochs=10, seed=0, progress=False)
     assert h["improved"] and h["best_epoch"] > 0
     assert h["best_loss"] == h["loss"][h["best_epoch"]]
-    E0 = m.endmember_matrix().detach()
+    E0 = torch.as_tensor(Ebad.values, dtype=m.E.dtype)  # the anchor's reference: the start
     Y, V = deq_training.SceneData(np.asarray(cube.values), m.E.dtype, m.E.device, 0).whole()
     with torch.no_grad():  # the returned model, solved afresh from FCLS
-        obj = float(deq_training.scene_objective(m, Y, V, m.equilibrium(Y, warn=False), 1.0, 0.0, E0))
+        obj = float(deq_training.scene_objective(m, Y, V, m.equilibrium(Y, warn=False), E0))
     assert obj == pytest.approx(h["final_loss"], rel=1e-5) and h["final_converged"]
     assert f"-> {h['final_loss']:.6g} for the returned model (best state: epoch {h['best_epoch']}" \
         in h["summary"]
@@ -111,10 +111,41 @@ def test_fit_scene_that_does_not_improve_says_so(scene) -> None:
     with pytest.warns(TrainingWarning, match=r"did not improve on its start: objective [0-9.e-]+ at the "
                                              r"start, [0-9.e+-]+ at best after training \(epoch \d+\)"):
         h = m.fit_scene(cube.chunk({"y": 8, "x": 8}), epochs=4, seed=1, lr=5.0, lr_endmembers=1.0,
-                        max_pixels=100, tile_size=12, tiles_per_epoch=2, progress=False)
+                        max_pixels=100, tile_size=12, tiles_per_epoch=2, discrepancy=None,
+                        progress=False)
     assert not h["improved"] and h["best_epoch"] == 0 and not h["whole_scene"]
     for k, v in m.state_dict().items():
         torch.testing.assert_close(v, start[k], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("scene", [{"ny": 24, "nx": 28, "n_bands": 20, "snr_db": 30, "seed": 2}],
+                         indirect=True)
+def test_fit_scene_discrepancy_guard(scene) -> None:
+    from xr_unmix.extraction import noise_sigma
+
+    cube, E, _ = scene
+    Y = cube.values.reshape(20, -1).T
+    sigma = noise_sigma(Y)
+    # the noise of make_cube at 30 dB: std = RMS signal / 10^(30/20)
+    assert sigma == pytest.approx(np.sqrt(np.mean(Y ** 2)) / 10 ** 1.5, rel=0.15)
+    m = DEQUnmix.from_endmembers(E, seed=0, hidden=4)  # the true endmembers: FCLS fits to the noise
+    start = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.warns(TrainingWarning, match=r"training skipped: the start already reconstructs the "
+                                             r"scene to the noise level \(RMS [0-9.e-]+ <= 1.5 x noise"):
+        h = m.fit_scene(cube, epochs=5, seed=0, progress=False)
+    assert h["skipped"] and not h["improved"] and h["best_epoch"] == 0 and len(h["loss"]) == 1
+    assert h["start_rms"] <= 1.5 * h["noise_sigma"]
+    for k, v in m.state_dict().items():
+        torch.testing.assert_close(v, start[k], rtol=0, atol=0)
+    bad = DEQUnmix.from_endmembers(E.copy(data=np.clip(E.values * 0.8 + 0.05, 0, None)), seed=0,
+                                   hidden=4)  # wrong endmembers: far above the noise, training runs
+    h = bad.fit_scene(cube, epochs=3, seed=0, progress=False)
+    assert not h["skipped"] and len(h["loss"]) == 4 and h["start_rms"] > 1.5 * h["noise_sigma"]
+    h = DEQUnmix.from_endmembers(E, seed=0, hidden=4).fit_scene(cube, epochs=2, seed=0,
+                                                                discrepancy=None, progress=False)
+    assert not h["skipped"] and len(h["loss"]) == 3  # the guard off: training runs
+    with pytest.raises(ValueError, match="n_pixels >= 2"):
+        noise_sigma(Y[:1])
 
 
 def test_fit_scene_bad_input(scene) -> None:
@@ -131,7 +162,8 @@ def test_fit_scene_bad_input(scene) -> None:
         m.fit_scene(cube.isel(band=slice(0, 19)), epochs=1, progress=False)
     # a scene smaller than one training tile: the tiles are the scene, training runs
     small = cube.isel(y=slice(0, 5), x=slice(0, 6))
-    h = m.fit_scene(small, epochs=2, max_pixels=10, tile_size=64, seed=0, progress=False)
+    h = m.fit_scene(small, epochs=2, max_pixels=10, tile_size=64, seed=0, discrepancy=None,
+                    progress=False)
     assert len(h["loss"]) == 3 and np.isfinite(h["final_loss"])
     with pytest.raises(ValueError, match=r"too small to sample tiles from"):
         m.fit_scene(cube.isel(y=slice(0, 1)), epochs=1, max_pixels=4, progress=False)

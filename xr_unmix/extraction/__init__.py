@@ -28,8 +28,8 @@ and ``_entry`` (the cube-level :func:`extract_endmembers` and the ``vca:N`` spec
 from __future__ import annotations
 
 from ._entry import endmembers_from_spec, extract_endmembers, is_extraction_spec
-from ._hysime import estimate_n_endmembers, hysime
+from ._hysime import estimate_n_endmembers, hysime, noise_sigma
 from ._vca import VCAResult, vca
 
 __all__ = ["VCAResult", "endmembers_from_spec", "estimate_n_endmembers", "extract_endmembers", "hysime",
-           "is_extraction_spec", "vca"]
+           "is_extraction_spec", "noise_sigma", "vca"]

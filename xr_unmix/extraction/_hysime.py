@@ -11,8 +11,9 @@ from .._cube import prepare_cube
 from ._blocks import _Source, _stats, _top_eigvecs
 
 
-def _hysime_from_corr(corr_sum: np.ndarray, count: int) -> tuple[int, np.ndarray, dict[str, Any]]:
-    """HySime on the uncentred correlation ``sum_j y_j y_j^T`` of ``count`` pixels."""
+def _regression(corr_sum: np.ndarray) -> np.ndarray:
+    """HySime's multiple-regression matrix ``B`` (bands x bands, zero diagonal): band ``i``'s noise
+    is ``y_i - B[i] @ y``, from the uncentred correlation ``sum_j y_j y_j^T``."""
     L = corr_sum.shape[0]
     RR = corr_sum
     small = 1e-6 * np.trace(RR) / L  # the reference code adds 1e-6 I; scaled here to the data
@@ -25,6 +26,29 @@ def _hysime_from_corr(corr_sum: np.ndarray, count: int) -> tuple[int, np.ndarray
         beta = XX @ RRa
         beta[i] = 0.0
         B[i] = beta  # noise of band i: w_i = y_i - beta^T y
+    return B
+
+
+def noise_sigma(Y: np.ndarray) -> float:
+    """RMS noise level of spectra ``Y`` ``(n_pixels, bands)`` (finite rows), reflectance units.
+
+    HySime's noise estimate (Bioucas-Dias & Nascimento, 2008): each band regressed on all the others,
+    the noise variance of a band being that of its regression residual; returns the square root of the
+    mean variance over bands (for white noise of standard deviation ``s``: about ``s``).
+    """
+    Y = np.asarray(Y, dtype=np.float64)
+    if Y.ndim != 2 or Y.shape[0] < 2:
+        raise ValueError(f"Y must be (n_pixels >= 2, bands); got shape {Y.shape}")
+    IB = np.eye(Y.shape[1]) - _regression(Y.T @ Y)
+    W = Y @ IB.T  # the residual of every band's regression
+    return float(np.sqrt(np.mean(W * W)))
+
+
+def _hysime_from_corr(corr_sum: np.ndarray, count: int) -> tuple[int, np.ndarray, dict[str, Any]]:
+    """HySime on the uncentred correlation ``sum_j y_j y_j^T`` of ``count`` pixels."""
+    L = corr_sum.shape[0]
+    RR = corr_sum
+    B = _regression(RR)
     Ry = RR / count
     IB = np.eye(L) - B
     Rn = np.diag(np.diag(IB @ Ry @ IB.T))  # additive noise, diagonal covariance

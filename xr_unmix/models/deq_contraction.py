@@ -1,8 +1,7 @@
-"""Contraction diagnostics of a DEQ operator: the Jacobian penalty and the spectral radius.
+"""Contraction diagnostic of a DEQ operator: the spectral radius of its Jacobian at the equilibrium.
 
-Bound as :meth:`DEQUnmix.jacobian_penalty <xr_unmix.DEQUnmix.jacobian_penalty>` (the contraction-promoting
-regulariser of Bai et al., 2021, ``jac_reg`` in training) and :meth:`DEQUnmix.spectral_radius
-<xr_unmix.DEQUnmix.spectral_radius>`; both only need the model's ``_map`` and ``equilibrium``.
+Bound as :meth:`DEQUnmix.spectral_radius <xr_unmix.DEQUnmix.spectral_radius>`; it only needs the model's
+``_map`` and ``equilibrium``.
 """
 
 from __future__ import annotations
@@ -11,24 +10,6 @@ from typing import Any
 
 import torch
 
-
-def jacobian_penalty(self: Any, Y: torch.Tensor, A: torch.Tensor, n_samples: int = 1,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """Hutchinson estimate of ``||J||_F^2 / d`` at ``A`` (``J`` = the operator's Jacobian in ``A``).
-
-    ``E_v ||v^T J||^2 = ||J||_F^2`` for ``v ~ N(0, I)``; divided by ``d = A.numel()`` it is the mean
-    squared singular value. Differentiable in the parameters (double backward), for the contraction-
-    promoting regulariser of Bai et al. (2021, "Stabilizing Equilibrium Models by Jacobian
-    Regularization"). ``A`` is detached first (the penalty is taken at that point).
-    """
-    z = A.detach().requires_grad_()
-    fz = self._map(Y, self.endmember_matrix())(z)
-    tot = fz.new_zeros(())
-    for _ in range(int(n_samples)):
-        v = torch.randn(fz.shape, generator=generator, dtype=fz.dtype).to(fz.device)
-        (vjp,) = torch.autograd.grad(fz, z, v, create_graph=True)
-        tot = tot + vjp.pow(2).sum() / vjp.numel()
-    return tot / int(n_samples)
 
 @torch.no_grad()
 def spectral_radius(self: Any, Y: torch.Tensor, A: torch.Tensor | None = None, iters: int = 50,

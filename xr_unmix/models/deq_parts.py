@@ -3,8 +3,7 @@
 - :class:`SolverConfig`: how the fixed point is found and differentiated (a small frozen dataclass);
 - the **data step** :func:`step_matrix`: projected gradient (``eta I``, ``eta = step / ||M||_2^2``) or
   the damped, constrained Newton preconditioner (``precondition > 0``);
-- the **projection** :func:`project` / :func:`abundances_from_state`: onto the probability simplex
-  (``"simplex"``) or the non-negative orthant with a per-pixel scale (``"scaled"``);
+- the **projection** :func:`project`: every pixel onto the probability simplex (ANC + ASC);
 - the **learned correction network** :class:`CorrectionNet`: a small CNN whose last layer starts at
   zero, so that the untrained operator is the analytic step.
 """
@@ -23,7 +22,6 @@ from ..solvers.sunsal import project_simplex
 #: Most fixed-point (and backward) iterations a model may be configured with: a bound on the work of
 #: one solve, whatever a (tampered) config says.
 MAX_ITER = 10_000
-PROJECTIONS = ("simplex", "scaled")
 BACKWARDS = ("implicit", "jfb", "unrolled")
 
 
@@ -96,80 +94,53 @@ def step_size(G: torch.Tensor, step: float) -> torch.Tensor:
     return (step / L.clamp_min(1e-30)).to(G.dtype)
 
 
-def step_matrix(G: torch.Tensor, *, step: float = 1.0, precondition: float = 0.0,
-                scaled: bool = False) -> torch.Tensor:
+def step_matrix(G: torch.Tensor, *, step: float = 1.0, precondition: float = 0.0) -> torch.Tensor:
     """The ``(R, R)`` matrix that multiplies the data-term gradient ``G A - M^T Y`` in one step.
 
     Parameters
     ----------
     G : Tensor (R, R)
-        The data term's matrix (``M^T M``, plus a learned metric).
+        The data term's matrix ``M^T M``.
     step : float
         ``eta ||G||_2`` (1: the classical ``1/L`` step).
     precondition : float
         ``0``: projected gradient, ``eta I``. ``delta > 0``: ``step K`` with ``K`` the inverse of
         ``G + delta ||G||_2 I`` restricted to the sum-to-zero subspace (``K 1 = 0``: the sum-to-one
         constraint is kept before the projection), differentiable in ``G``.
-    scaled : bool
-        No sum constraint (the ``"scaled"`` projection): ``K`` is the plain damped inverse.
     """
     R = G.shape[0]
     eta = step_size(G, step)
     eye = torch.eye(R, dtype=torch.float64, device=G.device)
-    if precondition <= 0 or (R < 2 and not scaled):
+    if precondition <= 0 or R < 2:
         return eta * eye.to(G.dtype)
     lmax = step / eta.double()  # ||G||_2 (no gradient)
     H = G.double() + precondition * lmax * eye
-    if scaled:
-        return (step * torch.linalg.inv(H)).to(G.dtype)
     Z = torch.linalg.qr((eye - 1.0 / R)[:, : R - 1])[0]  # orthonormal basis of sum-to-zero vectors
     K = Z @ torch.linalg.solve(Z.T @ H @ Z, Z.T)
     return (step * K).to(G.dtype)
 
 
-def project(Z: torch.Tensor, projection: str) -> torch.Tensor:
-    """``(B, R, ...)`` states onto the simplex (``"simplex"``, over dim 1) or ``>= 0`` (``"scaled"``)."""
-    if projection == "scaled":
-        return Z.clamp_min(0)
+def project(Z: torch.Tensor) -> torch.Tensor:
+    """``(B, R, ...)`` states onto the probability simplex over dim 1 (exact Euclidean projection)."""
     return project_simplex(Z, dim=1)
 
 
-def abundances_from_state(Z: torch.Tensor, projection: str) -> torch.Tensor:
-    """Abundances of a fixed-point state: ``Z`` itself (``"simplex"``), or ``z / sum_r z_r``
-    (``"scaled"``; a pixel with ``z = 0`` gets ``1 / R``)."""
-    if projection != "scaled":
-        return Z
-    eps = 1e-8
-    return (Z + eps / Z.shape[1]) / (Z.sum(1, keepdim=True) + eps)
-
-
-def whitened_basis(spectra: Any, n_bands: int, k: int) -> torch.Tensor:
-    """``(k, bands)`` float64: the top-``k`` right singular vectors of ``spectra`` ``(n, bands)``, each
-    divided by its singular value / sqrt(n), so that the coordinates ``basis @ y`` have unit RMS."""
-    import numpy as np
-
-    X = torch.as_tensor(np.asarray(spectra, dtype=np.float64)).reshape(-1, n_bands)
-    _, S, Vh = torch.linalg.svd(X, full_matrices=False)
-    scale = (S[:k] / math.sqrt(X.shape[0])).clamp_min(1e-12)
-    return Vh[:k] / scale[:, None]
-
-
 class CorrectionNet(nn.Module):
-    """The learned correction ``C_theta``: ``layers`` convolutions ``2R (+ extra) -> hidden -> ... -> R``
+    """The learned correction ``C_theta``: ``layers`` convolutions ``2R -> hidden -> ... -> R``
     (replicate padding, leaky ReLU between), the last one zero at the start.
 
-    Input ``(B, 2R + extra, H, W)`` (the state, the scaled gradient step, optional spectral features),
-    output ``(B, R, H, W)``. ``kernel_size=1`` makes it pixel-wise.
+    Input ``(B, 2R, H, W)`` (the state and the scaled gradient step), output ``(B, R, H, W)``.
+    ``kernel_size=1`` makes it pixel-wise.
     """
 
-    def __init__(self, r: int, hidden: int, layers: int, kernel_size: int = 3, extra: int = 0) -> None:
+    def __init__(self, r: int, hidden: int, layers: int = 3, kernel_size: int = 3) -> None:
         super().__init__()
         if layers < 1:
             raise ValueError(f"cnn_layers must be >= 1, got {layers}")
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
         pad = kernel_size // 2
-        chans = [2 * r + extra] + [hidden] * (layers - 1) + [r]
+        chans = [2 * r] + [hidden] * (layers - 1) + [r]
         self.convs = nn.ModuleList(
             nn.Conv2d(chans[i], chans[i + 1], kernel_size, padding=pad, padding_mode="replicate")
             for i in range(layers)

@@ -14,8 +14,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .deq_lbfgs import fit_lbfgs, ridge_penalty, sq_error
 from .training import Diverged, Epoch, KeepBest, TrainingWarning, train_loop
+
+#: :func:`fit_scene`'s discrepancy guard: no training when the start's reconstruction RMS is at most this
+#: multiple of the estimated noise level. Chosen on the TUNE scenes of recipes/eval_deq.py, where the
+#: ratio is 1.00-1.18 where training made aRMSE worse and 3.1-5.9 where it helped (docs/deq.md)
+DISCREPANCY = 1.5
+#: Weight of the endmember anchor ``mean_r angle(M_r, M0_r)`` in :func:`fit_scene`'s objective (``M0``: the
+#: endmembers at the start); fixed (the ``anchor`` option of release 0.1 was never measured otherwise)
+ANCHOR = 1.0
 
 
 def param_groups(model: Any, lr: float, lr_endmembers: float, weight_decay: float) -> list[dict]:
@@ -90,40 +97,55 @@ class SceneData:
         return Y[None], V[None]
 
 
-def scene_objective(model: Any, Yb: torch.Tensor, Vb: torch.Tensor, Z: torch.Tensor, alpha: float,
-                    anchor: float, E0: torch.Tensor) -> torch.Tensor:
-    """Spectral angle + ``alpha`` MSE between valid pixels of ``Yb`` and ``M Z`` (+ endmember anchor)."""
+def scene_objective(model: Any, Yb: torch.Tensor, Vb: torch.Tensor, Z: torch.Tensor,
+                    E0: torch.Tensor) -> torch.Tensor:
+    """Mean spectral angle between the valid pixels of ``Yb`` and ``M Z``, plus :data:`ANCHOR` times the
+    mean angle between the endmembers ``M`` and ``E0``."""
     from .losses import spectral_angle_loss
 
     E = model.endmember_matrix()
-    rec = torch.einsum("br,nrhw->nbhw", E, Z)  # Z: abundances, or scaled ones (M z = s M a)
+    rec = torch.einsum("br,nrhw->nbhw", E, Z)
     y, r = Yb.permute(0, 2, 3, 1)[Vb], rec.permute(0, 2, 3, 1)[Vb]
-    obj = spectral_angle_loss(r, y) + alpha * (r - y).pow(2).sum(-1).mean()
-    if anchor:
-        obj = obj + anchor * spectral_angle_loss(E.T, E0.T)
-    return obj
+    return spectral_angle_loss(r, y) + ANCHOR * spectral_angle_loss(E.T, E0.T)
 
 
-def fit_scene(self: Any, cube: Any, *, epochs: int = 200, seed: int | None = None, lr: float = 1e-3,
-              lr_endmembers: float = 5e-3, alpha: float = 0.0, anchor: float = 1.0,
-              weight_decay: float = 1e-4, max_pixels: int = 128 * 128, tile_size: int = 64,
-              tiles_per_epoch: int = 4, train_max_iter: int | None = 10, keep_best: bool = True,
-              jac_reg: float = 0.0, progress: bool | None = None) -> dict[str, Any]:
+def start_discrepancy(model: Any, Yb: torch.Tensor, Vb: torch.Tensor) -> tuple[float, float]:
+    """``(rms, sigma)``: RMS error of the untrained start's reconstruction ``M z`` of the valid pixels
+    of ``Yb`` ``(B, bands, h, w)`` (mask ``Vb``), and their noise level estimated from the spectra
+    alone (:func:`~xr_unmix.extraction.noise_sigma`); ``sigma`` is NaN with fewer than twice as many
+    valid pixels as bands (the regression would fit the noise)."""
+    from ..extraction import noise_sigma
+
+    with torch.no_grad():
+        Z = model.equilibrium(Yb, warn=False)
+        rec = torch.einsum("br,nrhw->nbhw", model.endmember_matrix(), Z)
+        y, r = Yb.permute(0, 2, 3, 1)[Vb], rec.permute(0, 2, 3, 1)[Vb]
+        rms = float((y - r).double().pow(2).mean().sqrt())
+    Yv = y.double().cpu().numpy()
+    sigma = noise_sigma(Yv) if Yv.shape[0] >= 2 * Yv.shape[1] else math.nan
+    return rms, sigma
+
+
+def fit_scene(self: Any, cube: Any, *, epochs: int = 200, seed: int | None = None, lr: float = 1e-4,
+              lr_endmembers: float = 1e-2, weight_decay: float = 1e-4, max_pixels: int = 128 * 128,
+              tile_size: int = 64, tiles_per_epoch: int = 4, train_max_iter: int | None = 10,
+              keep_best: bool = True, discrepancy: float | None = DISCREPANCY,
+              progress: bool | None = None) -> dict[str, Any]:
     """Unsupervised training on one scene (no labels), in place.
 
-    Loss: mean spectral angle between every valid pixel ``y`` and its reconstruction ``M a`` plus
-    ``alpha`` times their squared error (summed over bands, averaged over pixels). AdamW; the
-    endmembers (if learnable) have their own learning rate and are clipped to >= 0 after every step.
-    A scene with at most ``max_pixels`` pixels is used whole every epoch (warm-started from the
-    previous epoch's equilibrium); a larger one is sampled as ``tiles_per_epoch`` random ``tile_size``
-    tiles per epoch, and the objective is tracked on a fixed set of tiles, solved to the model's own
-    ``max_iter`` / ``tol`` (warm-started from the previous epoch), so that a state is judged by its
-    equilibrium.
+    Loss: mean spectral angle between every valid pixel ``y`` and ``M a``, plus the mean angle between
+    the endmembers and their start (:data:`ANCHOR`). AdamW; the endmembers (if learnable) have their
+    own learning rate and are clipped to >= 0 after every step. A scene of at most ``max_pixels``
+    pixels is used whole every epoch (warm-started); a larger one is sampled as ``tiles_per_epoch``
+    random ``tile_size`` tiles per epoch, the objective tracked on fixed tiles solved to ``max_iter`` /
+    ``tol``, so that a state is judged by its equilibrium (whole scenes: see :func:`_settled`).
 
-    Guard (:func:`~xr_unmix.models.training.train_loop`): the state with the lowest objective whose
-    solve converged (the untrained start, epoch 0, whose output is FCLS, included) is kept; a
-    non-finite or exploding loss restores it and stops with one line. When no epoch beats the start,
-    one :class:`~xr_unmix.models.training.TrainingWarning` line says so with both objectives.
+    Keep-best (:func:`~xr_unmix.models.training.train_loop`): the state with the lowest objective whose
+    solve converged, the start (epoch 0, = FCLS) included; a non-finite or exploding loss restores it
+    and stops with one line. Discrepancy guard: when the start already reconstructs the (tracked)
+    pixels to within ``discrepancy`` times the noise level estimated from the cube alone
+    (:func:`~xr_unmix.extraction.noise_sigma`), training is skipped. When training is skipped or no
+    epoch beats the start, one :class:`~xr_unmix.models.training.TrainingWarning` line says so.
 
     Parameters
     ----------
@@ -132,17 +154,18 @@ def fit_scene(self: Any, cube: Any, *, epochs: int = 200, seed: int | None = Non
     epochs : int
     seed : int, optional
         Seeds the tile sampling (the CNN's initialisation is seeded in :meth:`from_endmembers`).
-    lr, lr_endmembers, weight_decay, alpha : float
-    anchor : float
-        Weight of ``anchor * mean_r angle(M_r, M0_r)`` with ``M0`` the endmembers at the start.
+    lr, lr_endmembers, weight_decay : float
+        AdamW learning rates of the CNN and of the endmembers, and the CNN's weight decay. ``lr=1e-4``
+        was chosen on the TUNE scenes of recipes/eval_deq.py (``1e-3``: the trained fixed point moved so
+        far that training became unstable; ``1e-5``: too slow for the CNN to gain) and, with it,
+        ``lr_endmembers=1e-2`` (better than ``5e-3`` on all three TUNE scenes that train; docs/deq.md).
     max_pixels, tile_size, tiles_per_epoch : int
     train_max_iter : int, optional
         Forward iterations of each training solve (warm-started, so iterations accumulate); ``None``:
         the configured ``max_iter``.
     keep_best : bool
-    jac_reg : float
-        Weight of the Jacobian penalty :meth:`jacobian_penalty` added to the training loss (not to the
-        tracked objective). ``0``: off.
+    discrepancy : float, optional
+        Threshold of the guard above (:data:`DISCREPANCY`); ``None`` or ``0``: always train.
     progress : bool, optional
         Progress bar (``None``: only on a terminal).
 
@@ -150,11 +173,12 @@ def fit_scene(self: Any, cube: Any, *, epochs: int = 200, seed: int | None = Non
     -------
     dict
         ``loss`` (tracked objective per epoch, of the state before that epoch's step), ``residual``
-        and ``iterations`` (of that solve), ``backward_residual``, ``jacobian``, ``best_epoch`` (0 = the
+        and ``iterations`` (of that solve), ``backward_residual``, ``best_epoch`` (0 = the
         untrained start), ``best_loss`` (its tracked objective), ``final_loss`` (the returned model's
         objective, solved afresh from FCLS to its own tolerance; ``final_converged``), ``initial_loss``
         (the start's), ``improved``, ``summary`` (one line with both objectives), ``stopped``,
-        ``time_s``, ``whole_scene``.
+        ``time_s``, ``whole_scene``, ``start_rms`` (RMS reconstruction error of the start),
+        ``noise_sigma`` (the estimated noise level), ``skipped`` (the guard kept the start).
     """
     src = cube_array(cube, self.n_bands)  # numpy, or a lazy dask array for a dask-backed cube
     data = SceneData(src, self.E.dtype, self.E.device, seed)
@@ -167,14 +191,15 @@ def fit_scene(self: Any, cube: Any, *, epochs: int = 200, seed: int | None = Non
             raise ValueError(f"the scene ({data.H} x {data.W} px) is too small to sample tiles from")
         track = data.sample(max(tiles_per_epoch, 4), tile_size)
     E0 = self.endmember_matrix().detach().clone()
+    rms, sigma = start_discrepancy(self, *track)
+    skip = bool(discrepancy) and rms <= float(discrepancy) * sigma
     opt = torch.optim.AdamW(param_groups(self, lr, lr_endmembers, weight_decay))
     mi, tol = train_max_iter, self.config["tol"]
     warm: dict[str, torch.Tensor | None] = {"train": None, "track": None}
-    jac: list[float] = []
     bres: list[float] = []
 
     def objective(Yb: torch.Tensor, Vb: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
-        return scene_objective(self, Yb, Vb, Z, alpha, anchor, E0)
+        return scene_objective(self, Yb, Vb, Z, E0)
 
     def step(epoch: int, guard: KeepBest) -> Epoch:
         if not whole:
@@ -190,7 +215,11 @@ def fit_scene(self: Any, cube: Any, *, epochs: int = 200, seed: int | None = Non
         loss = objective(Yb, Vb, Z)
         if whole:
             ev, info_t = float(loss.detach()), info
-        ok = info_t.all_converged or epoch == 0 or info_t.max_residual < 10 * tol
+            if not _settled(info, tol) and ev < guard.best_loss:  # a candidate: judge its equilibrium
+                with torch.no_grad():
+                    Z = self.equilibrium(Yb, A0=Z.detach(), warn=False)
+                    ev, info_t = float(objective(Yb, Vb, Z)), self.last_info
+        ok = epoch == 0 or _settled(info_t, tol)
         r = Epoch(ev, eligible=ok, state=guard.snapshot(),
                   info={"residual": info_t.max_residual, "iterations": float(info_t.n_iter)})
         if not math.isfinite(float(loss.detach())):
@@ -198,10 +227,6 @@ def fit_scene(self: Any, cube: Any, *, epochs: int = 200, seed: int | None = Non
         if epoch == epochs:
             return r
         opt.zero_grad(set_to_none=True)
-        if jac_reg > 0:
-            pen = self.jacobian_penalty(Yb, Z, generator=step.generator)  # type: ignore[attr-defined]
-            jac.append(float(pen.detach()))
-            loss = loss + jac_reg * pen
         loss.backward()
         opt.step()
         self._project_endmembers()
@@ -210,15 +235,29 @@ def fit_scene(self: Any, cube: Any, *, epochs: int = 200, seed: int | None = Non
             warm["train"] = Z.detach()
         return r
 
-    hist = train_loop(self, step, epochs=epochs, first_epoch=0, seed=seed, keep_best=keep_best,
-                      desc="DEQUnmix.fit_scene", progress=progress)
+    hist = train_loop(self, step, epochs=0 if skip else epochs, first_epoch=0, seed=seed,
+                      keep_best=keep_best, desc="DEQUnmix.fit_scene", progress=progress)
     with torch.no_grad():  # the returned model's own objective: its equilibrium, solved from FCLS
         final = float(objective(*track, self.equilibrium(track[0], warn=False)))
-    hist.update(jacobian=jac, backward_residual=bres, epochs=epochs, whole_scene=whole,
+    hist.update(backward_residual=bres, epochs=epochs, whole_scene=whole,
                 initial_loss=hist["loss"][0] if hist["loss"] else math.nan, final_loss=final,
-                final_converged=bool(self.last_info.all_converged))
+                final_converged=bool(self.last_info.all_converged), start_rms=rms,
+                noise_sigma=sigma, skipped=skip)
+    if skip:
+        hist["summary"] = (f"training skipped: the start already reconstructs the scene to the noise "
+                           f"level (RMS {rms:.4g} <= {discrepancy:g} x noise sigma {sigma:.4g} "
+                           f"estimated from the cube); the returned model is the untrained start")
+        hist["improved"] = False
+        warnings.warn(f"DEQUnmix.fit_scene: {hist['summary']}", TrainingWarning, stacklevel=2)
+        return hist
     _summarise(hist, keep_best)
     return hist
+
+
+def _settled(info: Any, tol: float) -> bool:
+    """Whether a training solve is close enough to its equilibrium for its objective to count (in
+    whole-scene mode an unsettled epoch that beats the best so far is solved on and judged there)."""
+    return bool(info.all_converged or info.max_residual < 10 * tol)
 
 
 def _summarise(hist: dict[str, Any], keep_best: bool) -> None:
@@ -268,11 +307,9 @@ def _labels(self: Any, spectra: Any, abundances: Any) -> tuple[torch.Tensor, tor
 
 
 def fit(self: Any, spectra: Any, abundances: Any, *, epochs: int = 200, batch_size: int = 64,
-        lr: float = 1e-3, lr_endmembers: float = 0.0, weight_decay: float = 1e-4,
-        seed: int | None = None, train_max_iter: int | None = 10, jac_reg: float = 0.0,
-        progress: bool | None = None, optimizer: str = "adam", ridge: float = 0.0,
-        schedule: str | None = None, solve_tol: float = 1e-6, solve_max_iter: int = 300,
-        b_tol: float = 1e-8, b_max_iter: int = 200) -> dict[str, Any]:
+        lr: float = 1e-4, lr_endmembers: float = 0.0, weight_decay: float = 1e-4,
+        seed: int | None = None, train_max_iter: int | None = 10,
+        progress: bool | None = None) -> dict[str, Any]:
     """Supervised training on labelled pixels or tiles, in place.
 
     Parameters
@@ -285,102 +322,76 @@ def fit(self: Any, spectra: Any, abundances: Any, *, epochs: int = 200, batch_si
     epochs, batch_size : int
         Passes over the rows / tiles, and rows / tiles per step.
     lr, lr_endmembers, weight_decay : float
-        AdamW on the network; the endmembers train only when learnable and ``lr_endmembers > 0``.
+        AdamW on the network (``lr=1e-4``: at ``1e-3`` the first step took the error on the labels of
+        sample_a from 0.0005 to 0.17, docs/deq.md); the endmembers train only when learnable and
+        ``lr_endmembers > 0``.
     seed : int, optional
         Seeds the batch order.
     train_max_iter : int, optional
-        Forward iterations while training (Adam path).
-    jac_reg : float
-        Weight of the Jacobian penalty (as in :meth:`fit_scene`); ``0``: off.
+        Forward iterations while training; ``None``: the configured ``max_iter``.
     progress : bool, optional
-    optimizer : {"adam", "lbfgs"}
-        ``"lbfgs"``: full-batch L-BFGS (strong-Wolfe, history 50, one ``step`` call) for at most
-        ``epochs`` iterations, ``lr`` its step scale; every evaluation solves to ``solve_tol`` (at most
-        ``solve_max_iter`` iterations) and the implicit backward to ``b_tol`` (at most ``b_max_iter``);
-        ``weight_decay`` becomes an L2 penalty on the network (not ``V`` / ``Vc`` nor the endmembers).
-        Keep-best: the evaluation with the lowest objective whose solve converged, the start included.
-    ridge : float
-        Adds ``ridge * mean_i ||V y_i||^2`` over the training spectra (needs ``y_linear``).
-    schedule : {None, "cosine"}
-        Learning-rate schedule of the Adam path.
-    solve_tol, solve_max_iter, b_tol, b_max_iter : float, int
-        Solve settings of ``optimizer="lbfgs"``.
+
+    Keep-best: before every epoch (and after the last) the state is scored by its mean squared error
+    on all the labels at its equilibrium (solved to the model's ``max_iter`` / ``tol``, warm-started);
+    the lowest whose solve converged is returned, the untrained start (epoch 0) included.
 
     Returns
     -------
     dict
-        ``loss`` (mean squared abundance error per epoch, summed over endmembers; with ``"lbfgs"``, of
-        every evaluation), ``residual``, ``time_s``, ``best_epoch`` (the returned state: with one full
-        batch per epoch the state before that epoch's step, 1 being the start; with mini-batches the
-        state at the end of that epoch; with ``"lbfgs"`` the evaluation index, 0 = the start),
-        ``best_loss``, ``stopped``; with ``"lbfgs"`` also ``objective`` and ``optimizer``.
+        ``loss`` (that score per epoch, ``epochs + 1`` values: index 0 is the start; mean squared
+        abundance error summed over endmembers), ``eval_residual`` (of its solve), ``train_loss`` and
+        ``residual`` (mean loss and worst residual of the epoch's truncated training solves),
+        ``time_s``, ``best_epoch`` (0 = the start), ``best_loss``, ``stopped``.
     """
-    if optimizer not in ("adam", "lbfgs"):
-        raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {optimizer!r}")
-    if ridge and self.target_shift() is None:
-        raise ValueError("ridge needs y_linear=True")
-    if not ridge >= 0:
-        raise ValueError(f"ridge must be >= 0, got {ridge}")
-    if schedule not in (None, "cosine"):
-        raise ValueError(f"schedule must be None or 'cosine', got {schedule!r}")
-    if optimizer == "lbfgs" and schedule is not None:
-        raise ValueError("schedule is not supported with optimizer='lbfgs'")
     Y, A, M = _labels(self, spectra, abundances)
-    Ys = Y.permute(0, 2, 3, 1)[M] if Y.ndim == 4 else Y  # the labelled spectra (ridge, subspace)
-    if self.V_basis is not None and not _subspace_trained(self):
-        self.set_spectral_subspace(Ys.detach().cpu().double().numpy())
     groups = param_groups(self, lr, lr_endmembers, weight_decay)
     A0 = self.init_abundances(Y if Y.ndim == 4 else Y[:, :, None, None])
     A0 = A0 if Y.ndim == 4 else A0[:, :, 0, 0]
-    if optimizer == "lbfgs":
-        return fit_lbfgs(self, Y, A, M, Ys, A0, groups, epochs=epochs, lr=lr,
-                         weight_decay=weight_decay, ridge=ridge, solve_tol=solve_tol,
-                         solve_max_iter=solve_max_iter, b_tol=b_tol, b_max_iter=b_max_iter,
-                         seed=seed, progress=progress)
     opt = torch.optim.AdamW(groups)
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(int(epochs), 1))
-             if schedule == "cosine" else None)
-    n = Y.shape[0]
+    n, tol = Y.shape[0], self.config["tol"]
     residual: list[float] = []
+    train_loss: list[float] = []
+    warm = {"eval": A0.clone()}
 
     def step(epoch: int, guard: KeepBest) -> Epoch:
-        gen = step.generator  # type: ignore[attr-defined]
-        perm = torch.randperm(n, generator=gen)
-        before = guard.snapshot() if n <= batch_size else None  # one full batch: scored before its step
+        with torch.no_grad():  # the state's loss at its equilibrium on every label (epoch 0: the start)
+            Z = self.equilibrium(Y, A0=warm["eval"], warn=False)
+            warm["eval"] = Z
+            ev, info = float(sq_error(Z, A, M).mean()), self.last_info
+        if not math.isfinite(ev):
+            raise Diverged(f"the loss became {ev}")
+        r = Epoch(ev, eligible=epoch == 0 or _settled(info, tol), state=guard.snapshot(),
+                  info={"eval_residual": info.max_residual})
+        if epoch == epochs:
+            return r
+        perm = torch.randperm(n, generator=step.generator)  # type: ignore[attr-defined]
         tot, cnt, worst = 0.0, 0, 0.0
         for s in range(0, n, batch_size):
             idx = perm[s:s + batch_size]
             state = self.equilibrium(Y[idx], A0=A0[idx], max_iter=train_max_iter, warn=False)
             worst = max(worst, self.last_info.max_residual)
             A0[idx] = state.detach()  # warm start of the next epoch's solve
-            err = sq_error(self.abundances_from_state(state), A[idx], M[idx])
+            err = sq_error(state, A[idx], M[idx])
             loss = err.mean()
             if not math.isfinite(float(loss.detach())):
                 raise Diverged(f"the training loss became {float(loss.detach())}")
-            total = loss + ridge * ridge_penalty(self, Ys) if ridge else loss
-            if jac_reg > 0:
-                Yi = Y[idx] if Y.ndim == 4 else Y[idx][:, :, None, None]
-                Ai = state if state.ndim == 4 else state[:, :, None, None]
-                total = total + jac_reg * self.jacobian_penalty(Yi, Ai, generator=gen)
             opt.zero_grad(set_to_none=True)
-            total.backward()
+            loss.backward()
             opt.step()
             self._project_endmembers()
             tot += float(loss.detach()) * err.numel()
             cnt += err.numel()
-        if sched is not None:
-            sched.step()
         residual.append(worst)
-        return Epoch(tot / max(cnt, 1), state=before)
+        train_loss.append(tot / max(cnt, 1))
+        return r
 
-    hist = train_loop(self, step, epochs=int(epochs), seed=seed, desc="DEQUnmix.fit",
+    hist = train_loop(self, step, epochs=int(epochs), first_epoch=0, seed=seed, desc="DEQUnmix.fit",
                       progress=progress)
-    hist.update(residual=residual, epochs=epochs, schedule=schedule)
+    hist.update(residual=residual, train_loss=train_loss, epochs=epochs)
     return hist
 
 
-def _subspace_trained(model: Any) -> bool:
-    """Whether what reads the whitened basis has left its start (then the basis stays as it is)."""
-    vc = model.Vc is not None and bool(model.Vc.detach().any())
-    last = model.cnn.convs[-1].weight.detach().any() if model.cnn is not None else False
-    return vc or bool(last)
+def sq_error(pred: torch.Tensor, A: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """Squared abundance error per labelled pixel (summed over endmembers)."""
+    err = (pred - A).pow(2).sum(1)
+    return err[M] if pred.ndim == 4 else err

@@ -206,6 +206,8 @@ def check_tensors(source: str | os.PathLike[str], cls: type[UnmixModel], config:
     try:
         with torch.device("meta"):
             skeleton = cls._from_config(config)
+    except ModelFileError as exc:  # the class's own refusal (e.g. a removed option) says why
+        raise ModelFileError(f"{source}: {exc}") from exc
     except (RuntimeError, TypeError, ValueError, KeyError, NotImplementedError) as exc:
         raise ModelFileError(f"{source}: invalid {name} config ({' '.join(str(exc).split())}); "
                              "a damaged or tampered file") from exc
