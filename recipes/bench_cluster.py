@@ -1,21 +1,26 @@
-"""Cluster vs local threads, and the cost of writing a lazy map, on one 2048² scene.
+"""Cluster vs local threads, the cost of writing a lazy map, and a batch of EMIT-sized scenes.
 
-    nice -n 10 .venv/bin/python recipes/bench_cluster.py [--size 2048] [--bands 100] [--rounds 2] \
-        [--scene-dir /tmp/xr_unmix_scene]      # the scene is made once there and reused
+    nice -n 10 .venv/bin/python recipes/bench_cluster.py [--size 2048] [--bands 100] [--rounds 2] \\
+        [--scene-dir /tmp/xr_unmix_scene] [--parts 1,2,3,4]   # the scenes are made once there, reused
 
-One band-interleaved, 256-px tiled float32 GeoTIFF (``bench_scale.make_scene``: Dirichlet mixtures of
-5 endmembers, 1 % NaN pixels). All rows are SUnSAL FCLS, ``open_cube(chunks=256)``, end to end.
+Scenes: band-interleaved, 256-px tiled float32 GeoTIFFs (``bench_scale.make_scene``: Dirichlet mixtures
+of 5 endmembers, 1 % NaN pixels). Every row is SUnSAL FCLS end to end (open, unmix, write, rename).
 
-1. **Write cost** (local threads, this process): ``fcls(...).compute()`` against ``to_cog`` and
-   ``to_zarr`` of the same lazy map, rounds alternated; prints ``to_cog / compute`` (target <= ~1.3).
-2. **Cluster vs threads**, rounds alternated: local threads (2 threads, 1 torch thread each) against a
-   LocalCluster of 2 worker processes x 1 thread (``xr_unmix.cluster.dask_scheduler(workers=2)``, what
-   ``xr-unmix run --workers 2`` uses), to COG and to Zarr. The cluster's start-up and each worker's
-   warm-up (imports, a first small solve) are excluded and printed; ratio = cluster Mpx/s / threads.
-3. The same through the CLI, once each (``xr-unmix run SCENE --endmembers em.csv --out ...`` with and
-   without ``--workers 2``): wall time of the whole command, start-up included.
+1. **Write cost** (local threads): ``fcls(...).compute()`` against ``to_cog`` (DEFLATE, the default;
+   and ZSTD) and ``to_zarr`` of the same lazy map, rounds alternated; prints ``to_cog / compute``.
+2. **Cluster vs threads** at ``--size``: local threads (2 threads, 1 torch thread per task) against
+   ``xr_unmix.cluster.dask_scheduler(workers=2)`` (what ``xr-unmix run --workers 2`` starts: 2 worker
+   processes x 1 thread), to COG and to Zarr. One cluster per round, started before its rows (start-up
+   and warm-up printed, not counted); the order alternates (threads first in odd rounds, the cluster
+   first in even ones). Ratio = cluster Mpx/s / threads Mpx/s, per round and best of the rounds.
+3. The same through the CLI, once each, whole command (interpreter start, imports, cluster start-up).
+4. **A batch of EMIT-sized scenes** (1242 x 1280 px x 285 bands, ``--chunk auto``, COG + Zarr, as
+   ``xr-unmix batch --format tif,zarr`` writes them): ``run_batch`` over ``--emit-scenes`` copies of one
+   scene on threads and on ``workers=2``, alternated; per scene and per batch (cluster start-up
+   included), then what 100 such scenes cost from those figures.
 
-Thread settings and the load average are printed with every row (the machine is shared).
+CPU seconds count this process and all its children (scheduler, nannies, workers). Thread settings and
+the load average are printed with the rows (the machine may be shared: compare within a run).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,11 +40,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_scale as bs  # noqa: E402
 
+EMIT_SHAPE = (1242, 1280, 285)  # rows, columns, bands
 
-def _timed(fn: Any) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+
+def _timed(fn: Any) -> tuple[float, float]:
+    with bs.PeakRSS() as mem:
+        t0 = time.perf_counter()
+        fn()
+        wall = time.perf_counter() - t0
+    return wall, mem.cpu_s
 
 
 def write_cost(scene: Path, E: Any, scratch: Path, rounds: int) -> None:
@@ -46,60 +56,84 @@ def write_cost(scene: Path, E: Any, scratch: Path, rounds: int) -> None:
     from xr_unmix.io import open_cube, to_cog, to_zarr
 
     px = 0
-    times: dict[str, list[float]] = {"compute": [], "to_cog": [], "to_zarr": []}
+    rows = {"compute": lambda ab: ab.compute(),
+            "to_cog": lambda ab: to_cog(ab, scratch / "w.tif", overwrite=True),
+            "to_cog_zstd": lambda ab: to_cog(ab, scratch / "w.tif", overwrite=True, compress="ZSTD"),
+            "to_zarr": lambda ab: to_zarr(ab, scratch / "w.zarr", overwrite=True)}
+    times: dict[str, list[float]] = {k: [] for k in rows}
     print("\n# 1. write cost, local threads: compute() vs to_cog / to_zarr of the same lazy FCLS map")
     for rnd in range(rounds):
-        for what in times:
+        for what, fn in rows.items():
             cube = open_cube(scene, chunks=256)
             px = cube.sizes["y"] * cube.sizes["x"]
             ab = xr_unmix.fcls(cube, E)
             load = os.getloadavg()[0]
-            if what == "compute":
-                t = _timed(ab.compute)
-            elif what == "to_cog":
-                t = _timed(lambda ab=ab: to_cog(ab, scratch / "w.tif", overwrite=True))
-            else:
-                t = _timed(lambda ab=ab: to_zarr(ab, scratch / "w.zarr", overwrite=True))
+            t, cpu = _timed(lambda ab=ab, fn=fn: fn(ab))
             times[what].append(t)
-            print(f"  round {rnd + 1} {what:8s} {t:6.2f} s {px / t / 1e6:6.3f} Mpx/s  load {load:.2f}", flush=True)
+            print(f"  round {rnd + 1} {what:11s} {t:6.2f} s {px / t / 1e6:6.3f} Mpx/s  CPU {cpu:5.2f} s  "
+                  f"load {load:.2f}", flush=True)
     b = {k: min(v) for k, v in times.items()}
-    print(f"best of {rounds}: compute {b['compute']:.2f} s, to_cog {b['to_cog']:.2f} s "
-          f"(x{b['to_cog'] / b['compute']:.2f} compute; target <= ~1.3), to_zarr {b['to_zarr']:.2f} s "
+    print(f"best of {rounds}: compute {b['compute']:.2f} s; to_cog {b['to_cog']:.2f} s "
+          f"(x{b['to_cog'] / b['compute']:.2f} compute; target <= ~1.3); to_cog ZSTD {b['to_cog_zstd']:.2f} s "
+          f"(x{b['to_cog_zstd'] / b['compute']:.2f}); to_zarr {b['to_zarr']:.2f} s "
           f"(x{b['to_zarr'] / b['compute']:.2f})")
 
 
-def cluster_vs_threads(scene: Path, E: Any, scratch: Path, rounds: int) -> None:
+def _worker_settings(client: Any) -> str:
+    def probe(dask_worker: Any) -> tuple[Any, ...]:
+        import torch
+
+        return (torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS"),
+                os.environ.get("OPENBLAS_NUM_THREADS"), os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+                os.environ.get("GDAL_CACHEMAX"), "profile" in dask_worker.periodic_callbacks)
+
+    vals = set(client.run(probe).values())
+    return "; ".join(f"torch {t} threads, OMP_NUM_THREADS={o}, OPENBLAS_NUM_THREADS={b}, "
+                     f"MALLOC_TRIM_THRESHOLD_={m}, GDAL_CACHEMAX={g}, statistical profiler {'on' if p else 'off'}"
+                     for t, o, b, m, g, p in sorted(vals, key=str))
+
+
+def _start_cluster(stack: Any, scene: Path, E: Any) -> tuple[Any, float]:
     import xr_unmix
     from xr_unmix.cluster import dask_scheduler
     from xr_unmix.io import open_cube
 
-    print("\n# 2. cluster (LocalCluster 2 workers x 1 thread, torch 1 thread each) vs local threads "
-          "(2 threads, torch 1 thread per task); start-up and warm-up excluded")
-    best: dict[tuple[str, str], float] = {}
+    t0 = time.perf_counter()
+    client = stack.enter_context(dask_scheduler(workers=2))
+    client.run(bs._warm)
+    xr_unmix.fcls(open_cube(scene, chunks=256)[:, :512, :512], E).compute()
+    return client, time.perf_counter() - t0
+
+
+def cluster_vs_threads(scene: Path, E: Any, scratch: Path, rounds: int) -> None:
+    import contextlib
+
+    print("\n# 2. cluster (LocalCluster 2 workers x 1 thread) vs local threads (2 threads, torch 1 thread "
+          "per task); start-up and warm-up excluded")
+    res: dict[tuple[str, str], list[float]] = {}
     for rnd in range(rounds):
-        for mode in ("threads", "cluster"):
-            for fmt in ("tif", "zarr"):
-                out = scratch / f"c.{fmt}"
-                if mode == "threads":
-                    r = bs.run_one(scene, E, out, fmt, 256)
-                    extra = ""
-                else:
-                    t0 = time.perf_counter()
-                    with dask_scheduler(workers=2) as client:
-                        client.run(bs._warm)
-                        xr_unmix.fcls(open_cube(scene, chunks=256)[:, :512, :512], E).compute()
-                        start = time.perf_counter() - t0
-                        r = bs.run_one(scene, E, out, fmt, 256)
+        order = ("threads", "cluster") if rnd % 2 == 0 else ("cluster", "threads")
+        for mode in order:
+            with contextlib.ExitStack() as stack:
+                extra = ""
+                if mode == "cluster":
+                    client, start = _start_cluster(stack, scene, E)
                     extra = f" (start-up + warm-up {start:.1f} s, not counted)"
-                best[(mode, fmt)] = max(best.get((mode, fmt), 0.0), r["mpx_per_s"])
-                shutil.rmtree(out) if out.is_dir() else out.unlink()
-                print(f"  round {rnd + 1} {mode:7s} {fmt:4s} {r['wall_s']:6.2f} s {r['mpx_per_s']:6.3f} Mpx/s "
-                      f"{r['mpx_per_cpu_s']:6.3f} Mpx/CPU-s peak RSS {r['peak_rss_mb']} MB  "
-                      f"load {r['load1_start']:.2f}{extra}", flush=True)
+                    if rnd == 0:
+                        print(f"  workers: {_worker_settings(client)}")
+                for fmt in ("tif", "zarr"):
+                    out = scratch / f"c.{fmt}"
+                    r = bs.run_one(scene, E, out, fmt, 256)
+                    res.setdefault((mode, fmt), []).append(r["mpx_per_s"])
+                    shutil.rmtree(out) if out.is_dir() else out.unlink()
+                    print(f"  round {rnd + 1} {mode:7s} {fmt:4s} {r['wall_s']:6.2f} s {r['mpx_per_s']:6.3f} "
+                          f"Mpx/s {r['mpx_per_cpu_s']:6.3f} Mpx/CPU-s peak RSS {r['peak_rss_mb']} MB  "
+                          f"load {r['load1_start']:.2f}{extra}", flush=True)
     for fmt in ("tif", "zarr"):
-        c, t = best[("cluster", fmt)], best[("threads", fmt)]
-        print(f"best of {rounds}, {fmt}: cluster {c:.3f} Mpx/s, threads {t:.3f} Mpx/s: x{c / t:.2f} "
-              f"(target >= 0.9)")
+        c, t = res[("cluster", fmt)], res[("threads", fmt)]
+        per = ", ".join(f"{a / b:.2f}" for a, b in zip(c, t, strict=True))
+        print(f"{fmt}: cluster / threads per round {per}; best of {rounds}: cluster {max(c):.3f} Mpx/s, "
+              f"threads {max(t):.3f} Mpx/s: x{max(c) / max(t):.2f} (target >= 0.9)")
 
 
 def cli_runs(scene: Path, E: Any, scratch: Path) -> None:
@@ -123,13 +157,74 @@ def cli_runs(scene: Path, E: Any, scratch: Path) -> None:
                 shutil.rmtree(out) if out.is_dir() else out.unlink()
 
 
+def _cpu_with_reaped_children() -> float:
+    """CPU seconds of this process and of its children that have exited (a batch's own cluster)."""
+    import resource
+
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+def emit_batch(scene_dir: Path, scratch: Path, rounds: int, n_scenes: int,
+               shape: tuple[int, int, int] = EMIT_SHAPE) -> None:
+    from xr_unmix.batch import run_batch
+    from xr_unmix.testing import make_endmembers
+
+    rows, cols, bands = shape
+    E = make_endmembers(bands, 5, seed=2)
+    src = scene_dir / f"emit_{rows}x{cols}x{bands}.tif"
+    if not src.exists():
+        t0 = time.perf_counter()
+        bs.make_scene(src, rows, bands, E.values, seed=7, width=cols)
+        print(f"made {src}: {src.stat().st_size / 1e9:.2f} GB in {time.perf_counter() - t0:.1f} s")
+    scenes = scratch / "emit_scenes"
+    scenes.mkdir()
+    for i in range(n_scenes):  # the same file under n names: n scenes for the batch
+        (scenes / f"scene_{i:02d}.tif").symlink_to(src)
+    csv = scratch / "emit_em.csv"
+    E.to_pandas().to_csv(csv)
+    px = rows * cols
+    print(f"\n# 4. batch of {n_scenes} {'EMIT-sized ' if shape == EMIT_SHAPE else ''}scenes ({rows} x {cols} px x {bands} bands, float32, "
+          f"{src.stat().st_size / 1e9:.2f} GB each), FCLS, chunk auto, COG + Zarr per scene")
+    res: dict[str, list[tuple[float, float, float]]] = {}
+    for rnd in range(rounds):
+        for mode in (("threads", "cluster") if rnd % 2 == 0 else ("cluster", "threads")):
+            out = scratch / "emit_out"
+            load = os.getloadavg()[0]
+            cpu0 = _cpu_with_reaped_children()
+            with bs.PeakRSS() as mem:
+                rep = run_batch([str(scenes / "*.tif")], out_dir=out, method="fcls", endmembers=str(csv),
+                                formats=("tif", "zarr"), workers=2 if mode == "cluster" else None,
+                                progress=False)
+            cpu = _cpu_with_reaped_children() - cpu0  # the batch's cluster has exited and been reaped
+            secs = [s["seconds"] for s in rep["scenes"]]
+            bad = [s for s in rep["scenes"] if s["status"] != "done"]
+            warm = statistics.median(secs[1:]) if len(secs) > 1 else secs[0]
+            res.setdefault(mode, []).append((warm, rep["seconds"], cpu))
+            print(f"  round {rnd + 1} {mode:7s} batch {rep['seconds']:6.2f} s (start-up included), per scene "
+                  f"{', '.join(f'{s:.2f}' for s in secs)} s: {px / warm / 1e6:.3f} Mpx/s; CPU "
+                  f"{cpu:.1f} s ({cpu / n_scenes:.2f} per scene, start-up included); peak RSS {mem.peak / 2**20:.0f} MB"
+                  f"  load {load:.2f}{'  FAILED: ' + str(bad[0].get('error'))[:200] if bad else ''}", flush=True)
+            shutil.rmtree(out)
+    print("100 such scenes, from the best round of each (per scene: median of the warm scenes):")
+    for mode, vals in res.items():
+        warm, total, cpu = min(vals)
+        fixed = max(0.0, total - warm * n_scenes)
+        print(f"  {mode:7s}: {warm:.2f} s per scene -> {100 * warm / 60:.1f} min for 100 on these 2 cores "
+              f"(+ {fixed:.1f} s once: start-up, first scene); CPU {cpu / n_scenes:.2f} s per scene = "
+              f"{100 * cpu / n_scenes / 60:.1f} CPU-min per 100 (start-up shared by the {n_scenes})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--bands", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--emit-scenes", type=int, default=3)
     ap.add_argument("--scene-dir", type=Path, default=Path(tempfile.gettempdir()) / "xr_unmix_scene")
-    ap.add_argument("--parts", default="1,2,3")
+    ap.add_argument("--parts", default="1,2,3,4")
+    ap.add_argument("--emit-shape", default=",".join(map(str, EMIT_SHAPE)),
+                    help="rows,columns,bands of part 4's scenes (default EMIT's)")
     a = ap.parse_args()
     from xr_unmix.testing import make_endmembers
 
@@ -144,9 +239,10 @@ def main() -> None:
 
     print(f"# bench_cluster: {a.size}² x {a.bands} bands float32, 256² tiles/chunks, FCLS; cpu_count "
           f"{os.cpu_count()}, torch {torch.get_num_threads()} threads in this process (1 per Dask task), "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; load average at start "
-          f"{os.getloadavg()[0]:.2f}")
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, MALLOC_TRIM_THRESHOLD_="
+          f"{os.environ.get('MALLOC_TRIM_THRESHOLD_')}; load average at start {os.getloadavg()}", flush=True)
     scratch = Path(tempfile.mkdtemp(prefix="bench_cluster_"))
+    t_all = time.perf_counter()
     try:
         import xr_unmix
         from xr_unmix.io import open_cube
@@ -158,11 +254,14 @@ def main() -> None:
             write_cost(scene, E, scratch, a.rounds)
         if "2" in parts:
             cluster_vs_threads(scene, E, scratch, a.rounds)
+        if "4" in parts:
+            shape = tuple(int(v) for v in a.emit_shape.split(","))
+            emit_batch(a.scene_dir, scratch, a.rounds, a.emit_scenes, shape)  # type: ignore[arg-type]
         if "3" in parts:
             cli_runs(scene, E, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    print(f"# load average at end {os.getloadavg()[0]:.2f}")
+    print(f"# load average at end {os.getloadavg()}; {time.perf_counter() - t_all:.0f} s in all")
 
 
 if __name__ == "__main__":

@@ -98,8 +98,10 @@ class PeakRSS:
 
 
 def make_scene(path: Path, size: int, n_bands: int, E: np.ndarray, *, seed: int = 0,
-               tile: int = 256) -> None:
+               tile: int = 256, width: int | None = None) -> None:
     """Write a ``size x size x n_bands`` float32 tiled GeoTIFF of Dirichlet mixtures of ``E``, streamed.
+
+    ``width`` (default ``size``) makes a ``size`` rows x ``width`` columns scene instead.
 
     Band-interleaved tiles of ``tile`` px (GDAL reads a spatial chunk as one contiguous tile per
     band; pixel-interleaved tiles of 200 bands read ~5x slower), uncompressed, EPSG:32633, 30 m pixels; 1 % of pixels NaN (nodata), noise at ~40 dB SNR.
@@ -109,13 +111,14 @@ def make_scene(path: Path, size: int, n_bands: int, E: np.ndarray, *, seed: int 
 
     rng = np.random.default_rng(seed)
     R = E.shape[1]
-    profile = dict(driver="GTiff", width=size, height=size, count=n_bands, dtype="float32",
+    height, size = size, (width or size)
+    profile = dict(driver="GTiff", width=size, height=height, count=n_bands, dtype="float32",
                    crs="EPSG:32633", transform=from_origin(500_000, 4_000_000, 30, 30),
                    tiled=True, blockxsize=tile, blockysize=tile, interleave="band",
                    nodata=float("nan"), BIGTIFF="IF_SAFER")
     with rasterio.open(path, "w", **profile) as dst:
-        for y0 in range(0, size, tile):
-            h = min(tile, size - y0)
+        for y0 in range(0, height, tile):
+            h = min(tile, height - y0)
             A = rng.dirichlet(np.full(R, 0.7), size=h * size).astype(np.float32)  # (px, R)
             Y = A @ E.T.astype(np.float32)
             Y += rng.normal(0, 0.01 * float(Y.mean()), Y.shape).astype(np.float32)

@@ -329,6 +329,21 @@ def test_workers_keep_glibc_malloc_thresholds(client) -> None:
     assert set(gdal.values()) == {os.environ.get("GDAL_CACHEMAX") or "64"}
 
 
+def _profiling(dask_worker) -> bool:
+    return "profile" in dask_worker.periodic_callbacks
+
+
+def test_workers_run_without_the_statistical_profiler(client) -> None:
+    # the 10 ms stack sampler costs ~1 % of a core per idle worker, more while tasks run
+    assert client.run(_profiling) == dict.fromkeys(client.scheduler_info()["workers"], False)
+    with dask.config.set({"distributed.worker.profile.enabled": True}), \
+            dask_scheduler(workers=1) as mine:
+        assert list(mine.run(_profiling).values()) == [False]  # True is distributed's default
+    with dask.config.set({"distributed.worker.profile.enabled": "yes"}), \
+            dask_scheduler(workers=1) as mine:
+        assert list(mine.run(_profiling).values()) == [True]  # a user's own value is kept
+
+
 def _slow_write(path: str, i: int) -> int:
     import time as _time
 

@@ -10,7 +10,8 @@ import xarray as xr
 
 from .. import metadata
 from ..errors import ParameterError
-from ..runtime import gdal_env
+from ..runtime import gdal_env, runs_on_client
+from . import _cog_parts
 from ._jobs import (
     COG_SUFFIXES,
     Job,
@@ -89,10 +90,16 @@ def cog_job(abundance: xr.DataArray, path: PathLike, *, compress: str = "DEFLATE
         # the lock; past 4 GiB, fast ZSTD keeps the scratch file small
         opts = ({"compress": "NONE"} if arr.nbytes <= 4 * 2**30 else
                 {"compress": "ZSTD", "zstd_level": 1})
-        return arr.rio.to_raster(scratch / "stream.tif", driver="GTiff", tiled=True,
-                                 blockxsize=blocksize, blockysize=blocksize, BIGTIFF="IF_SAFER",
-                                 **opts, lock=True if arr.chunks is not None else None,
-                                 compute=False)
+        pending = arr.rio.to_raster(scratch / "stream.tif", driver="GTiff", tiled=True,
+                                    blockxsize=blocksize, blockysize=blocksize, BIGTIFF="IF_SAFER",
+                                    **opts, lock=True if arr.chunks is not None else None,
+                                    compute=False)
+        if pending is not None and runs_on_client(pending):
+            # on a cluster: a file per block instead of a distributed lock per block (_cog_parts);
+            # the file (metadata) is made above, its blocks are copied in by finalize
+            (scratch / "parts").mkdir()
+            return _cog_parts.store_parts(arr, scratch / "parts")
+        return pending
 
     def finalize(tmp: Path) -> None:
         import rasterio
@@ -100,6 +107,8 @@ def cog_job(abundance: xr.DataArray, path: PathLike, *, compress: str = "DEFLATE
         from rasterio.enums import Resampling
 
         gtiff = scratch_of(tmp) / "stream.tif"
+        if (scratch_of(tmp) / "parts").is_dir():
+            _cog_parts.assemble(scratch_of(tmp) / "parts", gtiff, arr.chunks)
         _write_tags(gtiff, tagged)
         with gdal_env(GDAL_NUM_THREADS="ALL_CPUS"):
             # overviews built inside the (uncompressed) scratch file, which the COG driver then copies
@@ -134,9 +143,11 @@ def to_cog(
 
     One band per endmember, band descriptions = endmember names, float32, nodata NaN, internal tiles of
     ``blocksize`` and overviews. A dask-backed input is streamed tile by tile into a tiled scratch
-    GeoTIFF (uncompressed up to 4 GiB, else ZSTD level 1; ``lock=True``, which becomes a cluster-wide
-    lock under ``distributed``) that GDAL's COG driver then copies, compressing and adding overviews;
-    both live beside ``path`` under temporary names until the final rename.
+    GeoTIFF (uncompressed up to 4 GiB, else ZSTD level 1) that GDAL's COG driver then copies,
+    compressing and adding overviews; both live beside ``path`` under temporary names until the final
+    rename. On local threads the blocks go into the scratch GeoTIFF under a lock as they are computed;
+    on a ``distributed`` cluster each worker writes its blocks to files of their own (no lock, no
+    transfer to the client), which the client then copies into the scratch GeoTIFF: the same COG.
 
     GDAL metadata: per-band units (``1``, abundance fractions) and tags (endmember name, class when
     the result has a ``class`` coordinate); dataset tags with the provenance record of
