@@ -130,3 +130,19 @@ def test_small_grids_keep_map_overlap() -> None:
     data = _lazy(2, 9)
     out = map_tiles(data, _box3, 2, TileSpec.spatial(1))
     assert not any(str(name).endswith("-halo-copy") for name in out.dask.layers)
+
+
+def test_an_older_dask_without_task_spec_keeps_map_overlap(monkeypatch) -> None:
+    """pyproject allows Dask >= 2024.6, which has no ``dask._task_spec``: the halo path must fall back."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_task_spec(name, *args, **kwargs):
+        if name == "dask._task_spec":
+            raise ImportError("No module named 'dask._task_spec'")
+        return real_import(name, *args, **kwargs)
+
+    assert _halo.use_recompute((1, 4, 5))
+    monkeypatch.setattr(builtins, "__import__", no_task_spec)
+    assert not _halo.use_recompute((1, 4, 5))

@@ -28,9 +28,22 @@ import numpy as np
 RECOMPUTE_MIN_CHUNKS = 3
 
 
+def _has_task_spec() -> bool:
+    """Whether this Dask has the task-spec graph (``dask._task_spec``, Dask >= 2024.12) the copy needs."""
+    try:
+        from dask._task_spec import convert_legacy_graph  # noqa: F401
+    except ImportError:  # an older Dask (pyproject allows >= 2024.6): keep map_overlap
+        return False
+    return True
+
+
 def use_recompute(numblocks: tuple[int, ...]) -> bool:
-    """Whether a grid of ``numblocks = (bands, ny, nx)`` chunks gets recomputed halos."""
-    return min(numblocks[1:]) >= RECOMPUTE_MIN_CHUNKS
+    """Whether a grid of ``numblocks = (bands, ny, nx)`` chunks gets recomputed halos.
+
+    Only grids of at least :data:`RECOMPUTE_MIN_CHUNKS` chunks each way, and only with a Dask whose
+    graphs can be copied (:func:`_has_task_spec`); otherwise ``map_overlap``'s memory, same values.
+    """
+    return min(numblocks[1:]) >= RECOMPUTE_MIN_CHUNKS and _has_task_spec()
 
 
 def _side(d: int, halo: int) -> slice:
