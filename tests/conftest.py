@@ -22,5 +22,19 @@ def scene(request):
 
 
 @pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test: tiny tensors run faster so, and a busy shared machine can't slow them.
+
+    Use per module with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -51,6 +51,19 @@ def test_diverging_step_restores_the_best_epochs_weights(how: str) -> None:
     assert h["best_loss"] == pytest.approx(min(h["loss"][:5]))
 
 
+def test_an_ordinary_loss_after_an_exact_start_is_not_called_diverged() -> None:
+    """A start that fits almost exactly (1e-12) then a loss of 1e-3 is training, not divergence."""
+    lin, _, _ = _sgd_problem()
+    losses = [1e-12, 1e-3, 2e-3, 5e3]  # the last is over EXPLODE x EXPLODE_FLOOR: that one diverged
+
+    def step(epoch, guard):
+        return Epoch(losses[epoch], state=[p.detach().clone() for p in lin.parameters()])
+
+    with pytest.warns(TrainingWarning, match=r"diverged at epoch 3"):
+        h = train_loop(lin, step, epochs=4, first_epoch=0, progress=False)
+    assert h["best_epoch"] == 0 and len(h["loss"]) == 4
+
+
 def test_ineligible_states_are_not_kept_and_seed_is_private() -> None:
     lin, _, _ = _sgd_problem()
     start = [p.detach().clone() for p in lin.parameters()]

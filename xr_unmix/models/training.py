@@ -9,7 +9,8 @@ of a state and, if that state is not the current one, its snapshot); the loop do
   RNG state is untouched) and a private :class:`torch.Generator` is handed to the step for batch order;
 - **keep-best**: :class:`KeepBest` tracks the lowest loss among the eligible states (the start
   included when the step reports it) and the model ends in that state;
-- **divergence** (one policy): a non-finite loss, or one over :data:`EXPLODE` times the best so far,
+- **divergence** (one policy): a non-finite loss, or one over :data:`EXPLODE` times the best so far
+  (the best taken as at least :data:`EXPLODE_FLOOR`),
   stops the run; the best state is restored and one line says so (a :class:`TrainingWarning`);
 - **progress**: one :func:`xr_unmix._progress.progress_bar` over the epochs.
 """
@@ -32,6 +33,9 @@ __all__ = ["EXPLODE", "Diverged", "Epoch", "KeepBest", "TrainingWarning", "seede
 
 #: a loss above this multiple of the best loss so far counts as diverged
 EXPLODE = 1e3
+#: ... where the best is at least this; below it the multiple is taken of this floor, so that a start
+#: that fits (almost) exactly (best ~1e-12) followed by an ordinary loss (1e-3) is not called diverged
+EXPLODE_FLOOR = 1e-4
 
 
 class Diverged(Exception):
@@ -90,9 +94,9 @@ class KeepBest:
         return True
 
     def diverged(self, loss: float) -> bool:
-        """Non-finite, or over :data:`EXPLODE` times the best loss so far."""
+        """Non-finite, or over :data:`EXPLODE` times the best loss so far (at least :data:`EXPLODE_FLOOR`)."""
         return not math.isfinite(loss) or (math.isfinite(self.best_loss)
-                                           and loss > EXPLODE * max(self.best_loss, 1e-30))
+                                           and loss > EXPLODE * max(self.best_loss, EXPLODE_FLOOR))
 
     @torch.no_grad()
     def restore(self) -> None:
