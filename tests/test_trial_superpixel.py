@@ -35,9 +35,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def scene():
-    E = make_endmembers(n_bands=20, n_endmembers=3, seed=1)
-    cube, E, truth = make_cube(24, 28, E, snr_db=30, seed=2)
-    return cube, E, truth
+    """(cube, endmembers, truth): 24 x 28 px, 20 bands, 3 endmembers, 30 dB."""
+    return make_cube(24, 28, make_endmembers(n_bands=20, n_endmembers=3, seed=1), snr_db=30, seed=2)
 
 
 def test_superpixels_cover_the_image_and_keep_invalid_pixels_apart(trial, scene) -> None:
