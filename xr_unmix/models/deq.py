@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import ModelFileError
 from ..solvers.fixed_point import BackwardStats, FixedPointInfo, deq_fixed_point
 from ..solvers.sunsal import fcls as _fcls
 from ..tiling import TileSpec
@@ -182,8 +183,6 @@ class DEQUnmix(SolveCounter, UnmixModel):
         base = {k: c.pop(k) for k in ("n_bands", "n_endmembers", "endmember_names", "wavelengths")}
         for key, (default, why) in REMOVED.items():  # options of release 0.1
             if key in c and c.pop(key) != default:
-                from ..errors import ModelFileError
-
                 raise ModelFileError(f"this DEQUnmix model file uses {key}={config[key]!r}, an option "
                                      f"removed since release 0.1 ({why}); retrain the model with this "
                                      f"version (only {key}={default!r} files still load)")
