@@ -203,6 +203,22 @@ def bench(a: argparse.Namespace) -> None:
             ref = A if ref is None else ref
             print(f"| {name} | {m.last_info.n_iter} | {t:.2f} | {float((A - ref).abs().max()):.1e} | "
                   f"{float((A - A_tight).abs().max()):.1e} | {os.getloadavg()[0]:.2f} |", flush=True)
+    # the yardstick of issue 17's "within 10x of FCLS": FCLS (accessor defaults) on the tile's 256² core,
+    # same thread, against the DEQ's whole tile (core + halo), untrained and trained, best of 3 each
+    core = cube[:, model.halo:model.halo + 256, model.halo:model.halo + 256].compute()
+    untrained = DEQUnmix.from_endmembers(bm.spectra(150), seed=0)
+    times: dict[str, float] = {}
+    for _ in range(3):
+        for name, call in (("FCLS, 256² core", lambda: core.unmix.fcls(model.endmembers).values),
+                           ("DEQ untrained, 288² tile", lambda: untrained(Y, warn=False)),
+                           ("DEQ trained, 288² tile", lambda: model(Y, warn=False))):
+            t0 = time.perf_counter()
+            with torch.no_grad(), dask.config.set(scheduler="sync"):
+                call()
+            times[name] = min(times.get(name, np.inf), time.perf_counter() - t0)
+    f = times["FCLS, 256² core"]
+    print("; ".join(f"{k}: {v * 1e3:.0f} ms ({v / f:.1f}x FCLS)" for k, v in times.items()),
+          f"(trained: {model.last_info.n_iter} iterations); load {os.getloadavg()[0]:.2f}")
 
 
 def report(rows: list[dict[str, Any]]) -> None:
