@@ -214,10 +214,12 @@ def anderson(
     bview = (B, *([1] * (len(shape) - 1)))
     D = z0[0].numel()
     # the iterates x_i are only mixed when beta < 1 (beta = 1: x = sum alpha_i f(x_i)); not stored otherwise
-    X = torch.zeros((B, m if beta != 1.0 else 0, D), dtype=z0.dtype, device=z0.device)
-    F = torch.zeros((B, m, D), dtype=z0.dtype, device=z0.device)
+    # (empty, not zeros: only the slots written so far, [:, :n], are ever read)
+    X = torch.empty((B, m if beta != 1.0 else 0, D), dtype=z0.dtype, device=z0.device)
+    F = torch.empty((B, m, D), dtype=z0.dtype, device=z0.device)
+    gx = torch.empty_like(z0)  # f(x) - x, one buffer for every iteration
     # residuals g_i = f(x_i) - x_i (float64) and their Gram matrix, one new row per iteration (not m)
-    Gh = torch.zeros((B, m, D), dtype=torch.float64, device=z0.device)
+    Gh = torch.empty((B, m, D), dtype=torch.float64, device=z0.device)
     GGh = torch.zeros((B, m, m), dtype=torch.float64, device=z0.device)
     best = z0.clone()
     best_f = z0 if keep_f else None  # f(best), replaced at the first iteration (best_res = inf)
@@ -227,7 +229,7 @@ def anderson(
     x = z0
     for k in range(max_iter):
         fx = f(x)
-        gx = fx - x  # the residual g = f(x) - x, once: for the stop test and the history
+        torch.sub(fx, x, out=gx)  # the residual g = f(x) - x, once: for the stop test and the history
         res = _residual(fx, x, g=gx).double()
         better = res < best_res
         all_better = k > 0 and bool(better.all())  # (k = 0: x may be the caller's z0, never aliased)
