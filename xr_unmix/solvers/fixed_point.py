@@ -213,8 +213,7 @@ def anderson(
     B = shape[0]
     bview = (B, *([1] * (len(shape) - 1)))
     D = z0[0].numel()
-    # the iterates x_i are only mixed when beta < 1 (beta = 1: x = sum alpha_i f(x_i)); not stored otherwise
-    # (empty, not zeros: only the slots written so far, [:, :n], are ever read)
+    # iterates x_i stored only when mixed (beta < 1); empty, not zeros: only written slots [:, :n] are read
     X = torch.empty((B, m if beta != 1.0 else 0, D), dtype=z0.dtype, device=z0.device)
     F = torch.empty((B, m, D), dtype=z0.dtype, device=z0.device)
     gx = torch.empty_like(z0)  # f(x) - x, one buffer for every iteration
@@ -238,9 +237,7 @@ def anderson(
             best_f = fx if k == 0 or all_better else torch.where(better.view(bview), fx, best_f)
         best_res = torch.where(better, res, best_res)
         trace.append(res.clone())
-        if tol > 0 and bool((best_res <= tol).all()):
-            break
-        if k == max_iter - 1:
+        if (tol > 0 and bool((best_res <= tol).all())) or k == max_iter - 1:
             break
         slot = k % m
         if beta != 1.0:
