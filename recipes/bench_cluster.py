@@ -1,7 +1,7 @@
 """Cluster vs local threads, the cost of writing a lazy map, and a batch of EMIT-sized scenes.
 
     nice -n 10 .venv/bin/python recipes/bench_cluster.py [--size 2048] [--bands 100] [--rounds 2] \\
-        [--scene-dir /tmp/xr_unmix_scene] [--parts 1,2,3,4]   # the scenes are made once there, reused
+        [--scene-dir /tmp/xr_unmix_scene] [--parts 1,2,3,4,5]   # the scenes are made once there, reused
 
 Scenes: band-interleaved, 256-px tiled float32 GeoTIFFs (``bench_scale.make_scene``: Dirichlet mixtures
 of 5 endmembers, 1 % NaN pixels). Every row is SUnSAL FCLS end to end (open, unmix, write, rename).
@@ -16,8 +16,14 @@ of 5 endmembers, 1 % NaN pixels). Every row is SUnSAL FCLS end to end (open, unm
 3. The same through the CLI, once each, whole command (interpreter start, imports, cluster start-up).
 4. **A batch of EMIT-sized scenes** (1242 x 1280 px x 285 bands, ``--chunk auto``, COG + Zarr, as
    ``xr-unmix batch --format tif,zarr`` writes them): ``run_batch`` over ``--emit-scenes`` copies of one
-   scene on threads and on ``workers=2``, alternated; per scene and per batch (cluster start-up
-   included), then what 100 such scenes cost from those figures.
+   scene on threads and on ``workers=2`` with ``--in-flight`` scenes at once (default 1 and 2),
+   alternated; per scene and per batch (cluster start-up included), then what 100 such scenes cost
+   from those figures. With scenes in flight the per-scene time is the batch's time after its first
+   scene ended, over the other scenes.
+
+5. **Scenes in flight** on one warm ``dask_scheduler(workers=2)``: ``run_batch`` over ``--flight-scenes``
+   copies of a ``--flight-shape`` scene (COG + Zarr) with ``in_flight`` = each of ``--in-flight``,
+   alternated; batch wall time (the cluster's start-up and the workers' first imports excluded).
 
 CPU seconds count this process and all its children (scheduler, nannies, workers). Thread settings and
 the load average are printed with the rows (the machine may be shared: compare within a run).
@@ -33,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +173,7 @@ def _cpu_with_reaped_children() -> float:
 
 
 def emit_batch(scene_dir: Path, scratch: Path, rounds: int, n_scenes: int,
-               shape: tuple[int, int, int] = EMIT_SHAPE) -> None:
+               shape: tuple[int, int, int] = EMIT_SHAPE, in_flight: tuple[int, ...] = (1,)) -> None:
     from xr_unmix.batch import run_batch
     from xr_unmix.testing import make_endmembers
 
@@ -187,21 +194,30 @@ def emit_batch(scene_dir: Path, scratch: Path, rounds: int, n_scenes: int,
     print(f"\n# 4. batch of {n_scenes} {'EMIT-sized ' if shape == EMIT_SHAPE else ''}scenes ({rows} x {cols} px x {bands} bands, float32, "
           f"{src.stat().st_size / 1e9:.2f} GB each), FCLS, chunk auto, COG + Zarr per scene")
     res: dict[str, list[tuple[float, float, float]]] = {}
+    modes = ["threads"] + [f"cluster x{k}" if k > 1 else "cluster" for k in in_flight]
     for rnd in range(rounds):
-        for mode in (("threads", "cluster") if rnd % 2 == 0 else ("cluster", "threads")):
+        for mode in (modes if rnd % 2 == 0 else modes[::-1]):
+            k = int(mode.split("x")[1]) if " x" in mode else 1
             out = scratch / "emit_out"
             load = os.getloadavg()[0]
             cpu0 = _cpu_with_reaped_children()
             with bs.PeakRSS() as mem:
                 rep = run_batch([str(scenes / "*.tif")], out_dir=out, method="fcls", endmembers=str(csv),
-                                formats=("tif", "zarr"), workers=2 if mode == "cluster" else None,
-                                progress=False)
+                                formats=("tif", "zarr"), workers=2 if mode != "threads" else None,
+                                progress=False, in_flight=k)
             cpu = _cpu_with_reaped_children() - cpu0  # the batch's cluster has exited and been reaped
             secs = [s["seconds"] for s in rep["scenes"]]
             bad = [s for s in rep["scenes"] if s["status"] != "done"]
+            # per warm scene: the median scene time, or with scenes in flight the batch's time after its
+            # first scene ended, over the scenes after the first
             warm = statistics.median(secs[1:]) if len(secs) > 1 else secs[0]
+            if k > 1 and len(secs) > 1:  # timestamps to the second: +-1 s over the other scenes
+                t_start = datetime.fromisoformat(rep["started"])
+                first_end = min((datetime.fromisoformat(s["started"]) - t_start).total_seconds() + s["seconds"]
+                                for s in rep["scenes"])
+                warm = (rep["seconds"] - first_end) / (len(secs) - 1)
             res.setdefault(mode, []).append((warm, rep["seconds"], cpu))
-            print(f"  round {rnd + 1} {mode:7s} batch {rep['seconds']:6.2f} s (start-up included), per scene "
+            print(f"  round {rnd + 1} {mode:10s} batch {rep['seconds']:6.2f} s (start-up included), per scene "
                   f"{', '.join(f'{s:.2f}' for s in secs)} s: {px / warm / 1e6:.3f} Mpx/s; CPU "
                   f"{cpu:.1f} s ({cpu / n_scenes:.2f} per scene, start-up included); peak RSS {mem.peak / 2**20:.0f} MB"
                   f"  load {load:.2f}{'  FAILED: ' + str(bad[0].get('error'))[:200] if bad else ''}", flush=True)
@@ -210,9 +226,53 @@ def emit_batch(scene_dir: Path, scratch: Path, rounds: int, n_scenes: int,
     for mode, vals in res.items():
         warm, total, cpu = min(vals)
         fixed = max(0.0, total - warm * n_scenes)
-        print(f"  {mode:7s}: {warm:.2f} s per scene -> {100 * warm / 60:.1f} min for 100 on these 2 cores "
+        print(f"  {mode:10s}: {warm:.2f} s per scene -> {100 * warm / 60:.1f} min for 100 on these 2 cores "
               f"(+ {fixed:.1f} s once: start-up, first scene); CPU {cpu / n_scenes:.2f} s per scene = "
               f"{100 * cpu / n_scenes / 60:.1f} CPU-min per 100 (start-up shared by the {n_scenes})")
+
+
+def in_flight_batch(scene_dir: Path, scratch: Path, rounds: int, n_scenes: int,
+                    shape: tuple[int, int, int], in_flight: tuple[int, ...]) -> None:
+    """Part 5: batches of ``n_scenes`` on ONE warm 2-worker cluster, ``in_flight`` scenes at once."""
+    from xr_unmix.batch import run_batch
+    from xr_unmix.runtime import dask_scheduler
+    from xr_unmix.testing import make_endmembers
+
+    rows, cols, bands = shape
+    E = make_endmembers(bands, 5, seed=2)
+    src = scene_dir / f"emit_{rows}x{cols}x{bands}.tif"
+    if not src.exists():
+        bs.make_scene(src, rows, bands, E.values, seed=7, width=cols)
+    scenes = scratch / "flight_scenes"
+    scenes.mkdir()
+    for i in range(n_scenes):
+        (scenes / f"scene_{i:02d}.tif").symlink_to(src)
+    csv = scratch / "flight_em.csv"
+    E.to_pandas().to_csv(csv)
+    print(f"\n# 5. scenes in flight: batches of {n_scenes} scenes ({rows} x {cols} px x {bands} bands), FCLS, "
+          f"chunk auto, COG + Zarr, on one warm dask_scheduler(workers=2) (start-up not counted)")
+    res: dict[int, list[float]] = {}
+    with dask_scheduler(workers=2) as client:
+        addr = client.scheduler.address
+        kw = dict(out_dir=scratch / "flight_out", method="fcls", endmembers=str(csv),
+                  formats=("tif", "zarr"), scheduler=addr, progress=False, overwrite=True)
+        run_batch([str(scenes / "scene_00.tif")], **kw)  # warm-up: the workers' first imports
+        for rnd in range(rounds):
+            for k in (in_flight if rnd % 2 == 0 else in_flight[::-1]):
+                load = os.getloadavg()[0]
+                cpu0 = _cpu_with_reaped_children()
+                t0 = time.perf_counter()
+                rep = run_batch([str(scenes / "*.tif")], in_flight=k, **kw)
+                wall = time.perf_counter() - t0
+                bad = [s for s in rep["scenes"] if s["status"] != "done"]
+                res.setdefault(k, []).append(wall)
+                print(f"  round {rnd + 1} in_flight {k}: batch {wall:6.2f} s = {wall / n_scenes:.2f} s per scene, "
+                      f"{rows * cols * n_scenes / wall / 1e6:.3f} Mpx/s; client CPU {_cpu_with_reaped_children() - cpu0:.1f} s"
+                      f"  load {load:.2f}{'  FAILED: ' + str(bad[0].get('error'))[:200] if bad else ''}", flush=True)
+                shutil.rmtree(scratch / "flight_out")
+    base = min(res[in_flight[0]])
+    print("best of the rounds: " + ", ".join(f"in_flight {k}: {min(v):.2f} s ({base / min(v):.2f}x in_flight "
+                                             f"{in_flight[0]})" for k, v in res.items()))
 
 
 def main() -> None:
@@ -225,6 +285,10 @@ def main() -> None:
     ap.add_argument("--parts", default="1,2,3,4")
     ap.add_argument("--emit-shape", default=",".join(map(str, EMIT_SHAPE)),
                     help="rows,columns,bands of part 4's scenes (default EMIT's)")
+    ap.add_argument("--flight-shape", default="1024,1024,100", help="part 5's scenes: rows,columns,bands")
+    ap.add_argument("--flight-scenes", type=int, default=12, help="scenes per batch in part 5")
+    ap.add_argument("--in-flight", default="1,2",
+                    help="part 4: the cluster's scenes in flight (run_batch in_flight), one mode each")
     a = ap.parse_args()
     from xr_unmix.testing import make_endmembers
 
@@ -256,7 +320,12 @@ def main() -> None:
             cluster_vs_threads(scene, E, scratch, a.rounds)
         if "4" in parts:
             shape = tuple(int(v) for v in a.emit_shape.split(","))
-            emit_batch(a.scene_dir, scratch, a.rounds, a.emit_scenes, shape)  # type: ignore[arg-type]
+            emit_batch(a.scene_dir, scratch, a.rounds, a.emit_scenes, shape,  # type: ignore[arg-type]
+                       tuple(int(v) for v in a.in_flight.split(",")))
+        if "5" in parts:
+            shape = tuple(int(v) for v in a.flight_shape.split(","))
+            in_flight_batch(a.scene_dir, scratch, a.rounds, a.flight_scenes, shape,  # type: ignore[arg-type]
+                            tuple(int(v) for v in a.in_flight.split(",")))
         if "3" in parts:
             cli_runs(scene, E, scratch)
     finally:

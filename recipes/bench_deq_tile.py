@@ -11,7 +11,8 @@ start), each application of the operator ``f`` and inside it the CNN and the sim
 Anderson solver's own work is the solve's time less its ``f`` calls. Two models: the untrained default
 (it sits at its FCLS start: one Anderson step) and one after 30 epochs of ``fit_scene`` with
 ``keep_best=False`` (it iterates). One torch thread (as a Dask task gets on 2 cores with 2 threads);
-best of ``--repeat``; load average printed.
+best of ``--repeat``; load average printed. ``--device cuda`` trains and runs the tile on the GPU, each
+timed part synchronised.
 """
 
 from __future__ import annotations
@@ -30,19 +31,26 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+#: set to torch.cuda.synchronize when the tile runs on a GPU, so each timed part waits for its kernels
+SYNC: Any = lambda: None  # noqa: E731
+
+
 def _timed(acc: dict[str, float], name: str, fn: Any) -> Any:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        SYNC()
         t0 = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
+            SYNC()
             acc[name] += time.perf_counter() - t0
             acc[name + " calls"] += 1
 
     return wrapper
 
 
-def profile(model: Any, block: np.ndarray, halo: int, repeat: int) -> tuple[dict[str, float], int]:
+def profile(model: Any, block: np.ndarray, halo: int, repeat: int,
+            device: str = "cpu") -> tuple[dict[str, float], int]:
     """Best-of-``repeat`` breakdown (seconds) of one tile and the iterations of its solve."""
     import xr_unmix.models.deq as deq_mod
     import xr_unmix.models.deq_parts as parts_mod
@@ -50,7 +58,7 @@ def profile(model: Any, block: np.ndarray, halo: int, repeat: int) -> tuple[dict
     from xr_unmix import tiling
     from xr_unmix._workers import ModelKernel
 
-    kernel = ModelKernel(model, "cpu", np.dtype(np.float32))
+    kernel = ModelKernel(model, device, np.dtype(np.float32))
     kernel(block)  # warm-up: model build from its payload, first-touch allocations
     best: dict[str, float] | None = None
     iters = 0
@@ -65,6 +73,7 @@ def profile(model: Any, block: np.ndarray, halo: int, repeat: int) -> tuple[dict
         def timed_map(*a: Any, _orig: Any = saved[3], **k: Any) -> Any:
             t0 = time.perf_counter()
             f = _orig(*a, **k)
+            SYNC()
             acc["operator set-up (E^T Y, step size)"] += time.perf_counter() - t0
             return _timed(acc, "f", f)
 
@@ -129,14 +138,18 @@ def main() -> None:
     ap.add_argument("--core", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--train-epochs", type=int, default=30)
+    ap.add_argument("--device", default="cpu", help="torch device of the tile (and of the training)")
     a = ap.parse_args()
     torch.set_num_threads(1)
+    global SYNC
+    if a.device.startswith("cuda"):
+        SYNC = torch.cuda.synchronize
     import dask
 
     import bench_models as bm
     from xr_unmix.models.deq import DEQUnmix
 
-    print(f"# bench_deq_tile: torch threads {torch.get_num_threads()}, OMP_NUM_THREADS="
+    print(f"# bench_deq_tile: device {a.device}, torch threads {torch.get_num_threads()}, OMP_NUM_THREADS="
           f"{os.environ.get('OMP_NUM_THREADS')}; cpu_count {os.cpu_count()}; load average at start "
           f"{os.getloadavg()[0]:.2f}")
     untrained = DEQUnmix.from_endmembers(bm.spectra(a.bands), seed=0)
@@ -146,14 +159,14 @@ def main() -> None:
         cube = bm.lazy_cube(2 * bm.CHUNK, a.bands)
         block = np.ascontiguousarray(cube.data[:, :ext, :ext].compute())
         crop = cube[:, :128, :128].compute()
-    trained = DEQUnmix.from_endmembers(bm.spectra(a.bands), seed=0)
+    trained = DEQUnmix.from_endmembers(bm.spectra(a.bands), seed=0).to(a.device)
     trained.fit_scene(crop, epochs=a.train_epochs, seed=0, progress=False, keep_best=False,
                       discrepancy=None)
     import warnings
 
     warnings.simplefilter("ignore")
     for name, model in (("untrained (defaults)", untrained), (f"trained {a.train_epochs} epochs", trained)):
-        t, iters = profile(model, block, halo, a.repeat)
+        t, iters = profile(model.cpu(), block, halo, a.repeat, a.device)
         report(name, t, iters, a.core, ext)
     print(f"# load average at end {os.getloadavg()[0]:.2f}")
 

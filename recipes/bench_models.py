@@ -1,7 +1,7 @@
 """Throughput and peak memory of the networks through the accessor, beside FCLS, on dask cubes.
 
     nice -n 10 .venv/bin/python recipes/bench_models.py [--sizes 512 2048] [--bands 150] [--rounds 2]
-        [--output sink|compute|zarr|cog]
+        [--output sink|compute|zarr|cog] [--device cpu|cuda]
 
 Cases (each through ``cube.unmix``): ``fcls`` (SUnSAL FCLS), ``uadmm`` (U-ADMM-AENet
 ``from_endmembers``, 2 layers), ``deq`` (DEQ-Unmix defaults: the untrained model, which sits at its FCLS
@@ -20,6 +20,8 @@ Every (case, size) runs in a **fresh subprocess**: it builds the cube and the mo
 with ``--threads`` workers. Peak RSS is the child's high-water mark (``ru_maxrss``, and an RSS sampler
 every 5 ms) minus its RSS just before the timed compute. Rounds alternate over the cases (shared
 machine): px/s is the best round, memory the largest. Load average and thread settings are printed.
+``--device cuda`` runs every case's torch work on the GPU (training of ``deq-trained`` too) and adds the
+GPU's peak allocated memory (``torch.cuda.max_memory_allocated``) to the table.
 """
 
 from __future__ import annotations
@@ -98,14 +100,14 @@ class _Sink:
             self.nan += n
 
 
-def _result(cube: xr.DataArray, case: str, model: object) -> xr.DataArray:  # noqa: F821
+def _result(cube: xr.DataArray, case: str, model: object, device: str = "cpu") -> xr.DataArray:  # noqa: F821
     if case == "gen":
         return cube.sum("band", keepdims=True).rename(band="endmember")
     if case == "fcls":
-        return cube.unmix.fcls(spectra(cube.sizes["band"]))
+        return cube.unmix.fcls(spectra(cube.sizes["band"]), device=device)
     if case == "uadmm":
-        return cube.unmix.admm(model)
-    return cube.unmix.deq(model)
+        return cube.unmix.admm(model, device=device)
+    return cube.unmix.deq(model, device=device)
 
 
 def _run(res: xr.DataArray, output: str, sink: _Sink, tmp: Path) -> None:  # noqa: F821
@@ -126,7 +128,8 @@ def _run(res: xr.DataArray, output: str, sink: _Sink, tmp: Path) -> None:  # noq
         to_cog(res, tmp / "out.tif", overwrite=True)
 
 
-def child(case: str, size: int, bands: int, threads: int, model_path: str, output: str = "sink") -> dict:
+def child(case: str, size: int, bands: int, threads: int, model_path: str, output: str = "sink",
+          device: str = "cpu") -> dict:
     import resource
     import threading
     import warnings
@@ -157,10 +160,10 @@ def child(case: str, size: int, bands: int, threads: int, model_path: str, outpu
         model = load_model(model_path)
     tmp = Path(tempfile.mkdtemp(prefix="bench_models_out_"))
     with dask.config.set(scheduler="threads", num_workers=threads):
-        _run(_result(lazy_cube(CHUNK, bands), case, model), output, _Sink(), tmp)  # warm-up
+        _run(_result(lazy_cube(CHUNK, bands), case, model, device), output, _Sink(), tmp)  # warm-up
         if model is not None and hasattr(model, "reset_solve_stats"):
             model.reset_solve_stats()
-        res = _result(lazy_cube(size, bands), case, model)
+        res = _result(lazy_cube(size, bands), case, model, device)
         sink = _Sink()
         base = proc.memory_info().rss
         peak = [base]
@@ -185,11 +188,13 @@ def child(case: str, size: int, bands: int, threads: int, model_path: str, outpu
             "base_mb": base / 2**20, "extra_mb": (max(peak[0], maxrss) - base) / 2**20,
             "torch_threads": torch.get_num_threads(), "nan": sink.nan,
             "max_iterations": stats.get("max_iterations"), "n_solves": stats.get("n_solves"),
-            "n_unconverged": stats.get("n_unconverged"), "load": os.getloadavg()[0]}
+            "n_unconverged": stats.get("n_unconverged"), "load": os.getloadavg()[0],
+            "gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None}
 
 
-def train_deq(bands: int, path: Path, epochs: int) -> str:
-    """A DEQ-Unmix after ``epochs`` of ``fit_scene`` on a 128² crop of the lazy cube; saved to ``path``."""
+def train_deq(bands: int, path: Path, epochs: int, device: str = "cpu") -> str:
+    """A DEQ-Unmix after ``epochs`` of ``fit_scene`` on a 128² crop of the lazy cube (trained on ``device``);
+    saved to ``path``."""
     import dask
     import torch
 
@@ -198,14 +203,14 @@ def train_deq(bands: int, path: Path, epochs: int) -> str:
     torch.set_num_threads(1)
     with dask.config.set(scheduler="sync"):
         crop = lazy_cube(CHUNK, bands)[:, :128, :128].compute()
-    model = DEQUnmix.from_endmembers(spectra(bands), seed=0)
+    model = DEQUnmix.from_endmembers(spectra(bands), seed=0).to(device)
     t0 = time.perf_counter()
     # keep_best=False: the last epoch's weights (the best objective is often the untrained start, which
     # sits at its FCLS start and stops after one step; the point here is a model that iterates)
     hist = model.fit_scene(crop, epochs=epochs, seed=0, progress=False, keep_best=False,
                            discrepancy=None)
-    model.save(path)
-    return f"{epochs} epochs of fit_scene (keep_best=False) in {time.perf_counter() - t0:.1f} s, " \
+    model.cpu().save(path)
+    return f"{epochs} epochs of fit_scene on {device} (keep_best=False) in {time.perf_counter() - t0:.1f} s, " \
            f"loss {hist['initial_loss']:.3g} at the start"
 
 
@@ -222,22 +227,25 @@ def main() -> None:
                     help="deq-trained only up to this size (it runs ~100x slower than FCLS)")
     ap.add_argument("--output", default="sink", choices=OUTPUTS,
                     help="where the result goes: a checksum sink, memory (.compute()), Zarr or COG")
+    ap.add_argument("--device", default="cpu", help="torch device of every case (cpu, cuda)")
     ap.add_argument("--child", nargs=3, metavar=("CASE", "SIZE", "MODEL"))
     a = ap.parse_args()
     if a.child:
-        print(json.dumps(child(a.child[0], int(a.child[1]), a.bands, a.threads, a.child[2], a.output)))
+        print(json.dumps(child(a.child[0], int(a.child[1]), a.bands, a.threads, a.child[2], a.output,
+                               a.device)))
         return
     tmp = Path(tempfile.mkdtemp(prefix="bench_models_"))
     mp = tmp / "deq_trained.safetensors"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     print(f"# bench_models: dask cubes {a.sizes} px square, {a.bands} bands, {R} endmembers, {CHUNK}² chunks; "
           f"threaded scheduler, {a.threads} dask threads, torch 1 thread per task (xr_unmix policy), "
-          f"OMP/OPENBLAS/MKL_NUM_THREADS=1; cpu_count {os.cpu_count()}; output {a.output}; load average "
+          f"OMP/OPENBLAS/MKL_NUM_THREADS=1; cpu_count {os.cpu_count()}; device {a.device}; output {a.output}; "
+          f"load average "
           f"at start {os.getloadavg()[0]:.2f}; xr_unmix from {ROOT}")
     if "deq-trained" in a.cases:
         out = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r});"
                               f"import bench_models as b; from pathlib import Path; "
-                              f"print(b.train_deq({a.bands}, Path({str(mp)!r}), {a.train_epochs}))"],
+                              f"print(b.train_deq({a.bands}, Path({str(mp)!r}), {a.train_epochs}, {a.device!r}))"],
                              capture_output=True, text=True, env=env)
         if out.returncode:
             sys.exit(out.stderr)
@@ -251,7 +259,7 @@ def main() -> None:
                 if case == "deq-trained" and size > a.trained_max_size:
                     continue
                 cmd = [sys.executable, __file__, "--bands", str(a.bands), "--threads", str(a.threads),
-                       "--output", a.output, "--child", case, str(size), str(mp)]
+                       "--output", a.output, "--device", a.device, "--child", case, str(size), str(mp)]
                 r = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if r.returncode:
                     sys.exit(f"{case} {size}: {r.stderr[-2000:]}")
@@ -272,8 +280,8 @@ def _its(r: dict) -> str:
 
 def report(rows: dict[tuple[str, int], list[dict]], a: argparse.Namespace) -> None:
     print(f"\n| case | size | px/s (best of {a.rounds}; {a.big_rounds} at {max(a.sizes)}²) | x FCLS | CPU s | peak RSS extra MB (max) | "
-          "RSS before MB | torch threads | DEQ max iterations (unconverged/solves) | load |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "RSS before MB | torch threads | DEQ max iterations (unconverged/solves) | load | GPU peak MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for size in a.sizes:
         fc = max(r["px_s"] for r in rows.get(("fcls", size), [{"px_s": float("nan")}]))
         for case in a.cases:
@@ -283,7 +291,8 @@ def report(rows: dict[tuple[str, int], list[dict]], a: argparse.Namespace) -> No
             best = max(rs, key=lambda r: r["px_s"])
             print(f"| {case} | {size}² | {best['px_s']:.3g} | {best['px_s'] / fc:.2f} | {best['cpu_s']:.1f} | "
                   f"{max(r['extra_mb'] for r in rs):.0f} | {best['base_mb']:.0f} | {best['torch_threads']} | "
-                  f"{_its(best)} | {min(r['load'] for r in rs):.1f}-{max(r['load'] for r in rs):.1f} |")
+                  f"{_its(best)} | {min(r['load'] for r in rs):.1f}-{max(r['load'] for r in rs):.1f} | "
+                  f"{'' if best.get('gpu_peak_mb') is None else format(best['gpu_peak_mb'], '.0f')} |")
     if len(a.sizes) > 1:
         lo, hi = min(a.sizes), max(a.sizes)
         print(f"\npeak RSS extra MB, {lo}² -> {hi}² ({(hi / lo) ** 2:.0f}x the pixels; {a.threads} dask threads, "

@@ -300,3 +300,25 @@ def test_batch_bar_is_emptied_in_a_notebook(scenes, monkeypatch: pytest.MonkeyPa
     assert shown[1] == ({}, {"raw": True})  # the display emptied when the batch ended
     err = capsys.readouterr().err
     assert "%|" not in err and "\r" not in err, err
+
+
+def test_in_flight_checked_before_any_scene_runs(scenes) -> None:
+    """``in_flight`` < 1, or > 1 on local threads: a ParameterError naming it, and no output written;
+    the CLI says it in one line with exit status 2."""
+    from xr_unmix.errors import ParameterError
+
+    d, out = scenes["dir"], scenes["out"]
+    kw = dict(out_dir=out, method="fcls", endmembers=str(scenes["em"]), chunk=16, progress=False)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ParameterError, match="in_flight must be an integer >= 1"):
+            run_batch([str(d / "a.tif")], in_flight=bad, **kw)
+    with pytest.raises(ParameterError, match="in_flight=2 needs a distributed scheduler"):
+        run_batch([str(d / "a.tif"), str(d / "b.tif")], in_flight=2, **kw)
+    assert not list(out.glob("*.tif")) and not list(out.glob("*.done.json"))
+    r = CliRunner().invoke(main, ["batch", str(d / "a.tif"), "--endmembers", str(scenes["em"]),
+                                  "--out-dir", str(out), "--in-flight", "0"])
+    assert r.exit_code == 2 and "--in-flight" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["batch", str(d / "a.tif"), "--endmembers", str(scenes["em"]),
+                                  "--out-dir", str(out), "--in-flight", "2"])
+    assert r.exit_code == 2 and "needs a distributed scheduler" in r.output, r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1

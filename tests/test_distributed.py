@@ -477,3 +477,63 @@ def test_batch_scene_failing_on_a_worker_leaves_nothing_that_looks_complete(clie
         "good.done.json", "good.tif", "good.zarr", "xr_unmix_batch_report.json"]
     again = run_batch([str(d / "good.tif"), str(d / "bad.tif")], **kw)
     assert [s["status"] for s in again["scenes"]] == ["skipped", "failed"]
+
+
+def test_batch_scenes_in_flight_equal_one_after_another(client, tmp_path: Path) -> None:
+    """``in_flight=3``: the same outputs as scenes one after another, the report in the scenes' order,
+    a failing scene isolated, and resume skips the complete ones."""
+    from xr_unmix.batch import run_batch
+    from xr_unmix.endmembers import write_endmembers
+
+    d = tmp_path / "scenes"
+    d.mkdir()
+    E = None
+    for i, name in enumerate("abcd"):
+        cube, E, _ = make_cube(24 + 8 * i, 32, seed=20 + i)
+        cube.rio.to_raster(d / f"{name}.tif", tiled=True, blockxsize=16, blockysize=16)
+    (d / "c.tif").write_bytes(b"II*\x00" + os.urandom(600))  # corrupt: fails, the others go on
+    em = write_endmembers(E, tmp_path / "em.csv")
+    kw = dict(endmembers=str(em), scheduler=client.scheduler.address, chunk=16, formats=["tif", "zarr"],
+              progress=False)
+    names = [str(d / f"{n}.tif") for n in "abcd"]
+    seq = run_batch(names, out_dir=tmp_path / "seq", **kw)
+    par = run_batch(names, out_dir=tmp_path / "par", in_flight=3, **kw)
+    assert [Path(s["scene"]).name for s in par["scenes"]] == ["a.tif", "b.tif", "c.tif", "d.tif"]
+    assert [s["status"] for s in par["scenes"]] == ["done", "done", "failed", "done"]
+    assert par["parameters"]["in_flight"] == 3 and par["summary"]["done"] == 3
+    for n in "abd":
+        for ext in ("tif", "zarr"):
+            a = open_abundance(tmp_path / "seq" / f"{n}.{ext}").values
+            b = open_abundance(tmp_path / "par" / f"{n}.{ext}").values
+            np.testing.assert_array_equal(a, b)
+        assert (tmp_path / "par" / f"{n}.done.json").exists()
+    assert not (tmp_path / "par" / "c.done.json").exists()
+    assert seq["summary"] == par["summary"]
+    again = run_batch(names, out_dir=tmp_path / "par", in_flight=3, **kw)  # resume works the same
+    assert [s["status"] for s in again["scenes"]] == ["skipped", "skipped", "failed", "skipped"]
+
+
+def test_batch_in_flight_runs_scenes_at_the_same_time(client, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two scenes in flight meet at a barrier inside their runs: one after another, they could not."""
+    from xr_unmix import batch as batch_mod
+    from xr_unmix.endmembers import write_endmembers
+
+    d = tmp_path / "scenes"
+    d.mkdir()
+    cube, E, _ = make_cube(24, 32, seed=30)
+    for n in "ab":
+        cube.rio.to_raster(d / f"{n}.tif")
+    em = write_endmembers(E, tmp_path / "em.csv")
+    barrier = threading.Barrier(2, timeout=60)
+    original = batch_mod._run_scene
+
+    def meet(*args, **kwargs):
+        barrier.wait()  # BrokenBarrierError (scene failed) if the other scene is not running
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(batch_mod, "_run_scene", meet)
+    rep = batch_mod.run_batch([str(d / "a.tif"), str(d / "b.tif")], out_dir=tmp_path / "o",
+                              endmembers=str(em), scheduler=client.scheduler.address, chunk=16,
+                              formats=["zarr"], progress=False, in_flight=2)
+    assert [s["status"] for s in rep["scenes"]] == ["done", "done"], rep["scenes"]

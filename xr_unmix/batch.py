@@ -18,9 +18,11 @@ import os
 import platform
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +123,7 @@ def run_batch(
     overwrite: bool = False,
     report_path: PathLike | None = None,
     progress: bool | None = None,
+    in_flight: int = 1,
 ) -> dict[str, Any]:
     """Unmix many scenes, one output per scene and format; resume, and report per scene.
 
@@ -161,6 +164,13 @@ def run_batch(
     progress : bool, optional
         Show a progress bar over the batch's scenes (``None``: only on a terminal). In Jupyter the bar
         is a widget that is emptied when the batch ends (:mod:`xr_unmix._progress`).
+    in_flight : int
+        Scenes unmixed at the same time on a ``distributed`` cluster (each scene is still parallel over
+        its tiles). With 1 the scenes run one after another, and the client's serial work per scene
+        (opening it, building its graph, making the COG from the workers' parts) leaves the workers
+        idle; more scenes in flight fill those gaps and keep a cluster with more cores than one scene
+        has tiles busy (docs/batch.md has the measurements). Local threads take 1 only: scenes in
+        flight there would each start their own thread pool on the same cores.
 
     Returns
     -------
@@ -173,13 +183,17 @@ def run_batch(
     ------
     ParameterError, MissingInputError, DeviceError
         Bad parameters (unknown format or method, a method without the endmembers/model it needs, a
-        negative ``lam``, ``cuda`` without a GPU): checked before any scene runs.
+        negative ``lam``, ``cuda`` without a GPU, ``in_flight`` < 1 or > 1 on local threads): checked
+        before any scene runs.
     InputError
         A scene spec is a GDAL / fsspec path, which a batch cannot glob (checked before any scene runs).
     OutputError
         The output folder or the report's folder is not writable.
     """
     fmts = _formats(formats)
+    if isinstance(in_flight, bool) or int(in_flight) != in_flight or in_flight < 1:
+        raise ParameterError(f"in_flight must be an integer >= 1, got {in_flight!r}").about("in_flight")
+    in_flight = int(in_flight)
     if chunk != "auto":
         chunk = pipeline.parse_chunk(chunk)
     pipeline.check_request(method, endmembers=endmembers, model=model, lam=lam, device=device,
@@ -189,20 +203,30 @@ def run_batch(
     params = {"method": method, "endmembers": endmembers, "model": model, "formats": fmts,
               "device": device, "chunk": chunk if chunk == "auto" else int(chunk),
               "resample": bool(resample), "lam": float(lam), "seed": seed,
-              "overwrite": bool(overwrite)}
+              "overwrite": bool(overwrite), "in_flight": in_flight}
     report = _Report(rpath, scenes, paths, unmatched, params, out)
     t_batch = time.perf_counter()
     with dask_scheduler(scheduler, workers) as client:
+        if in_flight > 1 and client is None:
+            raise ParameterError(
+                f"in_flight={in_flight} needs a distributed scheduler (--workers N or --scheduler ADDRESS); "
+                "on local threads each scene in flight would start its own thread pool on the same cores"
+            ).about("in_flight")
         report.data["scheduler"] = describe_scheduler(client)
         if workers:
             print(dashboard_line(client), file=sys.stderr)
         bar = progress_bar(total=len(paths), unit="scene", desc="xr-unmix batch",
                            disable=None if progress is None else not progress, dynamic_ncols=True)
+        jobs = [(scene, stem) for scene, stem in zip(paths, output_stems(paths), strict=True)]
         try:
-            for scene, stem in zip(paths, output_stems(paths), strict=True):
-                _run_entry(report, bar, scene, stem, out, fmts, params, local=scheduler is None)
+            if in_flight == 1:
+                for scene, stem in jobs:
+                    _run_entry(report, bar, scene, stem, out, fmts, params, local=scheduler is None)
+            else:
+                _run_in_flight(report, bar, jobs, out, fmts, params, in_flight, local=scheduler is None)
         finally:
             bar.close()
+            report.order(paths)
             report.data["finished"] = _now()
             report.data["seconds"] = round(time.perf_counter() - t_batch, 3)
             report.save()
@@ -241,6 +265,8 @@ class _Report:
     def __init__(self, path: Path, specs: Sequence[PathLike], paths: list[Path],
                  unmatched: list[str], params: dict[str, Any], out: Path) -> None:
         self.path = path
+        self.lock = threading.RLock()  # scenes in flight append and save from their own threads
+        self.interrupted = False
         self.total = len(paths) + len(unmatched)
         self.entries: list[dict[str, Any]] = [
             {"scene": spec, "outputs": {}, "status": "failed", "seconds": 0.0, "pixels": None,
@@ -263,10 +289,47 @@ class _Report:
         self.save()
 
     def save(self) -> None:
-        st = [e["status"] for e in self.entries]
-        self.data["summary"] = {k: st.count(k) for k in ("done", "skipped", "failed")} | {
-            "total": self.total}
-        _atomic.write_json(self.path, self.data)
+        with self.lock:
+            st = [e["status"] for e in self.entries]
+            self.data["summary"] = {k: st.count(k) for k in ("done", "skipped", "failed")} | {
+                "total": self.total}
+            _atomic.write_json(self.path, self.data)
+
+    def append(self, entry: dict[str, Any]) -> None:
+        with self.lock:
+            self.entries.append(entry)
+
+    def order(self, paths: Sequence[Path]) -> None:
+        """Entries in the scenes' order (scenes in flight start and end in any order); unmatched first."""
+        rank = {os.path.abspath(p): i for i, p in enumerate(paths)}
+        with self.lock:
+            self.entries.sort(key=lambda e: rank.get(e["scene"], -1))
+
+
+def _run_in_flight(report: _Report, bar: Any, jobs: list[tuple[Path, str]], out: Path, fmts: list[str],
+                   params: dict[str, Any], in_flight: int, *, local: bool) -> None:
+    """The scenes on ``in_flight`` client threads, each submitting its own graph to the cluster.
+
+    A scene's failure is its entry's (the others go on). On an interrupt the scenes not started are
+    dropped and the running ones are marked interrupted; the caller then closes the cluster, which ends
+    their computations (their outputs are atomic: nothing that looks complete is left).
+    """
+    pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="xr_unmix-scene")
+    futures = [pool.submit(_run_entry, report, bar, scene, stem, out, fmts, params, local=local)
+               for scene, stem in jobs]
+    try:
+        for f in futures:
+            f.result()
+    except BaseException:
+        report.interrupted = True
+        pool.shutdown(wait=False, cancel_futures=True)
+        with report.lock:
+            for e in report.entries:
+                if e["status"] == "running":
+                    e.update(status="interrupted", error="interrupted by the user")
+        report.save()
+        raise
+    pool.shutdown()
 
 
 def _run_entry(report: _Report, bar: Any, scene: Path, stem: str, out: Path, fmts: list[str],
@@ -277,7 +340,7 @@ def _run_entry(report: _Report, bar: Any, scene: Path, stem: str, out: Path, fmt
                              "outputs": {f: str(p) for f, p in outputs.items()},
                              "status": "running", "seconds": None, "pixels": None, "error": None,
                              "started": _now()}
-    report.entries.append(entry)
+    report.append(entry)
     bar.set_postfix_str(scene.name)
     t0 = time.perf_counter()
     try:
@@ -287,6 +350,9 @@ def _run_entry(report: _Report, bar: Any, scene: Path, stem: str, out: Path, fmt
         entry.update(status="interrupted", error="interrupted by the user")
         raise
     except Exception as exc:  # noqa: BLE001  (a failed scene must not stop the batch)
+        if report.interrupted:  # the batch was interrupted and its cluster closed under this scene
+            entry.update(status="interrupted", error="interrupted by the user")
+            return
         msg = " ".join(str(exc).split()) or type(exc).__name__
         entry.update(status="failed", error=f"{type(exc).__name__}: {msg}",
                      traceback=traceback.format_exc(limit=6))

@@ -354,10 +354,13 @@ def _train_line(out: Path, history: dict[str, Any]) -> str:
 @click.option("--overwrite", is_flag=True, help="Recompute scenes whose outputs are complete.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="JSON run report (default OUT_DIR/xr_unmix_batch_report.json).")
+@click.option("--in-flight", "in_flight", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Scenes unmixed at once on a cluster (--workers/--scheduler); fills the workers while "
+                   "the client opens a scene or makes its COG.")
 def batch(scenes: tuple[str, ...], endmembers: str | None, method: str, model: str | None,
           out_dir: Path, formats: str, scheduler: str | None, workers: int | None, device: str,
           chunk: str, resample: bool, lam: float, seed: int | None, overwrite: bool,
-          report_path: Path | None) -> None:
+          report_path: Path | None, in_flight: int) -> None:
     """Unmix many SCENES (paths, globs, or @list.txt files); resumes, reports per scene.
 
     Exits with status 1 if any scene failed (after finishing the others).
@@ -367,7 +370,7 @@ def batch(scenes: tuple[str, ...], endmembers: str | None, method: str, model: s
                        model=model, formats=[f.strip() for f in formats.split(",") if f.strip()],
                        scheduler=scheduler, workers=workers, device=device, chunk=chunk,
                        resample=resample, lam=lam, seed=seed, overwrite=overwrite,
-                       report_path=report_path)
+                       report_path=report_path, in_flight=in_flight)
     n = report["summary"]
     click.echo(f"{n['done']} done, {n['skipped']} skipped (complete), {n['failed']} failed; "
                f"report: {report['report_path']}", err=True)
