@@ -1,7 +1,7 @@
 """Throughput and peak memory of the networks through the accessor, beside FCLS, on dask cubes.
 
     nice -n 10 .venv/bin/python recipes/bench_models.py [--sizes 512 2048] [--bands 150] [--rounds 2]
-        [--output sink|compute|zarr|cog] [--device cpu|cuda]
+        [--output sink|compute|zarr|cog] [--device cpu|cuda] [--order bands|dask]
 
 Cases (each through ``cube.unmix``): ``fcls`` (SUnSAL FCLS), ``uadmm`` (U-ADMM-AENet
 ``from_endmembers``, 2 layers), ``deq`` (DEQ-Unmix defaults: the untrained model, which sits at its FCLS
@@ -14,7 +14,8 @@ The cube is lazy: 256² chunks of ``--bands`` bands, each made on the fly from a
 abundance field and 5 earthlib-like smooth spectra plus noise, so the scene is never in memory
 whole; by default the result goes to a sink that keeps only a checksum (no scene-sized output array
 either); ``--output compute`` holds the result in memory (``.compute()``), ``zarr``/``cog`` write it with
-``xr_unmix.io`` to a scratch file.
+``xr_unmix.io`` to a scratch file (``--order dask``: the writers' tasks in Dask's own order, as before
+``xr_unmix.io._rowbands``, for a before/after).
 Every (case, size) runs in a **fresh subprocess**: it builds the cube and the model, runs a 256² warm-up
 (imports, polisher tables, first-touch allocations), then the timed run on Dask's threaded scheduler
 with ``--threads`` workers. Peak RSS is the child's high-water mark (``ru_maxrss``, and an RSS sampler
@@ -129,7 +130,7 @@ def _run(res: xr.DataArray, output: str, sink: _Sink, tmp: Path) -> None:  # noq
 
 
 def child(case: str, size: int, bands: int, threads: int, model_path: str, output: str = "sink",
-          device: str = "cpu") -> dict:
+          device: str = "cpu", order: str = "bands") -> dict:
     import resource
     import threading
     import warnings
@@ -144,6 +145,10 @@ def child(case: str, size: int, bands: int, threads: int, model_path: str, outpu
 
     if case == "deq-mo":  # halo tiles through map_overlap, as before xr_unmix._halo
         _halo.RECOMPUTE_MIN_CHUNKS = 10**9
+    if order == "dask":  # the writers without their row bands: no store-map task is recognised
+        from xr_unmix.io import _rowbands
+
+        _rowbands.STORE_PREFIX = "no-such-layer-"
 
     warnings.simplefilter("ignore")  # the trained DEQ's ConvergenceWarning per tile (counted below)
     proc = psutil.Process()
@@ -228,11 +233,13 @@ def main() -> None:
     ap.add_argument("--output", default="sink", choices=OUTPUTS,
                     help="where the result goes: a checksum sink, memory (.compute()), Zarr or COG")
     ap.add_argument("--device", default="cpu", help="torch device of every case (cpu, cuda)")
+    ap.add_argument("--order", default="bands", choices=("bands", "dask"),
+                    help="zarr/cog: the writers' row bands (default) or Dask's own order (before)")
     ap.add_argument("--child", nargs=3, metavar=("CASE", "SIZE", "MODEL"))
     a = ap.parse_args()
     if a.child:
         print(json.dumps(child(a.child[0], int(a.child[1]), a.bands, a.threads, a.child[2], a.output,
-                               a.device)))
+                               a.device, a.order)))
         return
     tmp = Path(tempfile.mkdtemp(prefix="bench_models_"))
     mp = tmp / "deq_trained.safetensors"
@@ -240,6 +247,7 @@ def main() -> None:
     print(f"# bench_models: dask cubes {a.sizes} px square, {a.bands} bands, {R} endmembers, {CHUNK}² chunks; "
           f"threaded scheduler, {a.threads} dask threads, torch 1 thread per task (xr_unmix policy), "
           f"OMP/OPENBLAS/MKL_NUM_THREADS=1; cpu_count {os.cpu_count()}; device {a.device}; output {a.output}; "
+          f"order {a.order}; "
           f"load average "
           f"at start {os.getloadavg()[0]:.2f}; xr_unmix from {ROOT}")
     if "deq-trained" in a.cases:
@@ -259,7 +267,8 @@ def main() -> None:
                 if case == "deq-trained" and size > a.trained_max_size:
                     continue
                 cmd = [sys.executable, __file__, "--bands", str(a.bands), "--threads", str(a.threads),
-                       "--output", a.output, "--device", a.device, "--child", case, str(size), str(mp)]
+                       "--output", a.output, "--device", a.device, "--order", a.order,
+                       "--child", case, str(size), str(mp)]
                 r = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if r.returncode:
                     sys.exit(f"{case} {size}: {r.stderr[-2000:]}")

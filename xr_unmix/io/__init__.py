@@ -12,7 +12,9 @@ One module an idea:
 - :mod:`~xr_unmix.io.write`: :func:`write`, several products from one computation;
 - :mod:`~xr_unmix.io.bundles`: :func:`write_bundles`, the fraction and uncertainty of bundle unmixing;
 - :mod:`~xr_unmix.io.atomic`: the one atomic-publish helper (products, batch sidecars, model files);
-- :mod:`~xr_unmix.io._jobs`: what the writers share (a product as a staged job, the checks).
+- :mod:`~xr_unmix.io._jobs`: what the writers share (a product as a staged job, the checks);
+- :mod:`~xr_unmix.io._rowbands`: the writers' task order on local schedulers (output blocks top to
+  bottom, a row at a time: peak memory of about two rows of blocks, not of the scene).
 
 Writers stream a dask-backed result block by block (never the whole map in memory) and write to a
 temporary sibling of the target, renamed into place only on success: an error or an interrupt leaves

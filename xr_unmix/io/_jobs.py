@@ -6,6 +6,8 @@ pending Dask computation of its data (``None`` when the data were in memory and 
 job, computes all pending writes together -- one pass over a dask-backed result however many products
 read it: the estimator's tasks are shared keys of one graph -- then finalizes them and publishes each
 through :func:`xr_unmix.io.atomic.atomic_target` (nothing at a target path unless every product is whole).
+On local schedulers the computation runs in bands of chunk rows, top to bottom
+(:mod:`xr_unmix.io._rowbands`): its peak memory is that of a band, not of the scene.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import xarray as xr
 from ..errors import DimensionError, MissingCRSError, ParameterError
 from ..runtime import compute_settled, gdal_env
 from . import atomic as _atomic
+from ._rowbands import RowBands
 
 PathLike = str | os.PathLike[str]
 
@@ -174,12 +177,14 @@ def run(jobs: Sequence[Job], *, progress: bool = False) -> list[Path]:
                 # zarr's note that consolidated metadata is a v3 extension: readers without it ignore it
                 warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
                 pending = [p for j, t in zip(jobs, tmps, strict=True) if (p := j.stage(t)) is not None]
-                if len(pending) == 1:
-                    compute_settled(pending[0])
-                elif pending:
+                if pending:
                     import dask
+                    from dask.core import flatten
 
-                    compute_settled(dask.delayed(_all_done)(*pending))
+                    obj = pending[0] if len(pending) == 1 else dask.delayed(_all_done)(*pending)
+                    # top to bottom, a row of output blocks at a time (_rowbands; local schedulers)
+                    with RowBands(keys=flatten(obj.__dask_keys__())):
+                        compute_settled(obj)
             for j, t in zip(jobs, tmps, strict=True):
                 j.finalize(t)
         finally:
