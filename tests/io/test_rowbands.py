@@ -136,6 +136,29 @@ def test_bands_follow_the_store_blocks_and_pull_inputs_to_the_first_band_that_ne
     assert own.state is state and state["ready"] == [(st + "x", 0, 3, 1), "a"]  # band 0 is popped first
 
 
+def test_ready_list_kept_in_order_as_a_stable_sort_would() -> None:
+    """The scheduler pops from the end and appends what became ready; the callback inserts the new
+    tasks only, and the list must be what a stable sort of the whole list by band gives."""
+    rng = np.random.default_rng(0)
+    keys = [("t", i) for i in range(400)]
+    cb = _rowbands.RowBands()
+    cb.band = {k: (int(rng.integers(0, 5)), int(rng.integers(0, 3))) for k in keys}
+    state: dict[str, Any] = {"ready": keys[:50]}
+    cb.state = state
+    cb._sort(state)
+    pending = keys[50:]
+    while state["ready"] or pending:
+        for _ in range(min(len(state["ready"]), int(rng.integers(1, 3)))):
+            state["ready"].pop()
+            cb._pretask(None, None, state)
+        n = int(rng.integers(0, 4))
+        state["ready"].extend(pending[:n])
+        pending = pending[n:]
+        expect = sorted(state["ready"], key=cb._rank)  # stable: appended after their band's tasks
+        cb._posttask(("t", -1), None, None, state, None)
+        assert state["ready"] == expect
+
+
 @pytest.mark.parametrize("kind", ["zarr", "cog"])
 def test_writers_store_top_to_bottom_and_read_only_a_few_rows_ahead(kind: str, tmp_path: Path,
                                                                      whole_graph) -> None:

@@ -28,6 +28,7 @@ scratch files and atomic renames as before). On a ``distributed`` client the cal
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import ctypes.util
 import graphlib
@@ -122,13 +123,33 @@ class RowBands(Callback):
         self.state: dict[str, Any] | None = None
         self.band: dict[Hashable, tuple[float, float]] = {}
         self.left: Counter[int] = Counter()  # block writes still to come, per block row
+        self.settled = 0  # how many of the ready list's first entries are in order
+
+    def _rank(self, key: Hashable) -> tuple[float, float]:
+        b = self.band.get(key, LAST)
+        return -b[0], -b[1]  # ascending along the list: the scheduler pops the earliest band, last
 
     def _sort(self, state: dict[str, Any]) -> None:
-        # the scheduler pops the last ready task: the earliest band last; sort is stable (reverse=True
-        # too), so among tasks of one band Dask's own order stands
-        band, ready = self.band, state["ready"]
-        if isinstance(ready, list):  # another Dask's scheduler state: its own order, no error
-            ready.sort(key=lambda k: band.get(k, LAST), reverse=True)
+        """Order the ready list: all of it at the start, then only what the scheduler appended.
+
+        The scheduler pops ready tasks from the end (each pop is seen by :meth:`_pretask`) and appends
+        the tasks a finished one made ready; those are inserted where they belong (``insort_right``:
+        after the tasks of their band, so among one band's tasks Dask's order stands, as a stable sort
+        of the whole list would keep it, at O(log n) comparisons a task instead of n).
+        """
+        ready = state["ready"]
+        if not isinstance(ready, list):  # another Dask's scheduler state: its own order, no error
+            return
+        if not 0 <= self.settled <= len(ready):
+            self.settled = 0
+        if self.settled == 0:
+            ready.sort(key=self._rank)  # stable: Dask's order among one band's tasks
+        else:
+            new = ready[self.settled:]
+            del ready[self.settled:]
+            for k in new:
+                bisect.insort_right(ready, k, key=self._rank)
+        self.settled = len(ready)
 
     def _start_state(self, dsk: Any, state: dict[str, Any]) -> None:
         deps = state["dependencies"]
@@ -136,9 +157,13 @@ class RowBands(Callback):
             return
         band = task_bands(state["dependencies"], self.rows)
         if band:
-            self.state, self.band = state, band
+            self.state, self.band, self.settled = state, band, 0
             self.left = Counter(yx[0] for k in band if (yx := output_block(k)) is not None)
             self._sort(state)
+
+    def _pretask(self, key: Any, dsk: Any, state: dict[str, Any]) -> None:
+        if state is self.state:
+            self.settled -= 1  # popped from the ordered end
 
     def _posttask(self, key: Any, result: Any, dsk: Any, state: dict[str, Any], worker_id: Any) -> None:
         if state is not self.state:
