@@ -203,6 +203,7 @@ def bench(a: argparse.Namespace) -> None:
             ref = A if ref is None else ref
             print(f"| {name} | {m.last_info.n_iter} | {t:.2f} | {float((A - ref).abs().max()):.1e} | "
                   f"{float((A - A_tight).abs().max()):.1e} | {os.getloadavg()[0]:.2f} |", flush=True)
+    _patch_activity(model, Y)
     # the yardstick of issue 17's "within 10x of FCLS": FCLS (accessor defaults) on the tile's 256² core,
     # same thread, against the DEQ's whole tile (core + halo), untrained and trained, best of 3 each
     core = cube[:, model.halo:model.halo + 256, model.halo:model.halo + 256].compute()
@@ -219,6 +220,39 @@ def bench(a: argparse.Namespace) -> None:
     f = times["FCLS, 256² core"]
     print("; ".join(f"{k}: {v * 1e3:.0f} ms ({v / f:.1f}x FCLS)" for k, v in times.items()),
           f"(trained: {model.last_info.n_iter} iterations); load {os.getloadavg()[0]:.2f}")
+
+
+def _patch_activity(model: Any, Y: Any, patch: int = 32) -> None:
+    """How much of the tile still moves along the saved solve: the share of ``patch``² patches whose
+    largest per-pixel step ``max_r |f(A) - A|`` exceeds 1e-3 / 1e-4 / 1e-5, at some iterations (what a
+    solve that skipped settled patches could save)."""
+    import torch
+
+    shares: list[list[float]] = []
+    orig = model._map
+
+    def recording_map(*args: Any, **kwargs: Any) -> Any:
+        f = orig(*args, **kwargs)
+
+        def g(A: torch.Tensor) -> torch.Tensor:
+            out = f(A)
+            d = (out - A).abs().amax(1)[0]
+            n = d.shape[0] // patch * patch
+            pm = d[:n, :n].reshape(n // patch, patch, n // patch, patch).amax((1, 3))
+            shares.append([float((pm > t).float().mean()) for t in (1e-3, 1e-4, 1e-5)])
+            return out
+
+        return g
+
+    model._map = recording_map
+    try:
+        with torch.no_grad():
+            model(Y, warn=False)
+    finally:
+        del model._map
+    at = [i for i in (0, 9, 19, 39, 59, 79) if i < len(shares)] + [len(shares) - 1]
+    print(f"share of {patch}² patches still moving by > 1e-3 / 1e-4 / 1e-5, by iteration: " + "; ".join(
+        f"{i + 1}: {' / '.join(f'{v:.2f}' for v in shares[i])}" for i in at))
 
 
 def report(rows: list[dict[str, Any]]) -> None:
