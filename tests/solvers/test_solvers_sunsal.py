@@ -310,10 +310,10 @@ def _simplex_reference(v: np.ndarray) -> np.ndarray:
     return np.maximum(v - css[rho] / (rho + 1), 0)
 
 
-@pytest.mark.parametrize("R", [1, 2, 5, 8, 9, 62])
+@pytest.mark.parametrize("R", [1, 2, 5, 8, 9, 16, 17, 62])
 @pytest.mark.parametrize("dim", [0, 1, -1])
 def test_project_simplex_matches_the_sorted_reference_with_ties(R: int, dim: int) -> None:
-    # R <= 8 runs sort-free, larger R sorts: both against Duchi's algorithm, ties included
+    # R <= 16 runs the sorting network, larger R sorts: both against Duchi's algorithm, ties included
     rng = np.random.default_rng(R)
     x = rng.normal(size=(R, 7, 11)) * 2
     x[:, :3] = np.round(x[:, :3])  # many exact ties
@@ -324,3 +324,26 @@ def test_project_simplex_matches_the_sorted_reference_with_ties(R: int, dim: int
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-12)
     np.testing.assert_allclose(out.sum(dim), 1.0, atol=1e-12)
     assert (out >= 0).all()
+
+
+@pytest.mark.parametrize("R", [1, 2, 3, 4, 5, 6, 7, 8, 12, 16])
+def test_project_simplex_network_equals_the_sort_free_form(R: int) -> None:
+    """The sorting network gives the sort-free form's projection (the one it replaced) in float32 to a
+    few ulps: random states, exact ties, all equal, one-hot, far outside the simplex, already on it."""
+    from xr_unmix.solvers.sunsal.simplex import project_simplex_sortfree
+
+    g = torch.Generator().manual_seed(R)
+    a = torch.rand(2, R, 9, 13, generator=g)
+    x = torch.cat([a / a.sum(1, keepdim=True) - 0.1 * torch.randn(2, R, 9, 13, generator=g),  # DEQ-like
+                   torch.round(4 * torch.randn(2, R, 9, 13, generator=g)) / 4,  # many ties
+                   1e4 * torch.randn(1, R, 9, 13, generator=g), 1e-6 * torch.randn(1, R, 9, 13, generator=g)])
+    x[0, :, 0, 0] = 0.3  # all equal
+    x[0, :, 0, 1] = 0.0
+    x[0, 0, 0, 1] = 1.0  # one-hot (on the simplex)
+    x[0, :, 0, 2] = -5.0  # all far below
+    for dim in (1, -3):
+        new, old = project_simplex(x, dim=dim), project_simplex_sortfree(x, dim=dim)
+        scale = x.abs().amax(1, keepdim=True).clamp_min(1.0)
+        assert float(((new - old).abs() / scale).max()) <= 4 * torch.finfo(torch.float32).eps
+        assert torch.allclose(new.sum(1), torch.ones(()), atol=1e-5) and bool((new >= 0).all())
+    assert torch.equal(project_simplex(x[:1, :, 0, 1], dim=1), x[:1, :, 0, 1])  # on the simplex: unchanged

@@ -74,9 +74,10 @@ class FixedPointInfo:
         return [float(v) for v in self.residuals.max(dim=1).values] if self.n_iter else []
 
 
-def _residual(fz: torch.Tensor, z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Per-sample relative residual, shape (B,)."""
-    d = (fz - z).flatten(1).norm(dim=1)
+def _residual(fz: torch.Tensor, z: torch.Tensor, eps: float = 1e-12,
+              g: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample relative residual, shape (B,) (``g``: ``fz - z`` when the caller has it already)."""
+    d = (fz - z if g is None else g).flatten(1).norm(dim=1)
     return d / (fz.flatten(1).norm(dim=1) + eps)
 
 
@@ -211,10 +212,13 @@ def anderson(
     shape = z0.shape
     B = shape[0]
     bview = (B, *([1] * (len(shape) - 1)))
-    X = torch.zeros((B, m, z0[0].numel()), dtype=z0.dtype, device=z0.device)
-    F = torch.zeros_like(X)
+    D = z0[0].numel()
+    # iterates x_i stored only when mixed (beta < 1); empty, not zeros: only written slots [:, :n] are read
+    X = torch.empty((B, m if beta != 1.0 else 0, D), dtype=z0.dtype, device=z0.device)
+    F = torch.empty((B, m, D), dtype=z0.dtype, device=z0.device)
+    gx = torch.empty_like(z0)  # f(x) - x, one buffer for every iteration
     # residuals g_i = f(x_i) - x_i (float64) and their Gram matrix, one new row per iteration (not m)
-    Gh = torch.zeros((B, m, X.shape[2]), dtype=torch.float64, device=z0.device)
+    Gh = torch.empty((B, m, D), dtype=torch.float64, device=z0.device)
     GGh = torch.zeros((B, m, m), dtype=torch.float64, device=z0.device)
     best = z0.clone()
     best_f = z0 if keep_f else None  # f(best), replaced at the first iteration (best_res = inf)
@@ -224,7 +228,8 @@ def anderson(
     x = z0
     for k in range(max_iter):
         fx = f(x)
-        res = _residual(fx, x).double()
+        torch.sub(fx, x, out=gx)  # the residual g = f(x) - x, once: for the stop test and the history
+        res = _residual(fx, x, g=gx).double()
         better = res < best_res
         all_better = k > 0 and bool(better.all())  # (k = 0: x may be the caller's z0, never aliased)
         best = x if all_better else torch.where(better.view(bview), x, best)
@@ -232,15 +237,14 @@ def anderson(
             best_f = fx if k == 0 or all_better else torch.where(better.view(bview), fx, best_f)
         best_res = torch.where(better, res, best_res)
         trace.append(res.clone())
-        if tol > 0 and bool((best_res <= tol).all()):
-            break
-        if k == max_iter - 1:
+        if (tol > 0 and bool((best_res <= tol).all())) or k == max_iter - 1:
             break
         slot = k % m
-        X[:, slot] = x.reshape(B, -1)
+        if beta != 1.0:
+            X[:, slot] = x.reshape(B, -1)
         F[:, slot] = fx.reshape(B, -1)
         n = min(k + 1, m)
-        Gh[:, slot] = (F[:, slot] - X[:, slot]).double()
+        Gh[:, slot] = gx.reshape(B, -1)  # (to float64 in the copy)
         row = torch.bmm(Gh[:, :n], Gh[:, slot, :, None])[:, :, 0]  # (B, n): g_i . g_slot
         GGh[:, slot, :n] = row
         GGh[:, :n, slot] = row
