@@ -315,6 +315,7 @@ def test_in_flight_checked_before_any_scene_runs(scenes) -> None:
     with pytest.raises(ParameterError, match="in_flight=2 needs a distributed scheduler"):
         run_batch([str(d / "a.tif"), str(d / "b.tif")], in_flight=2, **kw)
     assert not list(out.glob("*.tif")) and not list(out.glob("*.done.json"))
+    assert run_batch([str(d / "a.tif")], **kw)["parameters"]["in_flight"] == 1  # threads' default
     r = CliRunner().invoke(main, ["batch", str(d / "a.tif"), "--endmembers", str(scenes["em"]),
                                   "--out-dir", str(out), "--in-flight", "0"])
     assert r.exit_code == 2 and "--in-flight" in r.output and "Traceback" not in r.output

@@ -130,6 +130,7 @@ def test_batch_on_cluster(client, tmp_path: Path) -> None:
         tmp_path / "em.csv"), scheduler=client.scheduler.address, chunk=16, formats=["zarr"],
         progress=False)
     assert rep["scheduler"]["kind"] == "distributed" and rep["scheduler"]["workers"] == 2
+    assert rep["parameters"]["in_flight"] == 2  # the cluster default
     assert [s["status"] for s in rep["scenes"]] == ["done"]
     expected = xr_unmix.fcls(cube, E).values
     np.testing.assert_allclose(open_abundance(tmp_path / "o" / "s.zarr").values, expected,

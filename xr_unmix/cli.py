@@ -354,13 +354,13 @@ def _train_line(out: Path, history: dict[str, Any]) -> str:
 @click.option("--overwrite", is_flag=True, help="Recompute scenes whose outputs are complete.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="JSON run report (default OUT_DIR/xr_unmix_batch_report.json).")
-@click.option("--in-flight", "in_flight", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--in-flight", "in_flight", type=click.IntRange(min=1), default=None,
               help="Scenes unmixed at once on a cluster (--workers/--scheduler); fills the workers while "
-                   "the client opens a scene or makes its COG.")
+                   "the client opens a scene or makes its COG. Default: 2 on a cluster, 1 on threads.")
 def batch(scenes: tuple[str, ...], endmembers: str | None, method: str, model: str | None,
           out_dir: Path, formats: str, scheduler: str | None, workers: int | None, device: str,
           chunk: str, resample: bool, lam: float, seed: int | None, overwrite: bool,
-          report_path: Path | None, in_flight: int) -> None:
+          report_path: Path | None, in_flight: int | None) -> None:
     """Unmix many SCENES (paths, globs, or @list.txt files); resumes, reports per scene.
 
     Exits with status 1 if any scene failed (after finishing the others).
