@@ -12,13 +12,9 @@ an error while computing) is recorded with its error and the batch goes on. The 
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
-import platform
-import socket
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -27,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from . import pipeline
+from ._batch_report import Report, now, versions  # noqa: F401  (versions: part of this module's API)
 from ._progress import progress_bar
-from ._scenes import expand_scenes, file_sha256, output_stems, scene_fingerprint
+from ._scenes import expand_scenes, output_stems, scene_fingerprint
 from .errors import MissingInputError, OutputError, ParameterError
 from .io import atomic as _atomic
 from .io import open_abundance, write, zarr_complete
@@ -78,33 +75,6 @@ def _is_complete(sidecar: Path, fingerprint: dict[str, Any], outputs: dict[str, 
         return False
     n = meta.get("n_endmembers")
     return all(output_readable(p, n) for p in outputs.values())
-
-
-# -- report ----------------------------------------------------------------------------------------
-
-def versions() -> dict[str, str]:
-    """Versions of xr_unmix and the libraries that shape its results (for run reports)."""
-    from importlib import metadata
-
-    from . import __version__
-
-    out = {"xr_unmix": __version__, "python": platform.python_version()}
-    for pkg in ("numpy", "torch", "dask", "distributed", "xarray", "rioxarray", "rasterio", "zarr"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    try:
-        import rasterio
-
-        out["gdal"] = str(rasterio.__gdal_version__)
-    except ImportError:  # pragma: no cover
-        pass
-    return out
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 # -- the batch -------------------------------------------------------------------------------------
@@ -209,7 +179,7 @@ def run_batch(
               "device": device, "chunk": chunk if chunk == "auto" else int(chunk),
               "resample": bool(resample), "lam": float(lam), "seed": seed,
               "overwrite": bool(overwrite), "in_flight": in_flight}
-    report = _Report(rpath, scenes, paths, unmatched, params, out)
+    report = Report(rpath, scenes, paths, unmatched, params, out)
     t_batch = time.perf_counter()
     with dask_scheduler(scheduler, workers) as client:
         if in_flight is None:
@@ -235,7 +205,7 @@ def run_batch(
         finally:
             bar.close()
             report.order(paths)
-            report.data["finished"] = _now()
+            report.data["finished"] = now()
             report.data["seconds"] = round(time.perf_counter() - t_batch, 3)
             report.save()
     return report.data
@@ -267,54 +237,7 @@ def _output_folder(out_dir: PathLike, report_path: PathLike | None) -> tuple[Pat
     return out, rpath
 
 
-class _Report:
-    """The batch's JSON report, rewritten (atomically) after every scene."""
-
-    def __init__(self, path: Path, specs: Sequence[PathLike], paths: list[Path],
-                 unmatched: list[str], params: dict[str, Any], out: Path) -> None:
-        self.path = path
-        self.lock = threading.RLock()  # scenes in flight append and save from their own threads
-        self.interrupted = False
-        self.total = len(paths) + len(unmatched)
-        self.entries: list[dict[str, Any]] = [
-            {"scene": spec, "outputs": {}, "status": "failed", "seconds": 0.0, "pixels": None,
-             "error": "no file matches this pattern / list" if not spec.startswith("@")
-             else "list file missing or empty"} for spec in unmatched]
-        self.data: dict[str, Any] = {
-            "started": _now(), "finished": None, "host": socket.gethostname(),
-            "inputs": {"specs": [os.fspath(s) for s in specs],
-                       "scenes": [os.path.abspath(p) for p in paths], "unmatched": unmatched},
-            "parameters": params, "out_dir": os.path.abspath(out), "versions": versions(),
-            "scheduler": None, "scenes": self.entries, "summary": {}, "report_path": str(path),
-        }
-        # what the results depend on: a change re-runs the scene even if its outputs exist
-        em, model = params["endmembers"], params["model"]
-        self.result_params = {
-            "method": params["method"], "lam": params["lam"], "resample": params["resample"],
-            "seed": params["seed"], "endmembers": None if em is None else str(em),
-            "endmembers_sha256": file_sha256(em) if em else None,
-            "model_sha256": file_sha256(model) if model else None}
-        self.save()
-
-    def save(self) -> None:
-        with self.lock:
-            st = [e["status"] for e in self.entries]
-            self.data["summary"] = {k: st.count(k) for k in ("done", "skipped", "failed")} | {
-                "total": self.total}
-            _atomic.write_json(self.path, self.data)
-
-    def append(self, entry: dict[str, Any]) -> None:
-        with self.lock:
-            self.entries.append(entry)
-
-    def order(self, paths: Sequence[Path]) -> None:
-        """Entries in the scenes' order (scenes in flight start and end in any order); unmatched first."""
-        rank = {os.path.abspath(p): i for i, p in enumerate(paths)}
-        with self.lock:
-            self.entries.sort(key=lambda e: rank.get(e["scene"], -1))
-
-
-def _run_in_flight(report: _Report, bar: Any, jobs: list[tuple[Path, str]], out: Path, fmts: list[str],
+def _run_in_flight(report: Report, bar: Any, jobs: list[tuple[Path, str]], out: Path, fmts: list[str],
                    params: dict[str, Any], in_flight: int, *, local: bool) -> None:
     """The scenes on ``in_flight`` client threads, each submitting its own graph to the cluster.
 
@@ -340,14 +263,14 @@ def _run_in_flight(report: _Report, bar: Any, jobs: list[tuple[Path, str]], out:
     pool.shutdown()
 
 
-def _run_entry(report: _Report, bar: Any, scene: Path, stem: str, out: Path, fmts: list[str],
+def _run_entry(report: Report, bar: Any, scene: Path, stem: str, out: Path, fmts: list[str],
                params: dict[str, Any], *, local: bool) -> None:
     """One scene of the batch: its report entry, its failure recorded (the batch goes on)."""
     outputs = {f: out / f"{stem}.{f}" for f in fmts}
     entry: dict[str, Any] = {"scene": os.path.abspath(scene),
                              "outputs": {f: str(p) for f, p in outputs.items()},
                              "status": "running", "seconds": None, "pixels": None, "error": None,
-                             "started": _now()}
+                             "started": now()}
     report.append(entry)
     bar.set_postfix_str(scene.name)
     t0 = time.perf_counter()
@@ -397,6 +320,6 @@ def _run_scene(scene: Path, outputs: dict[str, Path], sidecar: Path, params: dic
     # existing outputs of an incomplete or outdated run are replaced (only once the new one is whole)
     write(ab, cog=outputs.get("tif"), zarr=outputs.get("zarr"), overwrite=True)  # unmixed once
     _atomic.write_json(sidecar, {"fingerprint": fingerprint, "n_endmembers": len(names),
-                                 "endmembers": names, "pixels": pixels, "written": _now(),
+                                 "endmembers": names, "pixels": pixels, "written": now(),
                                  "outputs": {f: str(p) for f, p in outputs.items()}})
     return {"status": "done", "pixels": pixels, "endmembers": names}
