@@ -3,6 +3,7 @@ worker, and a worker killed mid-run loses nothing."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -538,3 +539,55 @@ def test_batch_in_flight_runs_scenes_at_the_same_time(client, tmp_path: Path,
                               endmembers=str(em), scheduler=client.scheduler.address, chunk=16,
                               formats=["zarr"], progress=False, in_flight=2)
     assert [s["status"] for s in rep["scenes"]] == ["done", "done"], rep["scenes"]
+
+
+def test_batch_in_flight_interrupted(client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while scenes are in flight: the batch stops within its polling interval, the scenes not
+    started never start, the report says interrupted (no "running" entry is left), nothing looks
+    complete, and a re-run resumes."""
+    import _thread
+
+    from xr_unmix import batch as batch_mod
+    from xr_unmix.endmembers import write_endmembers
+
+    d = tmp_path / "scenes"
+    d.mkdir()
+    cube, E, _ = make_cube(24, 32, seed=31)
+    for n in "abcd":
+        cube.rio.to_raster(d / f"{n}.tif")
+    em = write_endmembers(E, tmp_path / "em.csv")
+    original = batch_mod._run_scene
+    started: list[str] = []
+
+    def ctrl_c_in_b(scene, *args, **kwargs):
+        started.append(scene.name)
+        if scene.name == "b.tif":
+            _thread.interrupt_main()  # as a Ctrl-C: KeyboardInterrupt in the main thread
+        time.sleep(3.0)  # both scenes still running when the main thread sees it
+        return original(scene, *args, **kwargs)
+
+    monkeypatch.setattr(batch_mod, "_run_scene", ctrl_c_in_b)
+    names = [str(d / f"{n}.tif") for n in "abcd"]
+    kw = dict(out_dir=tmp_path / "o", endmembers=str(em), scheduler=client.scheduler.address, chunk=16,
+              formats=["zarr"], progress=False)
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        batch_mod.run_batch(names, in_flight=2, **kw)
+    assert time.perf_counter() - t0 < 3.0  # did not wait for the running scenes
+    report = json.loads((tmp_path / "o" / batch_mod.REPORT_NAME).read_text())
+    status = {Path(s["scene"]).name: s["status"] for s in report["scenes"]}
+    assert status == {"a.tif": "interrupted", "b.tif": "interrupted"}, status
+    # the two running scenes end in their threads: on the batch's own cluster they fail when it is
+    # closed; here the module's client stays up, so they may finish: either way the report agrees
+    # with the files, and c and d never start
+    time.sleep(5.0)
+    assert sorted(started) == ["a.tif", "b.tif"]
+    report = json.loads((tmp_path / "o" / batch_mod.REPORT_NAME).read_text())
+    final = {Path(s["scene"]).name: s["status"] for s in report["scenes"]}
+    assert set(final) == {"a.tif", "b.tif"} and set(final.values()) <= {"done", "interrupted"}, final
+    for n, st in final.items():
+        assert (tmp_path / "o" / n.replace(".tif", ".done.json")).exists() == (st == "done")
+    monkeypatch.undo()
+    again = batch_mod.run_batch(names, in_flight=2, **kw)
+    assert [s["status"] for s in again["scenes"]] == [
+        "skipped" if final.get(n + ".tif") == "done" else "done" for n in "abcd"]

@@ -18,7 +18,7 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -241,16 +241,20 @@ def _run_in_flight(report: Report, bar: Any, jobs: list[tuple[Path, str]], out: 
                    params: dict[str, Any], in_flight: int, *, local: bool) -> None:
     """The scenes on ``in_flight`` client threads, each submitting its own graph to the cluster.
 
-    A scene's failure is its entry's (the others go on). On an interrupt the scenes not started are
-    dropped and the running ones are marked interrupted; the caller then closes the cluster, which ends
-    their computations (their outputs are atomic: nothing that looks complete is left).
+    A scene's failure is its entry's (the others go on). On an interrupt (seen within 0.5 s) the scenes
+    not started are dropped, the running ones are marked interrupted and the interrupt goes on at once.
+    Those scenes' threads end with their computations: on the batch's own cluster, which the caller then
+    closes, they fail; on a client that stays up they may finish, and their entries then say so. The
+    writers are atomic, so the report and the files agree either way.
     """
     pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="xr_unmix-scene")
-    futures = [pool.submit(_run_entry, report, bar, scene, stem, out, fmts, params, local=local)
-               for scene, stem in jobs]
     try:
-        for f in futures:
-            f.result()
+        left = {pool.submit(_run_entry, report, bar, scene, stem, out, fmts, params, local=local)
+                for scene, stem in jobs}
+        while left:  # woken at least every 0.5 s, so that a Ctrl-C reaches this thread promptly
+            done, left = wait(left, timeout=0.5, return_when=FIRST_EXCEPTION)
+            for f in done:
+                f.result()  # a scene's thread re-raises only what is not a scene failure
     except BaseException:
         report.interrupted = True
         pool.shutdown(wait=False, cancel_futures=True)
