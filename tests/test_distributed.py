@@ -515,18 +515,24 @@ def test_batch_scenes_in_flight_equal_one_after_another(client, tmp_path: Path) 
     assert [s["status"] for s in again["scenes"]] == ["skipped", "skipped", "failed", "skipped"]
 
 
-def test_batch_in_flight_runs_scenes_at_the_same_time(client, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two scenes in flight meet at a barrier inside their runs: one after another, they could not."""
-    from xr_unmix import batch as batch_mod
+def _scene_files(tmp_path: Path, names: str, seed: int) -> tuple[Path, Path]:
+    """GeoTIFF scenes ``<name>.tif`` (one per letter of ``names``) and their endmember CSV."""
     from xr_unmix.endmembers import write_endmembers
 
     d = tmp_path / "scenes"
     d.mkdir()
-    cube, E, _ = make_cube(24, 32, seed=30)
-    for n in "ab":
+    cube, E, _ = make_cube(24, 32, seed=seed)
+    for n in names:
         cube.rio.to_raster(d / f"{n}.tif")
-    em = write_endmembers(E, tmp_path / "em.csv")
+    return d, write_endmembers(E, tmp_path / "em.csv")
+
+
+def test_batch_in_flight_runs_scenes_at_the_same_time(client, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two scenes in flight meet at a barrier inside their runs: one after another, they could not."""
+    from xr_unmix import batch as batch_mod
+
+    d, em = _scene_files(tmp_path, "ab", seed=30)
     barrier = threading.Barrier(2, timeout=60)
     original = batch_mod._run_scene
 
@@ -548,14 +554,8 @@ def test_batch_in_flight_interrupted(client, tmp_path: Path, monkeypatch: pytest
     import _thread
 
     from xr_unmix import batch as batch_mod
-    from xr_unmix.endmembers import write_endmembers
 
-    d = tmp_path / "scenes"
-    d.mkdir()
-    cube, E, _ = make_cube(24, 32, seed=31)
-    for n in "abcd":
-        cube.rio.to_raster(d / f"{n}.tif")
-    em = write_endmembers(E, tmp_path / "em.csv")
+    d, em = _scene_files(tmp_path, "abcd", seed=31)
     original = batch_mod._run_scene
     started: list[str] = []
 
