@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -570,9 +571,14 @@ def test_batch_in_flight_interrupted(client, tmp_path: Path, monkeypatch: pytest
     names = [str(d / f"{n}.tif") for n in "abcd"]
     kw = dict(out_dir=tmp_path / "o", endmembers=str(em), scheduler=client.scheduler.address, chunk=16,
               formats=["zarr"], progress=False)
+    # interrupt_main runs the SIGINT handler: Python's own, whatever an earlier test installed
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     t0 = time.perf_counter()
-    with pytest.raises(KeyboardInterrupt):
-        batch_mod.run_batch(names, in_flight=2, **kw)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            batch_mod.run_batch(names, in_flight=2, **kw)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert time.perf_counter() - t0 < 3.0  # did not wait for the running scenes
     report = json.loads((tmp_path / "o" / batch_mod.REPORT_NAME).read_text())
     status = {Path(s["scene"]).name: s["status"] for s in report["scenes"]}
