@@ -18,8 +18,8 @@ of 5 endmembers, 1 % NaN pixels). Every row is SUnSAL FCLS end to end (open, unm
    ``xr-unmix batch --format tif,zarr`` writes them): ``run_batch`` over ``--emit-scenes`` copies of one
    scene on threads and on ``workers=2`` with ``--in-flight`` scenes at once (default 1 and 2),
    alternated; per scene and per batch (cluster start-up included), then what 100 such scenes cost
-   from those figures. With scenes in flight the per-scene time is the batch's time after its first
-   scene ended, over the other scenes.
+   from those figures. With scenes in flight the per-scene time is the batch's time over its scenes
+   (start-up included: an upper bound).
 
 5. **Scenes in flight** on one warm ``dask_scheduler(workers=2)``: ``run_batch`` over ``--flight-scenes``
    copies of a ``--flight-shape`` scene (COG + Zarr) with ``in_flight`` = each of ``--in-flight``,
@@ -39,7 +39,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -208,14 +207,11 @@ def emit_batch(scene_dir: Path, scratch: Path, rounds: int, n_scenes: int,
             cpu = _cpu_with_reaped_children() - cpu0  # the batch's cluster has exited and been reaped
             secs = [s["seconds"] for s in rep["scenes"]]
             bad = [s for s in rep["scenes"] if s["status"] != "done"]
-            # per warm scene: the median scene time, or with scenes in flight the batch's time after its
-            # first scene ended, over the scenes after the first
+            # per warm scene: the median scene time after the first; with scenes in flight (they overlap)
+            # the batch's time over its scenes, start-up included
             warm = statistics.median(secs[1:]) if len(secs) > 1 else secs[0]
-            if k > 1 and len(secs) > 1:  # timestamps to the second: +-1 s over the other scenes
-                t_start = datetime.fromisoformat(rep["started"])
-                first_end = min((datetime.fromisoformat(s["started"]) - t_start).total_seconds() + s["seconds"]
-                                for s in rep["scenes"])
-                warm = (rep["seconds"] - first_end) / (len(secs) - 1)
+            if k > 1:
+                warm = rep["seconds"] / len(secs)
             res.setdefault(mode, []).append((warm, rep["seconds"], cpu))
             print(f"  round {rnd + 1} {mode:10s} batch {rep['seconds']:6.2f} s (start-up included), per scene "
                   f"{', '.join(f'{s:.2f}' for s in secs)} s: {px / warm / 1e6:.3f} Mpx/s; CPU "

@@ -1,18 +1,19 @@
 """Jasper Ridge, unsupervised: DEQ-Unmix from VCA endmembers vs. VCA+FCLS and VCA+SUnSAL (+ ablation).
 
+Data: read at run time from ``../shared/data/jasper_ridge`` (or ``$XR_UNMIX_DATA``) through
+:func:`xr_unmix.datasets.load_jasper_ridge`; nothing of the data set is in this file or the repository.
+
 For each seed: VCA (seeded) gives 4 endmembers (clipped >= 0). Baselines: FCLS with them, and SUnSAL
 (ANC only, l1 weight 1e-4: with ASC the l1 term is constant). DEQ-Unmix: ``DEQUnmix.from_endmembers(E_vca,
 seed=s, precondition=P)`` (``--precondition``, default 1e-3: the damped constrained Newton step; 0 = the
-projected-gradient operator of the earlier runs) then ``fit_scene(cube, seed=s)`` with the package
-defaults (200 epochs, spectral-angle loss, alpha = 0, endmember anchor 1, AdamW lr 1e-3, endmember lr
-5e-3, 10 forward / 10 backward iterations per epoch, warm start, best-objective state kept). Also
-reported: the same operator untrained (no CNN contribution, VCA endmembers: the preconditioned
-projected iteration's own fixed point, which differs from FCLS where an abundance is 0), and the
-ablation: the same training with ``use_cnn=False`` (only the endmembers learn). Scores: abundance aRMSE against the reference labelling
-and endmember mSAD (radians), after pairing the estimated endmembers with the reference ones by the
-Hungarian method on spectral angle (:func:`xr_unmix.metrics.match`); the DEQ's own refined endmembers are
-paired for the DEQ. Prints a markdown table (per seed, then median / mean +- std) and writes
-docs/figures/deq_jasper.png (abundance maps, seed 0) and, with ``--save-model``, the seed-0 model.
+projected-gradient operator, the package default) then ``fit_scene(cube, seed=s)`` with the package's
+``fit_scene`` defaults (docs/deq.md lists them). Also reported: the same operator untrained (no CNN
+contribution, VCA endmembers), and the ablation: the same training with ``use_cnn=False`` (only the
+endmembers learn). Scores: abundance aRMSE against the reference labelling and endmember mSAD (radians),
+after pairing the estimated endmembers with the reference ones by the Hungarian method on spectral angle
+(:func:`xr_unmix.metrics.match`); the DEQ's own refined endmembers are paired for the DEQ. Prints a
+markdown table (per seed, then median / mean +- std) and writes docs/figures/deq_jasper.png (abundance
+maps, seed 0; not committed) and, with ``--save-model``, the seed-0 model.
 
 Run: ``python recipes/deq_jasper.py [--seeds 3] [--epochs 200] [--workers 2]``
 """

@@ -3,7 +3,9 @@
     .venv/bin/python recipes/jasper_vca.py              # the Jasper table (markdown) + a figure
     .venv/bin/python recipes/jasper_vca.py --memory     # peak memory of VCA on a Dask cube 12x a chunk
 
-Needs the benchmark data (``../shared/data`` or ``$XR_UNMIX_DATA``) for the first mode only.
+Data (first mode only): read at run time from ``../shared/data/jasper_ridge`` (or ``$XR_UNMIX_DATA``)
+through :func:`xr_unmix.datasets.load_jasper_ridge`; nothing of the data set is in this file or the
+repository. The figure it writes (docs/figures/endmembers_jasper.png) is not committed.
 """
 
 from __future__ import annotations

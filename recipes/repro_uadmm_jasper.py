@@ -1,5 +1,9 @@
 """Reproduce the U-ADMM-AENet paper's Jasper Ridge table (sec. 5.2, Table 1) and abundance maps (Fig. 3).
 
+Data: read at run time from ``../shared/data/jasper_ridge`` (or ``$XR_UNMIX_DATA``) through
+:func:`xr_unmix.datasets.load_jasper_ridge`; nothing of the data set is in this file or the repository
+(``PAPER`` below holds the paper's published RMSE figures, quoted for comparison).
+
 Protocol: the 100 x 100 Jasper Ridge crop (198 bands, reflectance = DN / max), its four reference
 endmembers (tree, water, soil, road) and reference abundances. For each seed, 256 pixels drawn at random
 are the training set and the other 9744 pixels the test set. Methods:
@@ -18,7 +22,7 @@ are the training set and the other 9744 pixels the test set. Methods:
 RMSE is :func:`xr_unmix.metrics.rmse`: ``sqrt(mean((A_hat - A)^2))`` over every (endmember, test pixel)
 entry (the headline). An extra column gives the mean over endmembers of the per-endmember RMSE
 (``mean_j sqrt(mean_i (A_hat_ij - A_ij)^2)``), another reading of the paper's "Averaged RMSE". Prints a markdown table (mean +- std over seeds, training time) and saves
-``docs/figures/uadmm_jasper_maps.png`` (maps over the whole scene through ``cube.unmix.admm``, seed 0).
+``docs/figures/uadmm_jasper_maps.png`` (not committed; maps over the whole scene through ``cube.unmix.admm``, seed 0).
 
 Usage: ``python recipes/repro_uadmm_jasper.py [--seeds 5] [--epochs 300] [--threads 1]``
 """

@@ -309,7 +309,7 @@ def test_in_flight_checked_before_any_scene_runs(scenes) -> None:
 
     d, out = scenes["dir"], scenes["out"]
     kw = dict(out_dir=out, method="fcls", endmembers=str(scenes["em"]), chunk=16, progress=False)
-    for bad in (0, -1, 1.5, True):
+    for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ParameterError, match="in_flight must be an integer >= 1"):
             run_batch([str(d / "a.tif")], in_flight=bad, **kw)
     with pytest.raises(ParameterError, match="in_flight=2 needs a distributed scheduler"):

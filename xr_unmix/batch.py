@@ -13,6 +13,7 @@ an error while computing) is recorded with its error and the batch goes on. The 
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import sys
 import time
@@ -166,8 +167,8 @@ def run_batch(
         The output folder or the report's folder is not writable.
     """
     fmts = _formats(formats)
-    if in_flight is not None and (isinstance(in_flight, bool) or int(in_flight) != in_flight
-                                  or in_flight < 1):
+    if in_flight is not None and (isinstance(in_flight, bool)
+                                  or not isinstance(in_flight, numbers.Integral) or in_flight < 1):
         raise ParameterError(f"in_flight must be an integer >= 1, got {in_flight!r}").about("in_flight")
     if chunk != "auto":
         chunk = pipeline.parse_chunk(chunk)
